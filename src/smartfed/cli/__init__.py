@@ -1,0 +1,1 @@
+"""The ``smartfed`` command line (the only place that prints)."""

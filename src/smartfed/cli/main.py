@@ -1,0 +1,70 @@
+"""``smartfed`` console entry point: one table of subcommands, one error boundary.
+
+Each subcommand lives in its own module under ``smartfed.cli`` exposing
+``register(subparsers) -> None``; the parser it adds sets ``handler(args) -> int``.
+Heavy imports (torch, transformers, flwr) happen inside handlers so ``--help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+from collections.abc import Sequence
+from typing import NoReturn
+
+from smartfed.errors import SmartFedError
+from smartfed.log import configure_logging
+
+# subcommand -> module; the module's register() adds the parser (SPEC.md §2.2).
+COMMANDS: dict[str, str] = {
+}
+
+EXIT_USER_ERROR = 2
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """An ArgumentParser whose usage errors are one ``smartfed: error: ...`` line, exit 2."""
+
+    def error(self, message: str) -> NoReturn:  # noqa: D102
+        fail(f"{message} (see `{self.prog} --help`)")
+
+
+def fail(message: str) -> NoReturn:
+    """Print one error line to stderr and exit with status 2."""
+    print(f"smartfed: error: {message}", file=sys.stderr)
+    raise SystemExit(EXIT_USER_ERROR)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Build the top-level parser with every registered subcommand."""
+    parser = OneLineParser(prog="smartfed", description=__doc__.splitlines()[0])
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument("-q", "--quiet", action="store_true", help="warnings and errors only")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=OneLineParser)
+    for module_name in COMMANDS.values():
+        importlib.import_module(module_name).register(subparsers)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the CLI; return the process exit status."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "handler", None):
+        parser.print_help()
+        return EXIT_USER_ERROR
+    level = logging.DEBUG if args.verbose else logging.WARNING if args.quiet else logging.INFO
+    configure_logging(level)
+    try:
+        return int(args.handler(args) or 0)
+    except SmartFedError as err:
+        fail(str(err).splitlines()[0] if str(err) else type(err).__name__)
+    except KeyboardInterrupt:
+        print("smartfed: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

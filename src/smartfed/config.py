@@ -1,0 +1,419 @@
+"""The one typed run configuration, validated at the edge.
+
+Every entry point parses once: the CLI with :meth:`RunConfig.from_toml` / :meth:`RunConfig.from_flat`,
+the Flower apps with :meth:`RunConfig.from_flat` on ``context.run_config``. Only typed objects cross
+function boundaries after that; defaults live only here.
+
+Leaf field names are unique across sections, so a flat key may be the bare field name
+(``topk_experts``, matching the upstream README's ``--topk_experts``) or the dotted path
+(``router.topk_experts``). Tags: [P] = the paper's value (SPEC.md §1.4), [D] = our default.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, Literal, get_args, get_type_hints
+
+from smartfed.errors import ConfigError
+
+Scalar = bool | int | float | str
+DTYPES = ("bfloat16", "float32", "float16")
+OUTPUT_SCALE_MODES = ("rank", "topk", "constant")
+PARTITIONERS = ("iid", "dirichlet")
+ENGINES = ("simulation", "deployment")
+
+
+def _require(cond: bool, field_name: str, value: object, rule: str) -> None:
+    if not cond:
+        raise ConfigError(f"{field_name}={value!r}: {rule}")
+
+
+@dataclass(frozen=True, kw_only=True)
+class ModelConfig:
+    """Which base model to load and how."""
+
+    model_name_or_path: str = "default"
+    """Hub id, local HF directory, ``.gguf`` file, or ``default`` (embedded SmolLM2-135M-Instruct)."""
+    dtype: Literal["bfloat16", "float32", "float16"] = "bfloat16"
+    """Weights dtype, chosen once. [D] bf16: 1.3-1.7x faster than fp32 on the reference CPU."""
+    device: str = "cpu"
+    """Torch device string (``cpu``, ``cuda``, ``cuda:1``)."""
+    cache_dir: str = ""
+    """Where GGUF models are cached as safetensors; empty = ``$SMARTFED_CACHE`` or ``~/.cache/smartfed``."""
+    max_seq_len: int = 256
+    """Training/eval sequences are truncated to this many tokens."""
+
+    def __post_init__(self) -> None:
+        _require(self.dtype in DTYPES, "dtype", self.dtype, f"choose one of {DTYPES}")
+        _require(self.max_seq_len > 0, "max_seq_len", self.max_seq_len, "must be > 0")
+        _require(bool(self.model_name_or_path), "model_name_or_path", "", "must not be empty")
+
+
+@dataclass(frozen=True, kw_only=True)
+class PoolConfig:
+    """Which LoRA modules form the expert pool."""
+
+    lora_pool: str = ""
+    """Comma-separated registered names or PEFT adapter dirs / hub ids (SPEC.md §2.2)."""
+    registry: str = ""
+    """Pool registry JSON; empty = ``$SMARTFED_CACHE/registry.json``."""
+
+    @property
+    def sources(self) -> tuple[str, ...]:
+        """The pool entries in order, stripped, empty entries dropped."""
+        return tuple(s.strip() for s in self.lora_pool.split(",") if s.strip())
+
+
+@dataclass(frozen=True, kw_only=True)
+class RouterConfig:
+    """MoRE router and mixture (SPEC.md §1.2)."""
+
+    topk_experts: int = 32
+    """Experts applied per token per matrix (K) [P: 32]."""
+    output_scale_mode: Literal["rank", "topk", "constant"] = "rank"
+    """[D] Mixture scale c in ``W0 x + c * sum_topK g_i E_i(x)``: ``rank`` = mean rank of the source
+    LoRAs on that matrix, ``topk`` = K_m, ``constant`` = ``output_scale``. See docs/method.md."""
+    output_scale: float = 1.0
+    """The constant c when ``output_scale_mode = constant``."""
+    renormalize_topk: bool = False
+    """[D] Renormalise the kept top-K softmax weights to sum to 1."""
+    router_temperature: float = 1.0
+    """[D] Softmax temperature of the router logits."""
+    router_init_std: float = 0.01
+    """[D] Normal init std of W_router (M x d_in)."""
+    load_balance_coef: float = 0.0
+    """[D] Weight of an optional load-balancing loss (0 = off)."""
+
+    def __post_init__(self) -> None:
+        _require(self.topk_experts >= 1, "topk_experts", self.topk_experts, "must be >= 1")
+        _require(
+            self.output_scale_mode in OUTPUT_SCALE_MODES,
+            "output_scale_mode",
+            self.output_scale_mode,
+            f"choose one of {OUTPUT_SCALE_MODES}",
+        )
+        _require(self.output_scale > 0, "output_scale", self.output_scale, "must be > 0")
+        _require(self.router_temperature > 0, "router_temperature", self.router_temperature, "> 0")
+        _require(self.router_init_std >= 0, "router_init_std", self.router_init_std, "must be >= 0")
+        _require(self.load_balance_coef >= 0, "load_balance_coef", self.load_balance_coef, ">= 0")
+
+
+@dataclass(frozen=True, kw_only=True)
+class QuotaConfig:
+    """Elastic Expert Quota Allocation (SPEC.md §1.3)."""
+
+    enable_eeqa: bool = True
+    """Reallocate per-matrix K_m every round [P]; off = every matrix keeps ``topk_experts``."""
+    total_budget: int = 0
+    """Total top-K units over all routed matrices; 0 = topk_experts x number of matrices [P]."""
+    k_min: int = 1
+    """Lower bound of K_m [D]."""
+    k_max: int = 0
+    """Upper bound of K_m; 0 = M_m (all experts of the matrix) [D]."""
+    eeqa_warmup_rounds: int = 1
+    """Rounds whose importance is gathered before the first reallocation [D: 1, quotas move from
+    round 2]."""
+
+    def __post_init__(self) -> None:
+        _require(self.total_budget >= 0, "total_budget", self.total_budget, "must be >= 0")
+        _require(self.k_min >= 0, "k_min", self.k_min, "must be >= 0")
+        _require(self.k_max >= 0, "k_max", self.k_max, "must be >= 0 (0 = no cap)")
+        _require(
+            self.k_max == 0 or self.k_max >= self.k_min, "k_max", self.k_max, "must be >= k_min"
+        )
+        _require(self.eeqa_warmup_rounds >= 1, "eeqa_warmup_rounds", self.eeqa_warmup_rounds, ">= 1")
+
+
+@dataclass(frozen=True, kw_only=True)
+class FedConfig:
+    """Federated protocol (SPEC.md §1.4)."""
+
+    num_clients: int = 20
+    """Clients (data partitions) [P: 20]."""
+    sample_clients: int = 2
+    """Clients sampled per round [P: 10% of 20 = 2]."""
+    num_rounds: int = 20
+    """Communication rounds [P: 20]."""
+    min_replies: int = 1
+    """A round completes with at least this many successful replies [D]."""
+    round_timeout_s: float = 3600.0
+    """Seconds the server waits for replies in a round [D]."""
+    partitioner: Literal["iid", "dirichlet"] = "iid"
+    """How training data is split over clients [D]."""
+    dirichlet_alpha: float = 0.5
+    """Concentration of the Dirichlet partitioner [D]."""
+    partition_by: str = ""
+    """Label/category column for the Dirichlet partitioner; empty = the task's default column."""
+    data_fraction: float = 1.0
+    """Fraction of the training set used (the paper's data-efficiency runs use 0.1)."""
+    engine: Literal["simulation", "deployment"] = "simulation"
+    """Flower runtime: in-process simulation or a SuperLink deployment."""
+
+    def __post_init__(self) -> None:
+        _require(self.num_clients >= 1, "num_clients", self.num_clients, "must be >= 1")
+        _require(
+            1 <= self.sample_clients <= self.num_clients,
+            "sample_clients",
+            self.sample_clients,
+            f"must be in [1, num_clients={self.num_clients}]",
+        )
+        _require(self.num_rounds >= 1, "num_rounds", self.num_rounds, "must be >= 1")
+        _require(
+            1 <= self.min_replies <= self.sample_clients,
+            "min_replies",
+            self.min_replies,
+            f"must be in [1, sample_clients={self.sample_clients}]",
+        )
+        _require(self.round_timeout_s > 0, "round_timeout_s", self.round_timeout_s, "must be > 0")
+        _require(self.partitioner in PARTITIONERS, "partitioner", self.partitioner, str(PARTITIONERS))
+        _require(self.dirichlet_alpha > 0, "dirichlet_alpha", self.dirichlet_alpha, "must be > 0")
+        _require(0 < self.data_fraction <= 1, "data_fraction", self.data_fraction, "in (0, 1]")
+        _require(self.engine in ENGINES, "engine", self.engine, f"choose one of {ENGINES}")
+
+
+@dataclass(frozen=True, kw_only=True)
+class TrainConfig:
+    """Local training on a client."""
+
+    method: str = "smartfed"
+    """``smartfed`` or a baseline name (see ``smartfed train --help``)."""
+    local_steps: int = 10
+    """Optimizer steps per sampled client per round [P: 10]."""
+    batch_size: int = 16
+    """Examples per step [P: 16]."""
+    learning_rate: float = 5e-4
+    """AdamW learning rate [P: 5e-4]."""
+    weight_decay: float = 0.0
+    """AdamW weight decay [D]."""
+    max_grad_norm: float = 1.0
+    """Gradient clipping norm; 0 = off [D]."""
+    seed: int = 0
+    """Seeds client sampling, partitioning, router init and data order."""
+
+    def __post_init__(self) -> None:
+        _require(bool(self.method), "method", self.method, "must not be empty")
+        _require(self.local_steps >= 1, "local_steps", self.local_steps, "must be >= 1")
+        _require(self.batch_size >= 1, "batch_size", self.batch_size, "must be >= 1")
+        _require(self.learning_rate > 0, "learning_rate", self.learning_rate, "must be > 0")
+        _require(self.weight_decay >= 0, "weight_decay", self.weight_decay, "must be >= 0")
+        _require(self.max_grad_norm >= 0, "max_grad_norm", self.max_grad_norm, "must be >= 0")
+
+
+@dataclass(frozen=True, kw_only=True)
+class DataConfig:
+    """Training data."""
+
+    task: str = ""
+    """A registered task name (``smartfed eval --help`` lists them)."""
+    dataset: str = ""
+    """A registered task or a local JSON/JSONL file (Alpaca fields or chat ``messages``);
+    overrides ``task`` for training data when set."""
+    data_dir: str = ""
+    """Folder laid out like shared/data (upstream file names); empty = ``$SMARTFED_DATA``."""
+    max_train_examples: int = 0
+    """Cap on training rows before partitioning; 0 = all."""
+
+    def __post_init__(self) -> None:
+        _require(self.max_train_examples >= 0, "max_train_examples", self.max_train_examples, ">= 0")
+
+
+@dataclass(frozen=True, kw_only=True)
+class EvalConfig:
+    """Evaluation during and after a run."""
+
+    eval_every: int = 5
+    """Evaluate the global model every this many rounds (and after the last); 0 = only at the end."""
+    eval_limit: int = 100
+    """Evaluation examples per evaluation; 0 = the whole eval split."""
+    max_new_tokens: int = 256
+    """Greedy decoding length cap."""
+    eval_batch_size: int = 8
+    """Prompts decoded together."""
+
+    def __post_init__(self) -> None:
+        _require(self.eval_every >= 0, "eval_every", self.eval_every, "must be >= 0")
+        _require(self.eval_limit >= 0, "eval_limit", self.eval_limit, "must be >= 0")
+        _require(self.max_new_tokens >= 1, "max_new_tokens", self.max_new_tokens, "must be >= 1")
+        _require(self.eval_batch_size >= 1, "eval_batch_size", self.eval_batch_size, "must be >= 1")
+
+
+_SECTIONS: dict[str, type[Any]] = {
+    "model": ModelConfig,
+    "pool": PoolConfig,
+    "router": RouterConfig,
+    "quota": QuotaConfig,
+    "fed": FedConfig,
+    "train": TrainConfig,
+    "data": DataConfig,
+    "eval": EvalConfig,
+}
+
+
+@dataclass(frozen=True, kw_only=True)
+class RunConfig:
+    """A whole run: one section per concept, plus where it writes."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    pool: PoolConfig = field(default_factory=PoolConfig)
+    router: RouterConfig = field(default_factory=RouterConfig)
+    quota: QuotaConfig = field(default_factory=QuotaConfig)
+    fed: FedConfig = field(default_factory=FedConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    output_dir: str = "output/smartfed"
+    """Run directory (config.json, metrics.jsonl, summary.json, checkpoints)."""
+    resume: bool = False
+    """Continue the run in ``output_dir`` from its last complete round."""
+
+    def to_flat(self) -> dict[str, Scalar]:
+        """Return ``{"section.field": value}`` for every leaf (Flower run_config form)."""
+        flat: dict[str, Scalar] = {}
+        for name in _SECTIONS:
+            section = getattr(self, name)
+            for f in fields(section):
+                flat[f"{name}.{f.name}"] = getattr(section, f.name)
+        flat["output_dir"] = self.output_dir
+        flat["resume"] = self.resume
+        return flat
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return the nested dict form (what ``config.json`` holds)."""
+        return dataclasses.asdict(self)
+
+    def to_json(self) -> str:
+        """Return the resolved config as indented JSON."""
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+
+    @classmethod
+    def from_flat(cls, flat: Mapping[str, Any], base: RunConfig | None = None) -> RunConfig:
+        """Build a config from flat keys (bare leaf names or dotted paths) over ``base``.
+
+        Raises:
+            ConfigError: unknown key or a value of the wrong type / out of range.
+        """
+        base = base or cls()
+        updates: dict[str, dict[str, Any]] = {}
+        top: dict[str, Any] = {}
+        for key, value in flat.items():
+            section, leaf = _resolve_key(key)
+            typed = _coerce(section, leaf, value)
+            if section is None:
+                top[leaf] = typed
+            else:
+                updates.setdefault(section, {})[leaf] = typed
+        sections = {
+            name: dataclasses.replace(getattr(base, name), **vals) for name, vals in updates.items()
+        }
+        return dataclasses.replace(base, **sections, **top)
+
+    @classmethod
+    def from_dict(cls, nested: Mapping[str, Any]) -> RunConfig:
+        """Build from the nested form (TOML tables or ``config.json``)."""
+        flat: dict[str, Any] = {}
+        for key, value in nested.items():
+            if isinstance(value, Mapping):
+                if key not in _SECTIONS:
+                    raise ConfigError(f"unknown config section [{key}]; known: {sorted(_SECTIONS)}")
+                for leaf, v in value.items():
+                    flat[f"{key}.{leaf}"] = v
+            else:
+                flat[key] = value
+        return cls.from_flat(flat)
+
+    @classmethod
+    def from_toml(cls, path: str | Path, overrides: Mapping[str, Any] | None = None) -> RunConfig:
+        """Read a TOML config file, then apply flat ``overrides``.
+
+        Raises:
+            ConfigError: missing/unreadable file, bad TOML, unknown keys or invalid values.
+        """
+        p = Path(path)
+        try:
+            nested = tomllib.loads(p.read_text(encoding="utf-8"))
+        except FileNotFoundError as err:
+            raise ConfigError(f"config file {p} does not exist; pass an existing .toml") from err
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as err:
+            raise ConfigError(f"config file {p} is not valid TOML: {err}") from err
+        cfg = cls.from_dict(nested)
+        return cls.from_flat(overrides or {}, base=cfg)
+
+    @classmethod
+    def load_json(cls, path: str | Path) -> RunConfig:
+        """Read a resolved ``config.json`` written by a previous run."""
+        p = Path(path)
+        try:
+            return cls.from_dict(json.loads(p.read_text(encoding="utf-8")))
+        except (OSError, json.JSONDecodeError) as err:
+            raise ConfigError(f"cannot read run config {p}: {err}") from err
+
+
+def leaf_index() -> dict[str, str]:
+    """Map every bare leaf name to its section (``topk_experts`` -> ``router``)."""
+    index: dict[str, str] = {}
+    for name, cls in _SECTIONS.items():
+        for f in fields(cls):
+            assert f.name not in index, f"duplicate leaf name {f.name}"  # internal invariant
+            index[f.name] = name
+    return index
+
+
+def _resolve_key(key: str) -> tuple[str | None, str]:
+    key = key.strip().replace("-", "_")
+    if key in ("output_dir", "resume"):
+        return None, key
+    if "." in key:
+        section, _, leaf = key.partition(".")
+        cls = _SECTIONS.get(section)
+        if cls is None or leaf not in {f.name for f in fields(cls)}:
+            raise ConfigError(f"unknown config key {key!r}; see `smartfed train --help`")
+        return section, leaf
+    section_name = leaf_index().get(key)
+    if section_name is None:
+        raise ConfigError(f"unknown config key {key!r}; see `smartfed train --help`")
+    return section_name, key
+
+
+def field_type(section: str | None, leaf: str) -> type[Any]:
+    """Return the scalar Python type of a leaf (``Literal`` resolves to its value type)."""
+    owner = RunConfig if section is None else _SECTIONS[section]
+    hint = get_type_hints(owner)[leaf]
+    args = get_args(hint)
+    if args and all(isinstance(a, str) for a in args):
+        return str
+    return hint  # type: ignore[no-any-return]
+
+
+def _coerce(section: str | None, leaf: str, value: Any) -> Any:
+    typ = field_type(section, leaf)
+    name = f"{section}.{leaf}" if section else leaf
+    try:
+        if typ is bool:
+            if isinstance(value, str):
+                low = value.strip().lower()
+                if low not in ("true", "false", "1", "0", "yes", "no"):
+                    raise ValueError(value)
+                return low in ("true", "1", "yes")
+            if isinstance(value, int | bool):
+                return bool(value)
+            raise ValueError(value)
+        if typ is int:
+            if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+                raise ValueError(value)
+            return int(value)
+        if typ is float:
+            if isinstance(value, bool):
+                raise ValueError(value)
+            return float(value)
+        if typ is str:
+            if not isinstance(value, str | int | float) or isinstance(value, bool):
+                raise ValueError(value)
+            return str(value)
+    except (TypeError, ValueError) as err:
+        raise ConfigError(f"{name}={value!r}: expected {typ.__name__}") from err
+    raise ConfigError(f"{name}: unsupported field type {typ}")  # pragma: no cover

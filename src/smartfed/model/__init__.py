@@ -1,0 +1,1 @@
+"""Base model loading, MoRE injection and router state."""
