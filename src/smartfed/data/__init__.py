@@ -1,0 +1,1 @@
+"""Training/eval data: examples, prompt formatting, tasks and client partitioning."""
