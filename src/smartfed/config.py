@@ -226,6 +226,9 @@ class DataConfig:
 class EvalConfig:
     """Evaluation during and after a run."""
 
+    eval_task: str = ""
+    """Task scored during/after the run; empty = the training task (the paper trains on Math23K and
+    evaluates on MGSM-zh, so paper configs set both)."""
     eval_every: int = 5
     """Evaluate the global model every this many rounds (and after the last); 0 = only at the end."""
     eval_limit: int = 100
