@@ -1,0 +1,16 @@
+"""Elastic Expert Quota Allocation (EEQA, SPEC.md §1.3).
+
+``allocate`` (stdlib only) runs on the server; ``importance`` (torch) runs on clients and is not
+imported here so that the server-side, stdlib-only part stays importable without torch.
+"""
+
+from __future__ import annotations
+
+from smartfed.quota.allocate import (
+    aggregate_importance,
+    allocate_quotas,
+    default_budget,
+    uniform_quotas,
+)
+
+__all__ = ["aggregate_importance", "allocate_quotas", "default_budget", "uniform_quotas"]
