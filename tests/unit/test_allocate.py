@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import json
 import math
 import random
 from pathlib import Path
@@ -11,8 +12,10 @@ import pytest
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
-from smartfed.errors import ConfigError, WireFormatError
+from smartfed.config import QuotaConfig
+from smartfed.errors import CheckpointError, ConfigError, WireFormatError
 from smartfed.quota import allocate as alloc
+from smartfed.quota import schedule
 from smartfed.quota.allocate import (
     aggregate_importance,
     allocate_quotas,
@@ -21,6 +24,7 @@ from smartfed.quota.allocate import (
     mean_expert_scores,
     uniform_quotas,
 )
+from smartfed.quota.schedule import EEQAState
 
 SCORE = st.floats(min_value=0.0, max_value=1e6, allow_nan=False, allow_infinity=False)
 RAW_SCORE = st.one_of(
@@ -237,12 +241,87 @@ def test_default_budget_and_uniform_quotas() -> None:
         uniform_quotas(experts, 0)
 
 
-def test_allocate_module_imports_only_the_stdlib_and_smartfed() -> None:
-    tree = ast.parse(Path(alloc.__file__).read_text(encoding="utf-8"))
+@pytest.mark.parametrize("module", [alloc, schedule])
+def test_server_side_quota_modules_import_only_the_stdlib_and_smartfed(module: object) -> None:
+    tree = ast.parse(Path(module.__file__).read_text(encoding="utf-8"))  # type: ignore[attr-defined]
     roots = set()
     for node in ast.walk(tree):
         if isinstance(node, ast.Import):
             roots |= {a.name.split(".")[0] for a in node.names}
         elif isinstance(node, ast.ImportFrom) and node.module:
             roots.add(node.module.split(".")[0])
-    assert roots <= {"__future__", "math", "collections", "fractions", "smartfed"}, roots
+    stdlib = {"__future__", "math", "collections", "fractions", "dataclasses", "typing"}
+    assert roots <= stdlib | {"smartfed"}, roots
+
+
+# --- the round schedule ---------------------------------------------------------------------------
+
+EXPERTS = {
+    "model.layers.0.self_attn.q_proj": 64,
+    "model.layers.0.self_attn.v_proj": 64,
+    "model.layers.1.self_attn.q_proj": 64,
+    "model.layers.1.self_attn.v_proj": 64,
+}
+
+
+def test_schedule_warmup_then_reallocates_every_round_budget_exact() -> None:
+    # Arrange: warm-up 2 -> rounds 1 and 2 gathered, first reallocation after round 2
+    state = EEQAState.create(EXPERTS, 8, warmup_rounds=2)
+    names = sorted(EXPERTS)
+    assert state.quotas == dict.fromkeys(names, 8)
+    r1 = dict(zip(names, [4.0, 0.0, 0.0, 0.0], strict=True))
+    r2 = dict(zip(names, [0.0, 4.0, 0.0, 0.0], strict=True))
+    # Act / Assert
+    assert state.update(1, r1) == dict.fromkeys(names, 8)
+    after2 = state.update(2, r2)  # mean of rounds 1 and 2: 2, 2, 0, 0
+    assert after2 == dict(zip(names, [15, 15, 1, 1], strict=True))
+    after3 = state.update(3, dict(zip(names, [1.0, 1.0, 1.0, 1.0], strict=True)))
+    assert after3 == dict.fromkeys(names, 8)
+    assert sum(after2.values()) == sum(after3.values()) == 32
+
+
+def test_schedule_default_warmup_moves_quotas_from_round_two() -> None:
+    state = EEQAState.from_config(QuotaConfig(), 8, EXPERTS)
+    new = state.update(1, dict(zip(sorted(EXPERTS), [3.0, 1.0, 1.0, 3.0], strict=True)))
+    assert new != dict.fromkeys(EXPERTS, 8)
+    assert sum(new.values()) == 32
+
+
+def test_schedule_disabled_keeps_topk_everywhere() -> None:
+    state = EEQAState.from_config(QuotaConfig(enable_eeqa=False), 8, {**EXPERTS, "gate": 3})
+    quotas = state.update(1, {m: float(i) for i, m in enumerate(sorted(state.caps))})
+    assert quotas == {**dict.fromkeys(EXPERTS, 8), "gate": 3}
+
+
+def test_schedule_round_trips_through_json_and_resumes_identically() -> None:
+    # Arrange: two states, one saved and reloaded mid-run
+    live = EEQAState.create(EXPERTS, 8, total_budget=20, k_min=2, k_max=12, warmup_rounds=2)
+    live.update(1, dict.fromkeys(EXPERTS, 1.0))
+    resumed = EEQAState.from_dict(json.loads(json.dumps(live.to_dict())))
+    # Act
+    scores = dict(zip(sorted(EXPERTS), [5.0, 1.0, 0.5, 2.0], strict=True))
+    # Assert
+    assert resumed == live
+    assert resumed.update(2, scores) == live.update(2, scores)
+    assert sum(live.quotas.values()) == 20
+    assert all(2 <= k <= 12 for k in live.quotas.values())
+
+
+def test_schedule_rejects_replayed_rounds_unknown_matrices_and_corrupt_files() -> None:
+    state = EEQAState.create(EXPERTS, 8)
+    state.update(1, dict.fromkeys(EXPERTS, 1.0))
+    with pytest.raises(CheckpointError, match="already folded round 1"):
+        state.update(1, dict.fromkeys(EXPERTS, 1.0))
+    with pytest.raises(WireFormatError, match="'other'"):
+        state.update(2, {**dict.fromkeys(EXPERTS, 1.0), "other": 1.0})
+    bad = state.to_dict()
+    bad["quotas"] = dict.fromkeys(EXPERTS, 9)
+    with pytest.raises(CheckpointError, match="budget"):
+        EEQAState.from_dict(bad)
+    with pytest.raises(CheckpointError, match="format"):
+        EEQAState.from_dict({"quotas": {}})
+
+
+def test_schedule_infeasible_budget_is_a_config_error() -> None:
+    with pytest.raises(ConfigError, match="infeasible EEQA budget"):
+        EEQAState.create(EXPERTS, 8, total_budget=300)

@@ -12,5 +12,12 @@ from smartfed.quota.allocate import (
     default_budget,
     uniform_quotas,
 )
+from smartfed.quota.schedule import EEQAState
 
-__all__ = ["aggregate_importance", "allocate_quotas", "default_budget", "uniform_quotas"]
+__all__ = [
+    "EEQAState",
+    "aggregate_importance",
+    "allocate_quotas",
+    "default_budget",
+    "uniform_quotas",
+]
