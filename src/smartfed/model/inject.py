@@ -1,0 +1,131 @@
+"""Turn a base causal LM into a MoRE model: one routed layer per adapted matrix (SPEC.md §1.2).
+
+Works for any Hugging Face causal LM whose adapted modules are ``nn.Linear`` (Llama, Qwen, Mistral
+naming: ``q_proj``, ``k_proj``, ``v_proj``, ``o_proj``, ``gate_proj``, ``up_proj``, ``down_proj``).
+Everything is frozen except the routers.
+
+Top-K per matrix [D]: ``K_m = min(topk_experts, M_m)``; a matrix with fewer experts than
+``topk_experts`` (in a heterogeneous pool, one adapted by a single small LoRA) applies all of
+them and is listed in ``InjectionReport.clamped``. A ``topk_experts`` larger than every ``M_m`` is
+an impossible top-K and an error.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from smartfed.config import RouterConfig
+from smartfed.errors import ConfigError, PoolCompatibilityError
+from smartfed.experts.bank import ExpertBank
+from smartfed.log import get_logger
+from smartfed.pool.pool import LoraPool
+from smartfed.pool.validate import validate_pool
+from smartfed.routing.layer import MoRELinear
+from smartfed.routing.router import TopKRouter
+
+log = get_logger(__name__)
+
+
+@dataclass
+class InjectionReport:
+    """What :func:`inject_more` did.
+
+    Attributes:
+        replaced: module paths now wrapped by ``MoRELinear``, in model order.
+        experts_per_matrix: M_m per matrix.
+        quotas: K_m per matrix.
+        output_scales: c per matrix.
+        clamped: matrices whose K_m was lowered to M_m.
+        router_params: trainable router parameters in total.
+    """
+
+    replaced: list[str]
+    experts_per_matrix: dict[str, int]
+    quotas: dict[str, int]
+    output_scales: dict[str, float]
+    clamped: list[str] = field(default_factory=list)
+    router_params: int = 0
+
+    @property
+    def router_bytes_fp32(self) -> int:
+        """Bytes of the routers sent per round per direction in float32 (what travels)."""
+        return 4 * self.router_params
+
+    @property
+    def router_bytes_bf16(self) -> int:
+        """Bytes of the routers if they travelled in bfloat16."""
+        return 2 * self.router_params
+
+
+def inject_more(
+    model: nn.Module, pool: LoraPool, router_cfg: RouterConfig, seed: int = 0
+) -> InjectionReport:
+    """Replace every adapted ``nn.Linear`` of ``model`` by a ``MoRELinear`` (in place).
+
+    Args:
+        model: a Hugging Face causal LM (any module tree whose targets are ``nn.Linear``).
+        pool: the LoRA pool; checked against ``model`` first.
+        router_cfg: top-K, output scale, temperature, init and renormalisation.
+        seed: seeds the router initialisation (routers drawn in model order).
+
+    Returns:
+        The injection report.
+
+    Raises:
+        PoolCompatibilityError: a target absent from the model, not linear, or of another shape.
+        ConfigError: ``topk_experts`` larger than every matrix's M_m (impossible top-K).
+    """
+    matrices = validate_pool(pool, model)
+    if not matrices:
+        raise PoolCompatibilityError(
+            f"no module of the model matches the pool's targets {pool.matrices()[:4]}; "
+            "use adapters made for this base model"
+        )
+    sizes = pool.experts_per_matrix()
+    if router_cfg.topk_experts > max(sizes.values()):
+        raise ConfigError(
+            f"impossible top-K: topk_experts={router_cfg.topk_experts} but the pool "
+            f"({', '.join(pool.names)}) gives at most M={max(sizes.values())} experts per matrix; "
+            f"set --topk_experts <= {max(sizes.values())}"
+        )
+    model.requires_grad_(False)
+    generator = torch.Generator().manual_seed(seed)
+    report = InjectionReport([], {}, {}, {})
+    for name in matrices:
+        layer = _build_layer(model.get_submodule(name), pool, name, router_cfg, generator)
+        model.set_submodule(name, layer)
+        report.replaced.append(name)
+        report.experts_per_matrix[name] = layer.num_experts
+        report.quotas[name] = layer.k
+        report.output_scales[name] = layer.output_scale
+        report.router_params += layer.router.weight.numel()
+        if layer.k < router_cfg.topk_experts:
+            report.clamped.append(name)
+    log.info(
+        "MoRE: %d matrices, %d experts, %d router parameters (%.2f MB/round fp32)",
+        len(report.replaced), sum(report.experts_per_matrix.values()), report.router_params,
+        report.router_bytes_fp32 / 1e6,
+    )
+    return report
+
+
+def _build_layer(
+    base: nn.Module, pool: LoraPool, name: str, cfg: RouterConfig, generator: torch.Generator
+) -> MoRELinear:
+    """Build the routed layer of one matrix; experts in the base weight's dtype and device."""
+    if not isinstance(base, nn.Linear):  # validate_pool already checked; kept for direct callers
+        raise PoolCompatibilityError(f"{name} is a {type(base).__name__}, not an nn.Linear")
+    weight = base.weight
+    bank = ExpertBank.from_adapters(pool.adapters, name, dtype=weight.dtype, device=weight.device)
+    router = TopKRouter(
+        bank.d_in, bank.num_experts, init_std=cfg.router_init_std,
+        temperature=cfg.router_temperature, renormalize=cfg.renormalize_topk, generator=generator,
+    ).to(weight.device)
+    k = min(cfg.topk_experts, bank.num_experts)
+    return MoRELinear.from_linear(
+        base, bank, router, k, output_scale_mode=cfg.output_scale_mode,
+        output_scale=cfg.output_scale, name=name,
+    )

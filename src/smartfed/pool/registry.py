@@ -1,0 +1,164 @@
+"""A LoRAHub-style name registry: ``--lora_pool cn_chat,en_math`` resolves names to sources.
+
+The registry is one JSON file, ``{"adapters": {name: {"source": ..., "kind": "local"|"hub"}}}``,
+at ``PoolConfig.registry`` or ``$SMARTFED_CACHE/registry.json`` (``~/.cache/smartfed`` without the
+variable; the same folder as :func:`smartfed.model.base.cache_root`). Every write is atomic.
+A source is a local PEFT directory (stored as an absolute path) or a Hugging Face hub id, which is
+only downloaded (``huggingface_hub.snapshot_download``) when it is not a local path.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from smartfed.errors import AdapterFileError, ConfigError
+from smartfed.files import atomic_write_json
+
+REGISTRY_FILE = "registry.json"
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+_NAME = re.compile(r"^[A-Za-z0-9][\w.-]*$")
+_ADAPTER_FILES = ["adapter_config.json", "adapter_model.safetensors", "adapter_model.bin"]
+
+
+@dataclass(frozen=True)
+class RegistryEntry:
+    """One registered adapter: its name, where it comes from and which kind of source that is."""
+
+    name: str
+    source: str
+    kind: str  # "local" or "hub"
+
+
+def default_registry_path() -> Path:
+    """Return ``$SMARTFED_CACHE/registry.json`` (``~/.cache/smartfed/registry.json`` by default)."""
+    env = os.environ.get("SMARTFED_CACHE")
+    root = Path(env).expanduser() if env else Path.home() / ".cache" / "smartfed"
+    return root / REGISTRY_FILE
+
+
+def registry_path(path: str | Path = "") -> Path:
+    """Return ``path`` when given, else :func:`default_registry_path`."""
+    return Path(path).expanduser() if str(path) else default_registry_path()
+
+
+def load_registry(path: str | Path = "") -> dict[str, RegistryEntry]:
+    """Read the registry (an absent file is an empty registry).
+
+    Raises:
+        ConfigError: the file is not a valid registry.
+    """
+    p = registry_path(path)
+    if not p.exists():
+        return {}
+    try:
+        data = json.loads(p.read_text(encoding="utf-8"))
+        entries = data["adapters"]
+        return {
+            name: RegistryEntry(name, str(e["source"]), str(e.get("kind", "local")))
+            for name, e in entries.items()
+        }
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError) as err:
+        raise ConfigError(
+            f"pool registry {p} is not valid ({err}); fix or delete it and re-add adapters "
+            "with `smartfed pool add NAME SOURCE`"
+        ) from err
+
+
+def add_entry(name: str, source: str, path: str | Path = "") -> RegistryEntry:
+    """Register ``name`` -> ``source`` (a local adapter dir or a hub id); atomic write.
+
+    A local directory is stored as an absolute path and must exist; re-adding a name replaces it.
+
+    Raises:
+        ConfigError: a bad name, or a source that is neither an existing dir nor a hub id.
+    """
+    if not _NAME.match(name) or "," in name:
+        raise ConfigError(
+            f"pool name {name!r} is invalid: use letters, digits, '_', '-' or '.' (no ',' or '/')"
+        )
+    local = Path(source).expanduser()
+    if local.is_dir():
+        entry = RegistryEntry(name, str(local.resolve()), "local")
+    elif is_hub_id(source) and not local.exists():
+        entry = RegistryEntry(name, source, "hub")
+    else:
+        raise ConfigError(
+            f"pool source {source!r} is neither an existing adapter directory nor a hub id "
+            "(owner/name); pass one of those"
+        )
+    entries = load_registry(path)
+    entries[name] = entry
+    _write(entries, registry_path(path))
+    return entry
+
+
+def remove_entry(name: str, path: str | Path = "") -> None:
+    """Remove ``name`` from the registry.
+
+    Raises:
+        ConfigError: ``name`` is not registered.
+    """
+    entries = load_registry(path)
+    if name not in entries:
+        raise ConfigError(f"pool name {name!r} is not registered; see `smartfed pool list`")
+    del entries[name]
+    _write(entries, registry_path(path))
+
+
+def is_hub_id(source: str) -> bool:
+    """True when ``source`` looks like ``owner/name`` and not like a filesystem path."""
+    return bool(_HUB_ID.match(source)) and not source.startswith((".", "~"))
+
+
+def locate(source: str, path: str | Path = "") -> tuple[str, Path]:
+    """Resolve one pool entry to ``(name, local_dir)``.
+
+    Order: a registered name, then an existing local path, then a hub id (downloaded only then).
+
+    Raises:
+        AdapterFileError: a missing path, an unknown name, or a hub id that cannot be fetched.
+    """
+    entries = load_registry(path)
+    if source in entries:
+        entry = entries[source]
+        if entry.kind == "hub":
+            return entry.name, download_hub_adapter(entry.source)
+        return entry.name, Path(entry.source)
+    local = Path(source).expanduser()
+    if local.exists() or not is_hub_id(source):
+        if not local.exists() and "/" not in source and os.sep not in source:
+            raise AdapterFileError(
+                f"pool entry {source!r} is not a registered name ({registry_path(path)}), an "
+                "existing directory or a hub id; register it with `smartfed pool add NAME SOURCE`"
+            )
+        return local.name or source, local
+    return source.rsplit("/", 1)[-1], download_hub_adapter(source)
+
+
+def download_hub_adapter(repo_id: str) -> Path:
+    """Fetch (or find in the HF cache) the adapter files of hub repo ``repo_id``.
+
+    Raises:
+        AdapterFileError: offline, unknown repo, or any download failure.
+    """
+    from huggingface_hub import snapshot_download
+
+    try:
+        return Path(snapshot_download(repo_id=repo_id, allow_patterns=_ADAPTER_FILES))
+    except Exception as err:  # offline mode, HTTP and cache errors all mean "not available"
+        detail = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise AdapterFileError(
+            f"cannot fetch hub adapter {repo_id!r} ({type(err).__name__}: {detail}); the hub may "
+            "be unreachable: download it elsewhere and pass or register the local directory"
+        ) from err
+
+
+def _write(entries: dict[str, RegistryEntry], path: Path) -> None:
+    atomic_write_json(
+        path,
+        {"adapters": {e.name: {"source": e.source, "kind": e.kind} for e in entries.values()}},
+    )
