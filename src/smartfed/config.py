@@ -153,6 +153,18 @@ class FedConfig:
     """Fraction of the training set used (the paper's data-efficiency runs use 0.1)."""
     engine: Literal["simulation", "deployment"] = "simulation"
     """Flower runtime: in-process simulation or a SuperLink deployment."""
+    max_update_norm: float = 0.0
+    """[D] Reject a client's router update whose L2 norm (vs the global routers) exceeds this;
+    0 = auto: 10 x learning_rate x local_steps x sqrt(router parameters) (AdamW moves a weight by at
+    most ~3 x lr per step). NaN/Inf updates are always rejected."""
+    dp_noise_multiplier: float = 0.0
+    """Server-side DP on router updates (Flower's fixed clipping); 0 = off [D]."""
+    dp_clipping_norm: float = 0.0
+    """Clipping norm of the server-side DP wrapper (required > 0 when DP is on)."""
+    track_energy: bool = True
+    """Measure energy with CodeCarbon's offline tracker on clients and server [D]."""
+    country_iso_code: str = "USA"
+    """Country whose grid carbon intensity CodeCarbon uses offline (ISO 3166 alpha-3)."""
 
     def __post_init__(self) -> None:
         _require(self.num_clients >= 1, "num_clients", self.num_clients, "must be >= 1")
@@ -174,6 +186,14 @@ class FedConfig:
         _require(self.dirichlet_alpha > 0, "dirichlet_alpha", self.dirichlet_alpha, "must be > 0")
         _require(0 < self.data_fraction <= 1, "data_fraction", self.data_fraction, "in (0, 1]")
         _require(self.engine in ENGINES, "engine", self.engine, f"choose one of {ENGINES}")
+        _require(self.max_update_norm >= 0, "max_update_norm", self.max_update_norm, ">= 0")
+        _require(self.dp_noise_multiplier >= 0, "dp_noise_multiplier", self.dp_noise_multiplier, ">= 0")
+        _require(
+            self.dp_noise_multiplier == 0 or self.dp_clipping_norm > 0,
+            "dp_clipping_norm", self.dp_clipping_norm, "must be > 0 when dp_noise_multiplier > 0",
+        )
+        _require(len(self.country_iso_code) == 3, "country_iso_code", self.country_iso_code,
+                 "use an ISO 3166 alpha-3 code such as USA or DEU")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -237,12 +257,15 @@ class EvalConfig:
     """Greedy decoding length cap."""
     eval_batch_size: int = 8
     """Prompts decoded together."""
+    heldout_examples: int = 64
+    """Training rows held out (seeded, before partitioning) for the per-round held-out loss; 0 = off."""
 
     def __post_init__(self) -> None:
         _require(self.eval_every >= 0, "eval_every", self.eval_every, "must be >= 0")
         _require(self.eval_limit >= 0, "eval_limit", self.eval_limit, "must be >= 0")
         _require(self.max_new_tokens >= 1, "max_new_tokens", self.max_new_tokens, "must be >= 1")
         _require(self.eval_batch_size >= 1, "eval_batch_size", self.eval_batch_size, "must be >= 1")
+        _require(self.heldout_examples >= 0, "heldout_examples", self.heldout_examples, ">= 0")
 
 
 _SECTIONS: dict[str, type[Any]] = {
