@@ -9,8 +9,14 @@ adapter ``n``'s experts, 0 elsewhere, output scale ``c = 1``. The MoRE update of
 Error measure: ``max |logits_MoRE - logits_PEFT| / max |logits_PEFT|`` over the non-padding
 positions of the prompts. We also report the adapter's effect, ``max |logits_PEFT - logits_base| /
 max |logits_base|``: a check passes trivially for an adapter whose effect is 0 (e.g. B = 0).
-Default tolerances [D]: float32 1e-5, bfloat16 / float16 3e-2 (bf16 has 8 mantissa bits and PEFT
-computes the LoRA branch of a bf16 model in float32 while MoRE stays in the model dtype).
+
+Tolerance [D]. float32 (the default of ``pool verify``): 5e-5 (measured: <= 5.6e-6 on SmolLM2-135M
+with random r=8 adapters that change the logits by up to 109%). In bfloat16/float16 a fixed bound
+is meaningless: bf16 alone moves SmolLM2's logits by 4% against float32, and a strong adapter
+amplifies that to 40% *inside PEFT itself*. So a low-precision check also runs PEFT on a float32
+copy and passes when MoRE's error against that float32 reference is at most
+``max(tolerance, 2 x PEFT's own low-precision error)`` (tolerance 3e-2): "as exact as PEFT in
+this dtype".
 """
 
 from __future__ import annotations
@@ -30,7 +36,8 @@ from smartfed.model.state import more_layers
 from smartfed.pool.pool import LoraPool
 from smartfed.routing.router import FixedRouter
 
-TOLERANCES = {torch.float32: 1e-5, torch.bfloat16: 3e-2, torch.float16: 3e-2}
+TOLERANCES = {torch.float32: 5e-5, torch.bfloat16: 3e-2, torch.float16: 3e-2}
+FLOOR_FACTOR = 2.0
 DEFAULT_PROMPTS = (
     "What is 47 plus 38?",
     "def add(a, b):\n    return a + b",
@@ -45,13 +52,26 @@ class AdapterCheck:
 
     name: str
     max_rel_error: float
+    """Against PEFT in the same dtype."""
     effect: float
     tolerance: float
+    error_vs_fp32: float | None = None
+    """Low precision only: MoRE against PEFT on a float32 copy."""
+    peft_error_vs_fp32: float | None = None
+    """Low precision only: PEFT in the model dtype against PEFT on a float32 copy (the floor)."""
+
+    @property
+    def bound(self) -> float:
+        """The error bound this check is held to."""
+        if self.peft_error_vs_fp32 is None:
+            return self.tolerance
+        return max(self.tolerance, FLOOR_FACTOR * self.peft_error_vs_fp32)
 
     @property
     def passed(self) -> bool:
-        """True when the error is within tolerance (and finite)."""
-        return bool(self.max_rel_error <= self.tolerance)
+        """True when the error is within its bound (and finite)."""
+        err = self.max_rel_error if self.error_vs_fp32 is None else self.error_vs_fp32
+        return bool(err <= self.bound)
 
 
 def default_tolerance(dtype: torch.dtype) -> float:
@@ -109,8 +129,6 @@ def verify_pool(
     Raises:
         PoolCompatibilityError: the pool does not fit the model.
     """
-    from peft import PeftModel
-
     dtype = next(model.parameters()).dtype
     tol = default_tolerance(dtype) if tolerance is None else tolerance
     device = next(model.parameters()).device
@@ -118,19 +136,33 @@ def verify_pool(
     batch = {k: v.to(device) for k, v in batch.items()}
     mask = batch["attention_mask"].bool()
     reference = copy.deepcopy(model)
-    inject_more(model, pool, RouterConfig(topk_experts=1), seed=seed)
     base_logits = _logits(reference, batch)
-    peft = PeftModel.from_pretrained(reference, str(pool.adapters[0].path), adapter_name="a0")
-    for i, adapter in enumerate(pool.adapters[1:], start=1):
-        peft.load_adapter(str(adapter.path), adapter_name=f"a{i}")
-    peft.eval()
+    peft = _peft_model(reference, pool)
+    peft32 = None if dtype == torch.float32 else _peft_model(copy.deepcopy(model).float(), pool)
+    inject_more(model, pool, RouterConfig(topk_experts=1), seed=seed)
     checks = []
     for i, adapter in enumerate(pool.adapters):
         peft.set_adapter(f"a{i}")
         want = _logits(peft, batch)
         with unit_routing(model, i):
             got = _logits(model, batch)
+        extra: dict[str, float] = {}
+        if peft32 is not None:
+            peft32.set_adapter(f"a{i}")
+            want32 = _logits(peft32, batch)
+            extra = {"error_vs_fp32": _rel(got, want32, mask),
+                     "peft_error_vs_fp32": _rel(want, want32, mask)}
         checks.append(AdapterCheck(
-            adapter.name, _rel(got, want, mask), _rel(want, base_logits, mask), tol,
+            adapter.name, _rel(got, want, mask), _rel(want, base_logits, mask), tol, **extra
         ))
     return checks
+
+
+def _peft_model(model: nn.Module, pool: LoraPool) -> Any:
+    """PEFT's own model with every pool adapter loaded as ``a{index}``."""
+    from peft import PeftModel
+
+    peft = PeftModel.from_pretrained(model, str(pool.adapters[0].path), adapter_name="a0")
+    for i, adapter in enumerate(pool.adapters[1:], start=1):
+        peft.load_adapter(str(adapter.path), adapter_name=f"a{i}")
+    return peft.eval()
