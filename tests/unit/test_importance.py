@@ -2,19 +2,26 @@
 
 from __future__ import annotations
 
-from types import SimpleNamespace
+from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from smartfed.config import ModelConfig, RouterConfig
+from smartfed.model.base import load_base_model
+from smartfed.model.inject import inject_more
+from smartfed.model.state import more_layers, set_quotas
+from smartfed.pool.pool import resolve_pool
+from smartfed.quota.allocate import aggregate_importance
 from smartfed.quota.importance import (
     ImportanceTracker,
     expert_perturbation,
     selected_importance,
     token_importance,
 )
+from smartfed.quota.schedule import EEQAState
 
 
 def _brute(ref: torch.Tensor, coef: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -100,111 +107,91 @@ def test_selected_importance_renormalises_gates_and_counts_selections() -> None:
     assert sums.sum().item() == pytest.approx(0.325 + 1.0 + 0.5)
 
 
-# --- the tracker over MoRE observers -----------------------------------------------------------
+# --- the tracker over real MoRE layers (tiny Llama + heterogeneous pool) --------------------------
 
 
-class _Handle:
-    def __init__(self, hooks: list, fn: object) -> None:  # type: ignore[type-arg]
-        self.hooks, self.fn = hooks, fn
-
-    def remove(self) -> None:
-        self.hooks.remove(self.fn)
-
-
-class _StandInMoRE(nn.Module):
-    """Test double of the MoRELinear observer contract (docs/ARCHITECTURE.md): top-K over M."""
-
-    def __init__(self, d_in: int, d_out: int, adapters: list[int], k: int, seed: int) -> None:
-        super().__init__()
-        g = torch.Generator().manual_seed(seed)
-        m = len(adapters)
-        self.base = nn.Linear(d_in, d_out, bias=False)
-        self.bank = nn.Module()
-        self.bank.register_buffer("A", torch.randn(m, d_in, generator=g))
-        self.bank.register_buffer("B", torch.randn(d_out, m, generator=g))
-        self.bank.register_buffer("scaling", torch.rand(m, generator=g) + 0.5)
-        self.bank.register_buffer("adapter_index", torch.tensor(adapters))
-        self.router = torch.randn(m, d_in, generator=g)
-        self.k = k
-        self.hooks: list = []  # type: ignore[type-arg]
-
-    def add_observer(self, fn: object) -> _Handle:
-        self.hooks.append(fn)
-        return _Handle(self.hooks, fn)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = self.base(x)
-        z = x @ self.bank.A.T
-        weights, indices = torch.softmax(x @ self.router.T, -1).topk(self.k, -1)
-        routing = SimpleNamespace(weights=weights, indices=indices)
-        for fn in self.hooks:
-            fn(SimpleNamespace(x=x.detach(), base_out=y.detach(), z=z.detach(), routing=routing))
-        coef = torch.zeros_like(z).scatter(-1, indices, weights) * z * self.bank.scaling
-        return y + coef @ self.bank.B.T
+@pytest.fixture
+def more_model(tiny_model_dir: Path, tiny_pool: list[Path]) -> nn.Module:
+    model, _ = load_base_model(ModelConfig(model_name_or_path=str(tiny_model_dir), dtype="float32"))
+    pool = resolve_pool([str(p) for p in tiny_pool])
+    inject_more(model, pool, RouterConfig(topk_experts=4, router_init_std=0.5), seed=0)
+    return model
 
 
-class _TwoMatrices(nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.q_proj = _StandInMoRE(8, 8, [0, 0, 0, 1, 1, 1], k=2, seed=1)
-        self.v_proj = _StandInMoRE(8, 4, [0, 0, 1, 1, 2, 2], k=3, seed=2)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.q_proj(x).sum() + self.v_proj(x).sum()
-
-
-def _expected(layer: _StandInMoRE, x: torch.Tensor, keep: torch.Tensor) -> list[float]:
-    """Brute force: mean over kept tokens of renormalised gate x (1 - cos(r, r + e_i))."""
-    x = x[keep]
-    y, z = layer.base(x).detach(), x @ layer.bank.A.T
-    weights, indices = torch.softmax(x @ layer.router.T, -1).topk(layer.k, -1)
-    ref = x if x.shape[-1] == y.shape[-1] else y
-    d = _brute(ref, z * layer.bank.scaling, layer.bank.B)
-    gate = torch.zeros_like(z, dtype=torch.float64).scatter(
-        -1, indices, (weights / weights.sum(-1, keepdim=True)).double()
-    )
-    return ((gate * d).sum(0) / x.shape[0]).tolist()
+def _expected_scores(infos: list, bank: nn.Module, keep: torch.Tensor) -> list[float]:  # type: ignore[type-arg]
+    """Brute force from captured infos: mean of renormalised gate x (1 - cos(r, r + e_i))."""
+    total = torch.zeros(bank.B.shape[1], dtype=torch.float64)
+    tokens = 0
+    for info in infos:
+        x, y, z = (
+            t.reshape(-1, t.shape[-1])[keep.reshape(-1)] for t in (info.x, info.base_out, info.z)
+        )
+        w, idx = (t.reshape(-1, t.shape[-1])[keep.reshape(-1)] for t in info.routing)
+        ref = x if x.shape[-1] == y.shape[-1] else y
+        d = _brute(ref, z * bank.scaling, bank.B.float())
+        gate = torch.zeros_like(d).scatter(-1, idx, (w / w.sum(-1, keepdim=True)).double())
+        total += (gate * d).sum(0)
+        tokens += x.shape[0]
+    return (total / tokens).tolist()
 
 
-def test_tracker_scores_and_usage_match_brute_force_and_respect_the_mask() -> None:
-    # Arrange
-    model = _TwoMatrices()
-    x = torch.randn(3, 5, 8)
-    mask = torch.ones(3, 5, dtype=torch.bool)
-    mask[0, 3:] = False  # padding
+def test_tracker_matches_brute_force_on_every_matrix_kind(more_model: nn.Module) -> None:
+    # Arrange: capture what each layer's observers see, next to the tracker
+    layers = more_layers(more_model)
+    captured: dict[str, list] = {name: [] for name in layers}  # type: ignore[type-arg]
+    handles = [layer.add_observer(captured[n].append) for n, layer in layers.items()]
+    ids = torch.randint(0, 400, (2, 7))
+    mask = torch.ones(2, 7, dtype=torch.bool)
+    mask[1, 5:] = False  # padding
     # Act
-    with torch.no_grad(), ImportanceTracker(model) as tracker:
+    with torch.no_grad(), ImportanceTracker(more_model, num_adapters=3) as tracker:
         tracker.set_token_mask(mask)
-        model(x)
+        more_model(input_ids=ids)
+    for h in handles:
+        h.remove()
     # Assert
     scores, usage = tracker.scores(), tracker.usage()
-    assert set(scores) == {"q_proj", "v_proj"}
-    for name in ("q_proj", "v_proj"):
-        layer = getattr(model, name)
+    assert list(scores) == sorted(layers)
+    kinds = {n.rsplit(".", 1)[-1] for n in scores}
+    assert {"q_proj", "v_proj", "gate_proj", "down_proj"} <= kinds  # square, GQA, MLP in and out
+    for name, layer in layers.items():
+        want = _expected_scores(captured[name], layer.bank, mask)
         torch.testing.assert_close(
             torch.tensor(scores[name], dtype=torch.float64),
-            torch.tensor(_expected(layer, x, mask), dtype=torch.float64),
+            torch.tensor(want, dtype=torch.float64),
             rtol=1e-3,
             atol=1e-7,
         )
-        assert len(usage[name]) == 3  # adapters 0..2 over the whole pool
+        assert len(usage[name]) == 3
         assert sum(usage[name]) == layer.k * int(mask.sum())
         assert all(isinstance(v, float) for v in scores[name])
-    assert tracker.tokens() == {"q_proj": 13, "v_proj": 13}
-    assert usage["q_proj"][2] == 0
-    assert model.q_proj.hooks == [] and model.v_proj.hooks == []  # observers removed on exit
+    assert set(tracker.tokens().values()) == {12}
+    assert usage["model.layers.0.mlp.gate_proj"][:2] == [0, 0]  # only c_mlp has MLP experts
+    assert all(not layer._observers for layer in layers.values())  # removed on exit
 
 
-def test_tracker_reset_and_errors() -> None:
-    model = _TwoMatrices()
-    with ImportanceTracker(model) as tracker:
-        model(torch.randn(2, 8))
+def test_tracker_scores_feed_the_server_allocation(more_model: nn.Module) -> None:
+    # Importance -> aggregate -> allocate: plain numbers in, a budget-exact quota map out.
+    with torch.no_grad(), ImportanceTracker(more_model) as tracker:
+        more_model(input_ids=torch.randint(0, 400, (2, 9)))
+    scores = aggregate_importance([(5, tracker.scores())])
+    assert all(s > 0 for s in scores.values())
+    experts = {n: layer.num_experts for n, layer in more_layers(more_model).items()}
+    state = EEQAState.create(experts, 4)
+    quotas = state.update(1, scores)
+    assert sum(quotas.values()) == state.budget
+    set_quotas(more_model, quotas)
+
+
+def test_tracker_reset_and_errors(more_model: nn.Module) -> None:
+    with ImportanceTracker(more_model) as tracker:
+        more_model(input_ids=torch.randint(0, 400, (1, 4)))
         tracker.reset()
-        assert tracker.tokens() == {"q_proj": 0, "v_proj": 0}
+        assert set(tracker.tokens().values()) == {0}
         tracker.set_token_mask(torch.ones(7, dtype=torch.bool))
         with pytest.raises(ValueError, match="token mask shape"):
-            model(torch.randn(2, 8))
+            more_model(input_ids=torch.randint(0, 400, (1, 4)))
     with pytest.raises(ValueError, match="no MoRE layer"):
         ImportanceTracker(nn.Linear(2, 2))
     with pytest.raises(ValueError, match="reference="):
-        ImportanceTracker(model, reference="sideways")  # type: ignore[arg-type]
+        ImportanceTracker(more_model, reference="sideways")  # type: ignore[arg-type]

@@ -27,6 +27,9 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
+from smartfed.model.state import more_layers
+from smartfed.routing.layer import MoREForwardInfo, MoRELinear
+
 _EPS = 1e-12
 Reference = Literal["auto", "input", "output"]
 REFERENCES = ("auto", "input", "output")
@@ -138,19 +141,6 @@ class _MatrixStats:
     tokens: int = 0
 
 
-def find_more_layers(model: nn.Module) -> dict[str, nn.Module]:
-    """Return every MoRE layer of ``model`` by module path (``model.layers.3.self_attn.q_proj``).
-
-    A MoRE layer is any module with an ``add_observer`` method and an expert ``bank`` (the
-    ``MoRELinear`` contract in docs/ARCHITECTURE.md).
-    """
-    return {
-        name: mod
-        for name, mod in model.named_modules()
-        if callable(getattr(mod, "add_observer", None)) and hasattr(mod, "bank")
-    }
-
-
 class ImportanceTracker:
     """Collect EEQA importance and expert usage from every MoRE layer while active.
 
@@ -163,26 +153,32 @@ class ImportanceTracker:
                 ...
         reply = {"scores": tracker.scores(), "usage": tracker.usage()}
 
-    Observers only read detached tensors, under ``torch.no_grad``; leaving the context removes them.
+    Observers (``MoRELinear.add_observer``) only read detached tensors, under ``torch.no_grad``;
+    leaving the context removes them.
     The formula is in the module docstring; the reasons are in docs/method.md.
 
     Args:
         model: a model with MoRE layers injected.
         reference: ``auto`` [D], ``input`` or ``output`` (see :func:`token_importance`).
+        num_adapters: pool size, the length of every :meth:`usage` list; ``None`` = the highest
+            adapter index any matrix uses, plus one.
 
     Raises:
         ValueError: ``model`` has no MoRE layer, or an unknown ``reference``.
     """
 
-    def __init__(self, model: nn.Module, reference: Reference = "auto") -> None:
+    def __init__(
+        self, model: nn.Module, reference: Reference = "auto", num_adapters: int | None = None
+    ) -> None:
         if reference not in REFERENCES:
             raise ValueError(f"reference={reference!r}: choose one of {REFERENCES}")
-        self._layers = find_more_layers(model)
+        self._layers: dict[str, MoRELinear] = more_layers(model)
         if not self._layers:
             raise ValueError("ImportanceTracker: the model has no MoRE layer; inject MoRE first")
         self.reference: Reference = reference
         self._stats = {name: _init_stats(layer) for name, layer in self._layers.items()}
-        self._num_adapters = 1 + max(int(s.adapter_index.max()) for s in self._stats.values())
+        seen = 1 + max(int(s.adapter_index.max()) for s in self._stats.values())
+        self._num_adapters = max(seen, num_adapters or 0)
         self._handles: list[Any] = []
         self._mask: torch.Tensor | None = None
 
@@ -200,18 +196,20 @@ class ImportanceTracker:
         """Count only tokens where ``mask`` (shape ``(batch, seq)``) is true; ``None`` = all."""
         self._mask = None if mask is None else mask.detach().bool()
 
-    def _observer(self, name: str) -> Callable[[Any], None]:
+    def _observer(self, name: str) -> Callable[[MoREForwardInfo], None]:
         stats = self._stats[name]
 
-        def observe(info: Any) -> None:
+        def observe(info: MoREForwardInfo) -> None:
             with torch.no_grad():
                 self._accumulate(stats, info)
 
         return observe
 
-    def _accumulate(self, stats: _MatrixStats, info: Any) -> None:
+    def _accumulate(self, stats: _MatrixStats, info: MoREForwardInfo) -> None:
         x, y, z = info.x, info.base_out, info.z
-        weights, indices = info.routing.weights, info.routing.indices
+        lead = x.shape[:-1]  # routings may broadcast over tokens (e.g. a fixed routing)
+        weights = info.routing.weights.expand(*lead, -1)
+        indices = info.routing.indices.expand(*lead, -1)
         keep = None
         if self._mask is not None:
             if self._mask.shape != x.shape[:-1]:
@@ -263,7 +261,7 @@ class ImportanceTracker:
             s.tokens = 0
 
 
-def _init_stats(layer: nn.Module) -> _MatrixStats:
+def _init_stats(layer: MoRELinear) -> _MatrixStats:
     """Copy the frozen expert constants of one MoRE layer into float32 tensors."""
     bank = layer.bank
     b = bank.B.detach().float()  # (d_out, M)
