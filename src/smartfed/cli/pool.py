@@ -136,6 +136,7 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
 
     cfg = config_from_args(args)
     pool = _load_pool(cfg)
+    pool.check_topk(cfg.router.topk_experts)
     if args.cfg__model__model_name_or_path is not None:  # validate only when a model was named
         from smartfed.model.base import load_base_model
         from smartfed.pool.validate import validate_pool

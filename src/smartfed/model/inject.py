@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from smartfed.config import RouterConfig
-from smartfed.errors import ConfigError, PoolCompatibilityError
+from smartfed.errors import PoolCompatibilityError
 from smartfed.experts.bank import ExpertBank
 from smartfed.log import get_logger
 from smartfed.pool.pool import LoraPool
@@ -84,13 +84,7 @@ def inject_more(
             f"no module of the model matches the pool's targets {pool.matrices()[:4]}; "
             "use adapters made for this base model"
         )
-    sizes = pool.experts_per_matrix()
-    if router_cfg.topk_experts > max(sizes.values()):
-        raise ConfigError(
-            f"impossible top-K: topk_experts={router_cfg.topk_experts} but the pool "
-            f"({', '.join(pool.names)}) gives at most M={max(sizes.values())} experts per matrix; "
-            f"set --topk_experts <= {max(sizes.values())}"
-        )
+    pool.check_topk(router_cfg.topk_experts)
     model.requires_grad_(False)
     generator = torch.Generator().manual_seed(seed)
     report = InjectionReport([], {}, {}, {})

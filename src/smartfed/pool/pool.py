@@ -72,6 +72,22 @@ class LoraPool:
         """M_m = sum of the ranks of the adapters that adapt matrix m (SPEC.md §1.1 [P])."""
         return {m: sum(mod.rank for _, mod in self.modules_for(m)) for m in self.matrices()}
 
+    def check_topk(self, topk: int) -> None:
+        """Refuse a ``topk_experts`` that no matrix can apply.
+
+        Matrices with fewer experts than ``topk`` apply all of theirs (K_m = min(topk, M_m)) [D].
+
+        Raises:
+            ConfigError: ``topk`` < 1 or larger than every matrix's M_m (impossible top-K).
+        """
+        largest = max(self.experts_per_matrix().values())
+        if not 1 <= topk <= largest:
+            raise ConfigError(
+                f"impossible top-K: topk_experts={topk} but the pool ({', '.join(self.names)}) "
+                f"gives at most M={largest} experts per matrix; set 1 <= --topk_experts <= "
+                f"{largest}"
+            )
+
     def fingerprint(self) -> dict[str, str]:
         """Adapter name -> sha256 of its weights file (pool order)."""
         return {a.name: a.sha256 for a in self.adapters}
