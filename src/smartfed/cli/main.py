@@ -19,6 +19,7 @@ from smartfed.log import configure_logging
 
 # subcommand -> module; the module's register() adds the parser (SPEC.md §2.2).
 COMMANDS: dict[str, str] = {
+    "eval": "smartfed.cli.eval",
     "pool": "smartfed.cli.pool",
     "report": "smartfed.cli.report",
 }

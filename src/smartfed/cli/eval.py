@@ -1,0 +1,82 @@
+"""``smartfed eval``: score a base model, a PEFT adapter, a SmartFed run or a predictions file on a
+task.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Add the ``eval`` subcommand."""
+    from smartfed.data.tasks import list_tasks
+
+    parser = subparsers.add_parser(
+        "eval",
+        help="evaluate a model, adapter, run or predictions file on a registered benchmark",
+        description="Evaluate on a registered task; writes <task>.records.jsonl and "
+        f"<task>.summary.json. Tasks: {', '.join(list_tasks())}. "
+        "Data folder: --data_dir, else $SMARTFED_DATA, else ./data.",
+    )
+    parser.add_argument("--task", required=True, help="registered task name (see above)")
+    parser.add_argument(
+        "--model_name_or_path",
+        default=None,
+        help="hub id, local dir, .gguf or `default` (default: the run's model, else `default`)",
+    )
+    src = parser.add_mutually_exclusive_group()
+    src.add_argument("--adapter", default="", help="PEFT adapter folder to apply to the base model")
+    src.add_argument("--run", default="", help="SmartFed run directory (config.json + checkpoint/)")
+    src.add_argument(
+        "--predictions",
+        default="",
+        help='score a JSONL file of {"index", "prediction"} lines instead of generating (no model)',
+    )
+    parser.add_argument("--limit", type=int, default=0, help="first N eval examples only; 0 = all")
+    parser.add_argument(
+        "--output_dir", default="eval_results", help="where the records and summary go"
+    )
+    parser.add_argument("--data_dir", default="", help="data folder laid out like shared/data")
+    parser.add_argument("--batch_size", type=int, default=8, help="prompts decoded together")
+    parser.add_argument(
+        "--max_new_tokens", type=int, default=0, help="generation cap; 0 = the task's default"
+    )
+    parser.add_argument("--dtype", default="bfloat16", choices=("bfloat16", "float32", "float16"))
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument(
+        "--overwrite", action="store_true", help="replace existing results for this task"
+    )
+    parser.set_defaults(handler=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run the evaluation and print the summary line."""
+    from smartfed.eval.harness import EvalRequest, run_eval
+
+    request = EvalRequest(
+        task=args.task,
+        model_name_or_path=args.model_name_or_path,
+        adapter=args.adapter,
+        run=args.run,
+        predictions=args.predictions,
+        limit=args.limit,
+        output_dir=args.output_dir,
+        data_dir=args.data_dir,
+        batch_size=args.batch_size,
+        max_new_tokens=args.max_new_tokens,
+        dtype=args.dtype,
+        device=args.device,
+        overwrite=args.overwrite,
+    )
+    summary, paths = run_eval(request)
+    lo, hi = summary["ci95"]
+    print(
+        f"{summary['task']} {summary['metric']} = {summary['value']:.4f} "
+        f"(95% CI {lo:.4f}-{hi:.4f}, n={summary['n']}, {summary['seconds']:.0f} s)"
+    )
+    for p in paths:
+        print(p)
+    if args.verbose:
+        print(json.dumps(summary, indent=2))
+    return 0

@@ -1,0 +1,83 @@
+"""Task registry: ``get_task(name)``, ``register_task(task)``, ``list_tasks()``.
+
+Benchmarks (eval): ``mgsm_<lang>`` (11 languages), ``gsm8k``, ``math23k``, ``gsm_hard`` (PAL),
+``humaneval``, ``mbpp``, ``code_zh`` (stand-in for DoIT). Skill sets for source LoRAs (train):
+``chinese_chat``, ``english_chat``, ``math_en``, ``code_en``. See docs/tasks.md.
+"""
+
+from __future__ import annotations
+
+from smartfed.data.tasks.base import DATA_ENV, Task, resolve_data_dir
+from smartfed.data.tasks.chat import AlpacaBilingualSkill, CodeAlpacaSkill
+from smartfed.data.tasks.code import CodeZhStandIn, HumanEvalTask, MbppTask
+from smartfed.data.tasks.math import MGSM_LANGS, Gsm8kTask, Math23kTask, MathEnSkill, MgsmTask
+from smartfed.data.tasks.pal import GsmHardTask
+from smartfed.errors import DataError
+
+__all__ = ["DATA_ENV", "Task", "get_task", "list_tasks", "register_task", "resolve_data_dir"]
+
+_REGISTRY: dict[str, Task] = {}
+
+
+def register_task(task: Task, *, replace: bool = False) -> Task:
+    """Add ``task`` under ``task.name``.
+
+    Raises:
+        DataError: the name is empty or already registered (pass ``replace=True`` to override).
+    """
+    if not task.name:
+        raise DataError(f"cannot register {task!r}: it has no name")
+    if task.name in _REGISTRY and not replace:
+        raise DataError(f"task {task.name!r} is already registered; pick another name")
+    _REGISTRY[task.name] = task
+    return task
+
+
+def get_task(name: str) -> Task:
+    """Return the registered task called ``name``.
+
+    Raises:
+        DataError: unknown name (the message lists the registered ones).
+    """
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        raise DataError(
+            f"unknown task {name!r}; choose one of: {', '.join(list_tasks())}"
+        ) from None
+
+
+def list_tasks() -> list[str]:
+    """Registered task names, sorted."""
+    return sorted(_REGISTRY)
+
+
+def _register_builtin() -> None:
+    for lang in MGSM_LANGS:
+        register_task(MgsmTask(lang))
+    for task in (
+        Gsm8kTask(),
+        Math23kTask(),
+        MathEnSkill(),
+        GsmHardTask(),
+        HumanEvalTask(),
+        MbppTask(),
+        CodeZhStandIn(),
+        CodeAlpacaSkill(),
+    ):
+        register_task(task)
+    register_task(
+        AlpacaBilingualSkill(
+            "chinese_chat",
+            "zh",
+            "Chinese instruction skill set (Alpaca-52K zh; stand-in for Okapi-zh); train only",
+        )
+    )
+    register_task(
+        AlpacaBilingualSkill(
+            "english_chat", "en", "English instruction skill set (Alpaca-52K en fields); train only"
+        )
+    )
+
+
+_register_builtin()

@@ -1,0 +1,1 @@
+"""Generation, metrics, the code sandbox and the evaluation harness."""
