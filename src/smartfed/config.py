@@ -165,6 +165,11 @@ class FedConfig:
     """Measure energy with CodeCarbon's offline tracker on clients and server [D]."""
     country_iso_code: str = "USA"
     """Country whose grid carbon intensity CodeCarbon uses offline (ISO 3166 alpha-3)."""
+    superlink: str = ""
+    """``--engine deployment``: address (host:port) of a running SuperLink to submit to; empty =
+    start a SuperLink and ``num_clients`` SuperNodes on loopback (``smartfed deploy-local``)."""
+    root_certificates: str = ""
+    """CA certificate (PEM) of a TLS SuperLink; empty = insecure (loopback/testing only)."""
 
     def __post_init__(self) -> None:
         _require(self.num_clients >= 1, "num_clients", self.num_clients, "must be >= 1")
