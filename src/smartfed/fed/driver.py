@@ -1,0 +1,193 @@
+"""The server side of a run, called by the ServerApp: hello, strategy, per-round logging/checkpoints.
+
+Transport stays in Flower (``Strategy.start`` drives the rounds); this module decides what happens
+around them: which node holds which partition, where the run resumes, what each round logs.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from flwr.app import ArrayRecord, Message, MessageType, MetricRecord, RecordDict
+from flwr.serverapp import Grid
+from tqdm.auto import tqdm
+
+from smartfed.config import RunConfig
+from smartfed.errors import SmartFedError
+from smartfed.fed import wire
+from smartfed.fed.accounting import maybe_measure
+from smartfed.fed.cache import Bundle, BundleSpec, get_bundle
+from smartfed.fed.strategy import SmartFedStrategy
+from smartfed.io.rundir import Checkpoint, RunDir
+from smartfed.log import get_logger
+from smartfed.model.state import get_quotas, set_quotas
+from smartfed.quota.schedule import EEQAState
+from smartfed.train.local import evaluate_loss
+
+log = get_logger(__name__)
+HELLO_POLL_S = 0.5
+
+
+class FederationError(SmartFedError):
+    """Nodes missing or a round that cannot complete."""
+
+
+def hello(grid: Grid, num_clients: int, timeout_s: float) -> dict[int, int]:
+    """Wait for ``num_clients`` nodes, ask each for its partition id; return node -> partition.
+
+    Raises:
+        FederationError: nodes missing after ``timeout_s`` or partition ids not 0..N-1 exactly once.
+    """
+    deadline = time.monotonic() + timeout_s
+    while len(nodes := sorted(grid.get_node_ids())) < num_clients:
+        if time.monotonic() > deadline:
+            raise FederationError(f"{len(nodes)} of num_clients={num_clients} nodes connected "
+                                  f"after {timeout_s:.0f} s; start more SuperNodes")
+        time.sleep(HELLO_POLL_S)
+    msgs = [Message(RecordDict(), dst_node_id=n, message_type=MessageType.QUERY) for n in nodes]
+    replies = list(grid.send_and_receive(msgs, timeout=timeout_s))
+    mapping = {m.metadata.src_node_id: wire.unpack_hello(m.content) for m in replies if not m.has_error()}
+    if sorted(mapping.values()) != list(range(num_clients)):
+        raise FederationError(f"partition ids {sorted(mapping.values())} != 0..{num_clients - 1}; "
+                              "give every SuperNode a distinct partition-id < num-partitions")
+    return mapping
+
+
+@dataclass
+class ServerLoop:
+    """Per-round bookkeeping after aggregation: evaluate, log one metrics line, checkpoint."""
+
+    cfg: RunConfig
+    run: RunDir
+    bundle: Bundle
+    strategy: SmartFedStrategy
+    totals: dict[str, float] = field(default_factory=dict)
+    bar: Any = None
+    _server_kwh: list[float] = field(default_factory=list)
+
+    def end_round(self, flower_round: int, arrays: ArrayRecord) -> MetricRecord | None:
+        """Flower's ``evaluate_fn``: called with round 0 (skipped) and after every round."""
+        if flower_round == 0:
+            return None
+        out = self.strategy.outcome
+        assert out is not None
+        with maybe_measure(self.bundle.meter, self._server_kwh), out.account.phase("eval_s"):
+            state = wire.state_from_arrays(arrays)
+            self.bundle.method.load_trainable_state(self.bundle.model, state)
+            set_quotas(self.bundle.model, self.strategy.quotas)
+            held = self.bundle.heldout()
+            eval_loss = (evaluate_loss(self.bundle.model, held, self.cfg.eval.eval_batch_size,
+                                       self.bundle.tokenizer.pad_token_id) if held else None)
+        row = self._row(out, eval_loss)
+        self.run.append_metrics(row)
+        with out.account.phase("checkpoint_s"):
+            self._checkpoint(out.round, {k: v.numpy() for k, v in state.items()})
+        if self.bar is not None:
+            self.bar.update(1)
+            self.bar.set_postfix(loss=row["train_loss"], eval_loss=eval_loss)
+        return MetricRecord({"eval_loss": eval_loss}) if eval_loss is not None else None
+
+    def _row(self, out: Any, eval_loss: float | None) -> dict[str, Any]:
+        acc = out.account
+        client_kwh = math.fsum(u.energy_kwh for u in out.updates)
+        server_kwh = self._server_kwh[-1] if self._server_kwh else 0.0
+        n = sum(u.num_examples for u in out.updates)
+        row: dict[str, Any] = {
+            "round": out.round, "clients": [u.partition_id for u in out.updates],
+            "sampled": out.sampled, "failures": out.failures,
+            "rejected": {str(k): v for k, v in out.rejected.items()},
+            "train_loss": (math.fsum(u.num_examples * u.train_loss for u in out.updates) / n
+                           if n else None),
+            "num_examples": n, "eval_loss": eval_loss,
+            "bytes_up": acc.bytes_up, "bytes_down": acc.bytes_down,
+            "wall_s": round(acc.wall_s(), 4), "phases": {k: round(v, 4) for k, v in acc.phases.items()},
+            "client_train_s": [round(u.train_s, 4) for u in out.updates],
+            "client_load_s": [round(u.load_s, 4) for u in out.updates],
+            "energy_kwh_clients": client_kwh, "energy_kwh_server": server_kwh,
+            "quotas": out.quotas,
+        }
+        for key, value in (("bytes_total", acc.bytes_up + acc.bytes_down), ("wall_s", row["wall_s"]),
+                           ("energy_kwh", client_kwh + server_kwh)):
+            self.totals[key] = self.totals.get(key, 0.0) + value
+        self.totals["rounds"] = out.round
+        return row
+
+    def _checkpoint(self, rnd: int, routers: dict[str, Any]) -> None:
+        eeqa = self.strategy.eeqa.to_dict() if self.strategy.eeqa else None
+        self.run.save_checkpoint(Checkpoint(rnd, routers, eeqa, dict(self.strategy.quotas),
+                                            dict(self.totals), self.bundle.pool.fingerprint()))
+
+
+def run_server(grid: Grid, cfg: RunConfig) -> dict[str, Any]:
+    """Run (or resume) the federated job on ``grid``; return the summary.
+
+    The run directory must have been opened by the caller (``RunDir.open``) or be resumable.
+
+    Raises:
+        SmartFedError: run-dir, model, pool, data or federation problems.
+    """
+    run = RunDir(cfg.output_dir)
+    ckpt = run.load_checkpoint()
+    done = ckpt.round if ckpt else 0
+    bundle = get_bundle(BundleSpec.from_config(cfg))
+    strategy = _make_strategy(cfg, bundle, ckpt, hello(grid, cfg.fed.num_clients, cfg.fed.round_timeout_s))
+    loop = ServerLoop(cfg, run, bundle, strategy, dict(ckpt.totals) if ckpt else {})
+    routers = ckpt.routers if ckpt else {k: v.numpy() for k, v in
+                                         bundle.method.trainable_state(bundle.model).items()}
+    remaining = cfg.fed.num_rounds - done
+    if remaining > 0:
+        loop.bar = tqdm(total=cfg.fed.num_rounds, initial=done, desc="rounds", mininterval=1.0)
+        try:
+            _start(strategy, cfg, grid, wire.arrays_from_numpy(routers), remaining, loop)
+        finally:
+            loop.bar.close()
+    summary = _summary(cfg, run, loop.totals)
+    run.write_summary(summary)
+    return summary
+
+
+def _start(strategy: Any, cfg: RunConfig, grid: Grid, arrays: ArrayRecord, rounds: int,
+           loop: ServerLoop) -> None:
+    runner = strategy
+    if cfg.fed.dp_noise_multiplier > 0:
+        from flwr.serverapp.strategy import DifferentialPrivacyServerSideFixedClipping
+
+        runner = DifferentialPrivacyServerSideFixedClipping(
+            strategy, noise_multiplier=cfg.fed.dp_noise_multiplier,
+            clipping_norm=cfg.fed.dp_clipping_norm, num_sampled_clients=cfg.fed.sample_clients)
+    runner.start(grid, arrays, num_rounds=rounds, timeout=cfg.fed.round_timeout_s,
+                 evaluate_fn=loop.end_round)
+
+
+def _make_strategy(cfg: RunConfig, bundle: Bundle, ckpt: Checkpoint | None,
+                   nodes: dict[int, int]) -> SmartFedStrategy:
+    eeqa = None
+    if bundle.method.uses_eeqa and cfg.quota.enable_eeqa:
+        eeqa = (EEQAState.from_dict(ckpt.eeqa) if ckpt and ckpt.eeqa else
+                EEQAState.from_config(cfg.quota, cfg.router.topk_experts, bundle.experts_per_matrix))
+    quotas = ckpt.quotas if ckpt else get_quotas(bundle.model)
+    n_params = sum(v.numel() for v in bundle.method.trainable_state(bundle.model).values())
+    bound = cfg.fed.max_update_norm or (
+        10 * cfg.train.learning_rate * cfg.train.local_steps * math.sqrt(n_params))
+    return SmartFedStrategy(cfg, nodes, quotas, eeqa, round_offset=ckpt.round if ckpt else 0,
+                            max_update_norm=bound)
+
+
+def _summary(cfg: RunConfig, run: RunDir, totals: dict[str, float]) -> dict[str, Any]:
+    rows = run.metrics()
+    last = rows[-1] if rows else {}
+    return {
+        "rounds": len(rows), "num_rounds": cfg.fed.num_rounds,
+        "bytes_total": int(sum(r["bytes_up"] + r["bytes_down"] for r in rows)),
+        "bytes_up": int(sum(r["bytes_up"] for r in rows)),
+        "bytes_down": int(sum(r["bytes_down"] for r in rows)),
+        "wall_s": round(sum(r["wall_s"] for r in rows), 3),
+        "energy_kwh": sum(r["energy_kwh_clients"] + r["energy_kwh_server"] for r in rows),
+        "final_train_loss": last.get("train_loss"), "final_eval_loss": last.get("eval_loss"),
+        "final_quotas": last.get("quotas"), "method": cfg.train.method,
+        "dp": {"noise_multiplier": cfg.fed.dp_noise_multiplier,
+               "clipping_norm": cfg.fed.dp_clipping_norm} if cfg.fed.dp_noise_multiplier else None,
+    }

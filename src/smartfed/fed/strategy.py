@@ -1,0 +1,173 @@
+"""``SmartFedStrategy(FedAvg)``: seeded sampling, robust router averaging and EEQA (style.md §7).
+
+Overrides only ``configure_train`` (seeded client sampling over partition ids, quotas into the
+config, bytes down) and ``aggregate_train`` (per-reply checks, example-weighted mean of routers,
+importance -> EEQA, bytes up). Everything else is Flower's FedAvg; ``Strategy.start`` drives rounds.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
+from flwr.serverapp import Grid
+from flwr.serverapp.strategy import FedAvg
+
+from smartfed.config import RunConfig
+from smartfed.errors import SmartFedError
+from smartfed.fed import wire
+from smartfed.fed.accounting import RoundAccount
+from smartfed.log import get_logger
+from smartfed.quota.allocate import aggregate_importance
+from smartfed.quota.schedule import EEQAState
+from smartfed.train.client import ClientUpdate
+
+log = get_logger(__name__)
+
+Aggregator = Callable[[Sequence[tuple[int, dict[str, np.ndarray]]]], dict[str, np.ndarray]]
+
+
+def weighted_mean(updates: Sequence[tuple[int, dict[str, np.ndarray]]]) -> dict[str, np.ndarray]:
+    """Example-weighted mean per tensor [P: FedAvg], accumulated in float64, returned float32."""
+    total = sum(n for n, _ in updates)
+    keys = list(updates[0][1])
+    return {
+        k: (sum(np.float64(n) * u[k].astype(np.float64) for n, u in updates) / total).astype(np.float32)
+        for k in keys
+    }
+
+
+def sample_partitions(partitions: Sequence[int], k: int, seed: int, server_round: int) -> list[int]:
+    """The partitions trained in a round: a pure function of (seed, round) [D], sorted."""
+    rng = random.Random(seed * 1_000_003 + server_round)
+    return sorted(rng.sample(sorted(partitions), k))
+
+
+@dataclass
+class RoundOutcome:
+    """What the strategy learnt in one round (read by the server loop to log and checkpoint)."""
+
+    round: int
+    account: RoundAccount
+    sampled: list[int] = field(default_factory=list)
+    updates: list[ClientUpdate] = field(default_factory=list)
+    rejected: dict[int, str] = field(default_factory=dict)
+    failures: int = 0
+    quotas: dict[str, int] = field(default_factory=dict)
+    ok: bool = False
+
+
+class SmartFedStrategy(FedAvg):
+    """FedAvg over routers with EEQA quotas, seeded sampling and per-reply validation.
+
+    Args:
+        cfg: the run config.
+        node_partitions: node id -> partition id (from the start-of-run hello).
+        quotas: matrix -> K_m used when EEQA is off or not given.
+        eeqa: the EEQA schedule (``None`` = quotas never move).
+        round_offset: rounds already completed (resume); Flower's round r is round r + offset.
+        max_update_norm: reject updates farther than this from the global routers (L2).
+        aggregate: the aggregation rule (default: example-weighted mean).
+    """
+
+    def __init__(self, cfg: RunConfig, node_partitions: dict[int, int], quotas: dict[str, int],
+                 eeqa: EEQAState | None, *, round_offset: int = 0, max_update_norm: float = math.inf,
+                 aggregate: Aggregator = weighted_mean) -> None:
+        super().__init__(fraction_train=0.0, fraction_evaluate=0.0,
+                         min_train_nodes=cfg.fed.sample_clients, min_available_nodes=1)
+        self.cfg, self.eeqa, self.offset = cfg, eeqa, round_offset
+        self.node_of = {pid: node for node, pid in node_partitions.items()}
+        self.quotas = dict(eeqa.quotas if eeqa else quotas)
+        self.max_update_norm, self.aggregate = max_update_norm, aggregate
+        self.outcome: RoundOutcome | None = None
+        self._global: dict[str, np.ndarray] = {}
+
+    def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
+                        grid: Grid) -> Iterable[Message]:
+        """Send routers + quotas to the sampled partitions' nodes (seeded, see sample_partitions)."""
+        t0 = time.perf_counter()
+        rnd = server_round + self.offset
+        out = self.outcome = RoundOutcome(rnd, RoundAccount(started=t0), quotas=dict(self.quotas))
+        out.sampled = sample_partitions(list(self.node_of), self.cfg.fed.sample_clients,
+                                        self.cfg.train.seed, rnd)
+        self._global = {k: arrays[k].numpy() for k in arrays}
+        t = self.cfg.train
+        record = RecordDict({
+            wire.ARRAYS: arrays,
+            wire.CONFIG: wire.pack_train_config(self.quotas, t.local_steps, t.batch_size, t.learning_rate),
+        })
+        record[wire.CONFIG][wire.SERVER_ROUND] = rnd  # type: ignore[index]
+        msgs = [Message(record, dst_node_id=self.node_of[p], message_type=MessageType.TRAIN)
+                for p in out.sampled]
+        out.account.bytes_down = sum(wire.message_bytes(m) for m in msgs)
+        out.account.add_phase("configure_s", time.perf_counter() - t0)
+        self._sent_at = time.perf_counter()
+        return msgs
+
+    def aggregate_train(self, server_round: int, replies: Iterable[Message]
+                        ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        """Validate replies one by one, average the accepted routers, run EEQA."""
+        out = self.outcome
+        assert out is not None  # configure_train always runs first
+        replies = list(replies)
+        t0 = time.perf_counter()
+        out.account.add_phase("clients_s", t0 - self._sent_at)
+        out.account.bytes_up = sum(wire.message_bytes(m) for m in replies)
+        valid, errors = self._check_and_log_replies(replies, is_train=True, validate=False)
+        out.failures = len(errors) + max(0, len(out.sampled) - len(replies))
+        for msg in valid:
+            self._accept(msg, out)
+        out.updates.sort(key=lambda u: u.partition_id)
+        if len(out.updates) < self.cfg.fed.min_replies:
+            log.warning("round %d: %d accepted replies < min_replies=%d; routers unchanged",
+                        out.round, len(out.updates), self.cfg.fed.min_replies)
+            out.account.add_phase("aggregate_s", time.perf_counter() - t0)
+            return None, None
+        routers = self.aggregate([(u.num_examples, u.routers) for u in out.updates])
+        if self.eeqa is not None:
+            scores = aggregate_importance([(u.num_examples, u.importance) for u in out.updates
+                                           if u.importance])
+            self.quotas = self.eeqa.update(out.round, scores)
+        out.ok = True
+        out.account.add_phase("aggregate_s", time.perf_counter() - t0)
+        n = sum(u.num_examples for u in out.updates)
+        loss = math.fsum(u.num_examples * u.train_loss for u in out.updates) / n
+        return wire.arrays_from_numpy(routers), MetricRecord({wire.TRAIN_LOSS: loss})
+
+    def _accept(self, msg: Message, out: RoundOutcome) -> None:
+        node = msg.metadata.src_node_id
+        try:
+            upd = wire.unpack_train_res(msg.content)
+        except SmartFedError as err:
+            out.rejected[-1 - len(out.rejected)] = str(err)
+            log.warning("round %d: reply from node %d rejected: %s", out.round, node, err)
+            return
+        reason = self._check(upd)
+        if reason:
+            out.rejected[upd.partition_id] = reason
+            log.warning("round %d: update of partition %d rejected: %s", out.round,
+                        upd.partition_id, reason)
+        else:
+            out.updates.append(upd)
+
+    def _check(self, upd: ClientUpdate) -> str:
+        """Return why an update is unusable ("" = fine)."""
+        if upd.partition_id not in self.outcome.sampled:  # type: ignore[union-attr]
+            return "partition was not sampled this round"
+        if set(upd.routers) != set(self._global):
+            return "router keys differ from the global routers"
+        if any(upd.routers[k].shape != v.shape for k, v in self._global.items()):
+            return "router shapes differ from the global routers"
+        if not wire.is_finite_update(upd.routers) or not math.isfinite(upd.train_loss):
+            return "non-finite router weights or loss"
+        if upd.num_examples <= 0:
+            return "num-examples must be > 0"
+        norm = wire.update_norm(upd.routers, self._global)
+        if norm > self.max_update_norm:
+            return f"update norm {norm:.3g} > max_update_norm {self.max_update_norm:.3g}"
+        return ""

@@ -1,0 +1,10 @@
+"""Federated fine-tuning methods: what is prepared on the base model and what travels.
+
+Every method is one line in :data:`METHODS` (name -> ``module:Class``), imported lazily.
+"""
+
+from __future__ import annotations
+
+from smartfed.methods.base import METHODS, Method, get_method
+
+__all__ = ["METHODS", "Method", "get_method"]

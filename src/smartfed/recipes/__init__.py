@@ -1,0 +1,1 @@
+"""Recipes: short functions that assemble components into user-facing jobs."""

@@ -1,0 +1,88 @@
+"""``smartfed train``: open the run dir, check model/pool/data once, run the Flower job.
+
+Engines: ``simulation`` (default) = ``flwr.simulation.run_simulation`` in this process with the app
+factories; ``deployment`` = the same apps on a SuperLink (``fed.superlink``) or, when no address is
+given, on a loopback SuperLink + ``num_clients`` SuperNodes (:mod:`smartfed.recipes.deploy_local`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from smartfed.config import RunConfig
+from smartfed.errors import SmartFedError
+from smartfed.io.rundir import SUMMARY_FILE, RunDir
+from smartfed.log import get_logger
+from smartfed.meta import run_meta
+
+log = get_logger(__name__)
+FLOWER_ENV = {
+    "FLWR_TELEMETRY_ENABLED": "0",
+    "FLWR_DISABLE_UPDATE_CHECK": "1",
+    "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
+    "RAY_DEDUP_LOGS": "0",
+    "TOKENIZERS_PARALLELISM": "false",
+}
+"""Process environment for every Flower run: no telemetry, no update check, no runtime installs."""
+
+
+class RunIncompleteError(SmartFedError):
+    """The Flower job ended before ``num_rounds`` rounds completed."""
+
+
+def prepare_run(cfg: RunConfig) -> RunConfig:
+    """Open (or resume) the run dir and load model/pool/data once, so bad input fails here.
+
+    Returns:
+        The config the apps get (``resume=True``: they continue the run dir opened here).
+    """
+    from smartfed.fed.cache import BundleSpec, get_bundle
+
+    RunDir.open(cfg, run_meta(engine=cfg.fed.engine))
+    get_bundle(BundleSpec.from_config(cfg))
+    return dataclasses.replace(cfg, resume=True)
+
+
+def run_train(cfg: RunConfig, client_mods: Sequence[Callable[..., Any]] = ()) -> dict[str, Any]:
+    """Run a federated SmartFed job and return its ``summary.json``.
+
+    Args:
+        cfg: the run config.
+        client_mods: Flower client mods (simulation only; e.g. fault injection in tests).
+
+    Raises:
+        SmartFedError: bad input, or a job that stopped early (resume with ``--resume``).
+    """
+    os.environ.update(FLOWER_ENV)
+    app_cfg = prepare_run(cfg)
+    if cfg.fed.engine == "deployment":
+        from smartfed.recipes.deploy_local import run_deployment
+
+        run_deployment(app_cfg)
+    else:
+        from smartfed.fed.simulation import simulate
+
+        simulate(app_cfg, client_mods)
+    return read_summary(cfg)
+
+
+def read_summary(cfg: RunConfig) -> dict[str, Any]:
+    """Return the finished run's summary.
+
+    Raises:
+        RunIncompleteError: no summary, or fewer rounds than ``num_rounds``.
+    """
+    path = RunDir(cfg.output_dir).path / SUMMARY_FILE
+    rows = RunDir(cfg.output_dir).metrics()
+    done = rows[-1]["round"] if rows else 0
+    if not path.is_file() or done < cfg.fed.num_rounds:
+        raise RunIncompleteError(
+            f"the run stopped after round {done} of {cfg.fed.num_rounds} (see the log above); "
+            f"continue it with --resume --output_dir {cfg.output_dir}"
+        )
+    summary: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
+    return summary

@@ -1,0 +1,1 @@
+"""Local training on a client (no transport code here)."""

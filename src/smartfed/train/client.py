@@ -1,0 +1,96 @@
+"""One client's round, transport-free: load global routers and quotas, train, measure importance."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import numpy as np
+import torch
+
+from smartfed.config import RunConfig
+from smartfed.data.formatting import EncodedExample
+from smartfed.model.state import set_quotas
+from smartfed.train.local import local_train, round_generator, sample_batches
+
+
+@dataclass
+class ClientUpdate:
+    """What a client sends back after one round.
+
+    Attributes:
+        partition_id: which data partition trained.
+        num_examples: rows in the partition (the FedAvg weight [P]).
+        train_loss: mean loss over the local steps.
+        routers: trained tensors by key (float32 numpy, shapes as received).
+        importance: matrix -> per-expert EEQA importance (empty for methods without EEQA).
+        steps: optimizer steps taken.
+        train_s: seconds of local training.
+        load_s: seconds spent loading the model/data in this message (0 when cached).
+        energy_kwh: energy of this round on this client (0 when not tracked).
+    """
+
+    partition_id: int
+    num_examples: int
+    train_loss: float
+    routers: dict[str, np.ndarray]
+    importance: dict[str, list[float]] = field(default_factory=dict)
+    steps: int = 0
+    train_s: float = 0.0
+    load_s: float = 0.0
+    energy_kwh: float = 0.0
+
+
+def client_round(
+    bundle: Any, examples: Sequence[EncodedExample], cfg: RunConfig, *, partition_id: int,
+    server_round: int, routers: Mapping[str, torch.Tensor], quotas: Mapping[str, int],
+    local_steps: int, batch_size: int, learning_rate: float,
+) -> ClientUpdate:
+    """Train the method's parameters of the cached model on one partition for one round.
+
+    Args:
+        bundle: the cached client bundle (``model``, ``tokenizer``, ``method``).
+        examples: this partition's encoded rows.
+        cfg: the run config (seed, weight decay, clipping).
+        partition_id: this client's partition.
+        server_round: the round being trained (seeds the data order with ``cfg.train.seed``).
+        routers: global trainable state, key -> tensor.
+        quotas: matrix -> K_m for this round.
+        local_steps: optimizer steps [P: 10].
+        batch_size: rows per step [P: 16].
+        learning_rate: AdamW lr [P: 5e-4].
+
+    Returns:
+        The client's update.
+    """
+    model, method = bundle.model, bundle.method
+    method.load_trainable_state(model, dict(routers))
+    set_quotas(model, quotas)
+    params = method.trainable_parameters(model)
+    gen = round_generator(cfg.train.seed, server_round, partition_id)
+    pad = bundle.tokenizer.pad_token_id
+    batches = sample_batches(examples, batch_size, local_steps, pad, gen)
+    train_cfg = replace(cfg.train, learning_rate=learning_rate)
+    importance: dict[str, list[float]] = {}
+    if method.uses_eeqa and cfg.quota.enable_eeqa:
+        from smartfed.quota.importance import ImportanceTracker
+
+        with ImportanceTracker(model) as tracker:
+            result = local_train(model, _masked(batches, tracker), params, train_cfg, total=local_steps)
+            importance = tracker.scores()
+    else:
+        result = local_train(model, batches, params, train_cfg, total=local_steps)
+    state = method.trainable_state(model)
+    return ClientUpdate(
+        partition_id=partition_id, num_examples=len(examples), train_loss=result.loss,
+        routers={k: v.numpy() for k, v in state.items()}, importance=importance,
+        steps=result.steps, train_s=result.seconds,
+    )
+
+
+def _masked(batches: Iterator[dict[str, torch.Tensor]], tracker: Any) -> Iterator[dict[str, torch.Tensor]]:
+    """Tell the importance tracker which tokens are real (not padding) before each step."""
+    for batch in batches:
+        tracker.set_token_mask(batch["attention_mask"])
+        yield batch

@@ -1,0 +1,128 @@
+"""Local training: one explicit AdamW loop over the method's trainable parameters.
+
+Clients restart AdamW every round (optimizer state never travels), so a round depends only on the
+global routers, the quotas, the partition and the seed: this is what makes ``--resume`` exact.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from smartfed.config import TrainConfig
+from smartfed.data.formatting import EncodedExample, collate
+from smartfed.errors import DataError
+from smartfed.log import get_logger
+
+log = get_logger(__name__)
+
+
+@dataclass
+class TrainResult:
+    """What one client's local training did.
+
+    Attributes:
+        steps: optimizer steps taken.
+        loss: mean training loss over the steps.
+        losses: loss per step.
+        seconds: wall-clock time of the loop.
+    """
+
+    steps: int
+    loss: float
+    losses: list[float] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+def round_generator(seed: int, server_round: int, partition_id: int) -> torch.Generator:
+    """The data-order generator of one client in one round (a pure function of its arguments)."""
+    return torch.Generator().manual_seed((seed * 1_000_003 + server_round) * 10_007 + partition_id)
+
+
+def sample_batches(
+    examples: Sequence[EncodedExample], batch_size: int, steps: int, pad_id: int,
+    generator: torch.Generator,
+) -> Iterator[dict[str, torch.Tensor]]:
+    """Yield ``steps`` batches drawn without replacement, reshuffling once per pass [D].
+
+    Yields:
+        ``input_ids`` / ``attention_mask`` / ``labels``, each ``(min(batch_size, n), seq)``.
+
+    Raises:
+        DataError: no examples.
+    """
+    if not examples:
+        raise DataError("this client's partition is empty; lower --num_clients or use more data")
+    order: list[int] = []
+    for _ in range(steps):
+        if len(order) < min(batch_size, len(examples)):
+            order += torch.randperm(len(examples), generator=generator).tolist()
+        take, order = order[:batch_size], order[batch_size:]
+        yield collate([examples[i] for i in take], pad_id)
+
+
+def local_train(
+    model: nn.Module, batches: Iterable[dict[str, torch.Tensor]], params: list[nn.Parameter],
+    train_cfg: TrainConfig, *, total: int | None = None, desc: str = "local steps",
+) -> TrainResult:
+    """Train ``params`` with a fresh AdamW on ``batches`` (one step per batch).
+
+    The model stays in eval mode (no dropout, deterministic) [D]; only ``params`` get gradients.
+
+    Args:
+        model: a causal LM returning ``.loss`` when given ``labels``.
+        batches: ``input_ids``/``attention_mask``/``labels`` dicts, each ``(batch, seq)``.
+        params: the trainable parameters (e.g. router weights ``(M_m, d_in)``).
+        train_cfg: learning rate, weight decay and gradient clipping.
+        total: number of batches (for the progress bar).
+        desc: progress bar label.
+
+    Returns:
+        The step count and losses.
+
+    Raises:
+        DataError: a non-finite loss (diverged training or a corrupt batch).
+    """
+    opt = torch.optim.AdamW(params, lr=train_cfg.learning_rate, weight_decay=train_cfg.weight_decay)
+    device = params[0].device
+    losses: list[float] = []
+    start = time.perf_counter()
+    for batch in tqdm(batches, total=total, desc=desc, leave=False, mininterval=5.0):
+        batch = {k: v.to(device) for k, v in batch.items()}
+        loss = model(**batch).loss
+        if not torch.isfinite(loss):
+            raise DataError(f"local training loss is {loss.item()} at step {len(losses) + 1}; "
+                            "lower --learning_rate")
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if train_cfg.max_grad_norm > 0:
+            torch.nn.utils.clip_grad_norm_(params, train_cfg.max_grad_norm)
+        opt.step()
+        losses.append(float(loss.detach()))
+    for p in params:
+        p.grad = None
+    mean = math.fsum(losses) / max(len(losses), 1)
+    return TrainResult(len(losses), mean, losses, time.perf_counter() - start)
+
+
+@torch.no_grad()
+def evaluate_loss(
+    model: nn.Module, examples: Sequence[EncodedExample], batch_size: int, pad_id: int
+) -> float:
+    """Token-weighted mean loss on ``examples`` (response tokens only), in fixed order."""
+    total, tokens = 0.0, 0
+    device = next(model.parameters()).device
+    for i in range(0, len(examples), batch_size):
+        batch = {k: v.to(device) for k, v in collate(examples[i : i + batch_size], pad_id).items()}
+        n = int((batch["labels"][:, 1:] != -100).sum())
+        if n == 0:
+            continue
+        total += float(model(**batch).loss) * n
+        tokens += n
+    return total / tokens if tokens else float("nan")
