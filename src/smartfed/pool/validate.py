@@ -51,7 +51,7 @@ def _check_targets(adapter: LoraAdapter, modules: dict[str, nn.Module]) -> None:
         raise PoolCompatibilityError(
             f"adapter {adapter.name} ({adapter.path}): {len(missing)} target module(s) absent "
             f"from the base model, e.g. {missing[0]!r} (target_modules="
-            f"{list(adapter.target_modules)}; model module types: {', '.join(kinds[:8])}"
+            f"{sorted(adapter.target_modules)}; model module types: {', '.join(kinds[:8])}"
             f"{'...' if len(kinds) > 8 else ''}); use an adapter made for this base model"
         )
     for path, lora in adapter.modules.items():
