@@ -136,7 +136,8 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
 
     cfg = config_from_args(args)
     pool = _load_pool(cfg)
-    pool.check_topk(cfg.router.topk_experts)
+    if args.cfg__router__topk_experts is not None or args.config:  # a K the user asked for
+        pool.check_topk(cfg.router.topk_experts)
     if args.cfg__model__model_name_or_path is not None:  # validate only when a model was named
         from smartfed.model.base import load_base_model
         from smartfed.pool.validate import validate_pool
@@ -167,6 +168,8 @@ def _cmd_verify(args: argparse.Namespace) -> int:
         cols = f"  {c.error_vs_fp32:12.3e}  {c.peft_error_vs_fp32:12.3e}" if low else ""
         print(f"{c.name:<{width}}  {c.max_rel_error:13.3e}  {c.effect:14.3e}{cols}  "
               f"{c.bound:8.1e}  {'PASS' if c.passed else 'FAIL'}")
-    ok = all(c.passed for c in checks)
-    print("all adapters PASS" if ok else "some adapters FAIL")
+    failed = sum(not c.passed for c in checks)
+    ok = failed == 0
+    print(f"verify: all {len(checks)} adapters pass" if ok
+          else f"verify: {failed} of {len(checks)} adapters fail")
     return 0 if ok else 1

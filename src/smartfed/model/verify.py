@@ -34,6 +34,7 @@ from smartfed.config import RouterConfig
 from smartfed.model.inject import inject_more
 from smartfed.model.state import more_layers
 from smartfed.pool.pool import LoraPool
+from smartfed.pool.validate import validate_pool
 from smartfed.routing.router import FixedRouter
 
 TOLERANCES = {torch.float32: 5e-5, torch.bfloat16: 3e-2, torch.float16: 3e-2}
@@ -129,6 +130,7 @@ def verify_pool(
     Raises:
         PoolCompatibilityError: the pool does not fit the model.
     """
+    validate_pool(pool, model)  # before PEFT sees the adapters: our errors, not PEFT's
     dtype = next(model.parameters()).dtype
     tol = default_tolerance(dtype) if tolerance is None else tolerance
     device = next(model.parameters()).device
