@@ -22,6 +22,8 @@ COMMANDS: dict[str, str] = {
     "eval": "smartfed.cli.eval",
     "pool": "smartfed.cli.pool",
     "report": "smartfed.cli.report",
+    "train": "smartfed.cli.train",
+    "deploy-local": "smartfed.cli.deploy_local",
 }
 
 EXIT_USER_ERROR = 2

@@ -2,7 +2,9 @@
 
 Bytes are the protobuf size of every ``Message`` as Flower serializes it
 (``flwr.common.serde.message_to_proto(msg).ByteSize()``): metadata + records, for every
-instruction sent (down) and every reply received (up, error replies included).
+instruction sent (down) and every reply received (up, error replies included). The metadata holds
+random 64-bit node ids (varints), so totals vary by a few bytes between runs; ``payload_*`` counts
+the records alone (``recorddict_to_proto(content).ByteSize()``) and is exactly reproducible.
 """
 
 from __future__ import annotations
@@ -25,12 +27,16 @@ class RoundAccount:
     Attributes:
         bytes_down: serialized bytes of instructions sent.
         bytes_up: serialized bytes of replies received.
+        payload_down: the records part of ``bytes_down`` (without message metadata).
+        payload_up: the records part of ``bytes_up``.
         phases: phase name -> seconds.
         started: ``time.perf_counter()`` at the start of the round.
     """
 
     bytes_down: int = 0
     bytes_up: int = 0
+    payload_down: int = 0
+    payload_up: int = 0
     phases: dict[str, float] = field(default_factory=dict)
     started: float = field(default_factory=time.perf_counter)
 

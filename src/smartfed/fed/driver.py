@@ -23,7 +23,7 @@ from smartfed.fed.cache import Bundle, BundleSpec, get_bundle
 from smartfed.fed.strategy import SmartFedStrategy
 from smartfed.io.rundir import Checkpoint, RunDir
 from smartfed.log import get_logger
-from smartfed.model.state import get_quotas, set_quotas
+from smartfed.model.state import get_quotas, save_routers, set_quotas
 from smartfed.quota.schedule import EEQAState
 from smartfed.train.local import evaluate_loss
 
@@ -81,7 +81,9 @@ class ServerLoop:
             held = self.bundle.heldout()
             eval_loss = (evaluate_loss(self.bundle.model, held, self.cfg.eval.eval_batch_size,
                                        self.bundle.tokenizer.pad_token_id) if held else None)
+            task_metrics = self._task_metrics(out.round)
         row = self._row(out, eval_loss)
+        row.update(task_metrics)
         self.run.append_metrics(row)
         with out.account.phase("checkpoint_s"):
             self._checkpoint(out.round, {k: v.numpy() for k, v in state.items()})
@@ -103,6 +105,7 @@ class ServerLoop:
                            if n else None),
             "num_examples": n, "eval_loss": eval_loss,
             "bytes_up": acc.bytes_up, "bytes_down": acc.bytes_down,
+            "payload_up": acc.payload_up, "payload_down": acc.payload_down,
             "wall_s": round(acc.wall_s(), 4), "phases": {k: round(v, 4) for k, v in acc.phases.items()},
             "client_train_s": [round(u.train_s, 4) for u in out.updates],
             "client_load_s": [round(u.load_s, 4) for u in out.updates],
@@ -116,9 +119,32 @@ class ServerLoop:
         return row
 
     def _checkpoint(self, rnd: int, routers: dict[str, Any]) -> None:
+        """Resume state (``checkpoint/rNNNN``), then the eval-facing ``checkpoint/routers.safetensors``."""
         eeqa = self.strategy.eeqa.to_dict() if self.strategy.eeqa else None
-        self.run.save_checkpoint(Checkpoint(rnd, routers, eeqa, dict(self.strategy.quotas),
-                                            dict(self.totals), self.bundle.pool.fingerprint()))
+        target = self.run.save_checkpoint(Checkpoint(rnd, routers, eeqa, dict(self.strategy.quotas),
+                                                     dict(self.totals), self.bundle.pool.fingerprint()))
+        save_routers(target.parent, self.bundle.model, self.bundle.pool, self.strategy.quotas)
+
+    def _task_metrics(self, rnd: int) -> dict[str, Any]:
+        """Task accuracy of the global model every ``eval_every`` rounds and after the last one."""
+        name = self.cfg.eval.eval_task or self.cfg.data.task
+        every = self.cfg.eval.eval_every
+        due = rnd == self.cfg.fed.num_rounds or (every > 0 and rnd % every == 0)
+        if not name or not due:
+            return {}
+        from smartfed.data.tasks import get_task
+        from smartfed.eval.harness import generate_outputs, score_outputs, select_examples
+
+        task = get_task(name)
+        if task.metric == "none":
+            return {}
+        examples = select_examples(task, self.cfg.data.data_dir or None, self.cfg.eval.eval_limit)
+        outputs = generate_outputs(task, self.bundle.model, self.bundle.tokenizer, examples,
+                                   batch_size=self.cfg.eval.eval_batch_size,
+                                   max_new_tokens=self.cfg.eval.max_new_tokens)
+        records = score_outputs(task, examples, outputs)
+        value = math.fsum(float(r["correct"]) for r in records) / max(len(records), 1)
+        return {f"eval_{task.metric}": value, "eval_task": task.name, "eval_n": len(records)}
 
 
 def run_server(grid: Grid, cfg: RunConfig) -> dict[str, Any]:

@@ -105,6 +105,7 @@ class SmartFedStrategy(FedAvg):
         msgs = [Message(record, dst_node_id=self.node_of[p], message_type=MessageType.TRAIN)
                 for p in out.sampled]
         out.account.bytes_down = sum(wire.message_bytes(m) for m in msgs)
+        out.account.payload_down = sum(wire.content_bytes(m) for m in msgs)
         out.account.add_phase("configure_s", time.perf_counter() - t0)
         self._sent_at = time.perf_counter()
         return msgs
@@ -118,6 +119,7 @@ class SmartFedStrategy(FedAvg):
         t0 = time.perf_counter()
         out.account.add_phase("clients_s", t0 - self._sent_at)
         out.account.bytes_up = sum(wire.message_bytes(m) for m in replies)
+        out.account.payload_up = sum(wire.content_bytes(m) for m in replies)
         valid, errors = self._check_and_log_replies(replies, is_train=True, validate=False)
         out.failures = len(errors) + max(0, len(out.sampled) - len(replies))
         for msg in valid:

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
-from flwr.common.serde import message_to_proto
+from flwr.common.serde import message_to_proto, recorddict_to_proto
 
 from smartfed.errors import WireFormatError
 from smartfed.train.client import ClientUpdate
@@ -150,6 +150,11 @@ def unpack_hello(content: RecordDict) -> int:
 def message_bytes(msg: Message) -> int:
     """Serialized size of a Message as Flower encodes it (protobuf: metadata + records + error)."""
     return int(message_to_proto(msg).ByteSize())
+
+
+def content_bytes(msg: Message) -> int:
+    """Serialized size of a Message's records only (no metadata; deterministic for a payload)."""
+    return int(recorddict_to_proto(msg.content).ByteSize()) if msg.has_content() else 0
 
 
 def is_finite_update(routers: Mapping[str, np.ndarray]) -> bool:

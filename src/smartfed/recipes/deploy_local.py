@@ -1,0 +1,194 @@
+"""``smartfed deploy-local``: the same apps on Flower's Deployment Runtime, all on loopback.
+
+Starts one SuperLink and N SuperNodes (``partition-id`` 0..N-1), submits the job with
+``flwr run`` and stops every process it started, children included, by PID, even on failure.
+Everything Flower writes (``FLWR_HOME``, the app bundle dir, state db, logs) stays under
+``<output_dir>/.flower``. The app bundle is a generated ``pyproject.toml`` whose
+``[tool.flwr.app.config]`` is this run's resolved config (components import the installed package).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from contextlib import ExitStack
+from pathlib import Path
+from typing import Any
+
+from smartfed.config import RunConfig, Scalar
+from smartfed.errors import SmartFedError
+from smartfed.files import atomic_write_text
+from smartfed.log import get_logger
+
+log = get_logger(__name__)
+FLOWER_DIR = ".flower"
+HEALTH_TIMEOUT_S = 60.0
+STOP_GRACE_S = 5.0
+
+
+class DeploymentError(SmartFedError):
+    """A SuperLink/SuperNode that does not start or a ``flwr run`` that fails."""
+
+
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def toml_value(v: Scalar) -> str:
+    """One TOML scalar."""
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, int | float):
+        return repr(v)
+    return '"' + str(v).replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def app_pyproject(cfg: RunConfig) -> str:
+    """The ``pyproject.toml`` of the job's app bundle (config keys = ``RunConfig.to_flat()``)."""
+    lines = [
+        "[build-system]", 'requires = ["hatchling"]', 'build-backend = "hatchling.build"', "",
+        "[project]", 'name = "smartfed-job"', 'version = "0.1.0"', "dependencies = []", "",
+        "[tool.hatch.build.targets.wheel]", 'packages = ["."]', "",
+        "[tool.flwr.app]", 'publisher = "smartfed"', "",
+        "[tool.flwr.app.components]", 'serverapp = "smartfed.fed.server_app:app"',
+        'clientapp = "smartfed.fed.client_app:app"', "", "[tool.flwr.app.config]",
+    ]
+    lines += [f'"{k}" = {toml_value(v)}' for k, v in cfg.to_flat().items()]
+    return "\n".join(lines) + "\n"
+
+
+def flower_env(home: Path) -> dict[str, str]:
+    """Environment of every Flower process: offline, no telemetry, no runtime installs."""
+    from smartfed.recipes.train import FLOWER_ENV
+
+    bindir = str(Path(sys.executable).parent)
+    return {**os.environ, **FLOWER_ENV, "FLWR_HOME": str(home),
+            "PATH": bindir + os.pathsep + os.environ.get("PATH", "")}
+
+
+def _tool(name: str) -> str:
+    path = Path(sys.executable).parent / name
+    return str(path) if path.exists() else (shutil.which(name) or name)
+
+
+class Processes:
+    """Processes started here; :meth:`stop_all` ends them and their children by PID."""
+
+    def __init__(self, log_dir: Path, env: dict[str, str]) -> None:
+        self.log_dir, self.env = log_dir, env
+        self.procs: list[tuple[str, subprocess.Popen[bytes]]] = []
+
+    def start(self, name: str, argv: list[str]) -> subprocess.Popen[bytes]:
+        """Start ``argv`` with output to ``<log_dir>/<name>.log``."""
+        fh = open(self.log_dir / f"{name}.log", "ab")  # noqa: SIM115 - closed with the process
+        proc = subprocess.Popen(argv, stdout=fh, stderr=subprocess.STDOUT, env=self.env,
+                                start_new_session=True)
+        fh.close()
+        self.procs.append((name, proc))
+        return proc
+
+    def stop_all(self) -> None:
+        """Terminate every started process and its descendants (children first), then kill."""
+        import psutil
+
+        victims: list[psutil.Process] = []
+        for _, proc in reversed(self.procs):
+            try:
+                parent = psutil.Process(proc.pid)
+                victims += parent.children(recursive=True) + [parent]
+            except psutil.NoSuchProcess:
+                continue
+        for p in victims:
+            try:
+                p.terminate()
+            except psutil.NoSuchProcess:
+                pass
+        _, alive = psutil.wait_procs(victims, timeout=STOP_GRACE_S)
+        for p in alive:
+            try:
+                p.kill()
+            except psutil.NoSuchProcess:
+                pass
+        psutil.wait_procs(alive, timeout=STOP_GRACE_S)
+        for _, proc in self.procs:
+            proc.poll()
+
+
+def _wait_healthy(port: int, proc: subprocess.Popen[bytes], log_file: Path) -> None:
+    deadline = time.monotonic() + HEALTH_TIMEOUT_S
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise DeploymentError(f"flower-superlink exited with {proc.returncode}; see {log_file}")
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2) as r:
+                if r.status == 200:
+                    return
+        except OSError:
+            time.sleep(0.5)
+    raise DeploymentError(f"SuperLink not healthy after {HEALTH_TIMEOUT_S:.0f} s; see {log_file}")
+
+
+def run_deployment(cfg: RunConfig, timeout_s: float | None = None) -> dict[str, Any]:
+    """Run the job on a loopback SuperLink + ``num_clients`` SuperNodes; stop them afterwards.
+
+    Returns:
+        Timings: ``superlink_start_s``, ``flwr_run_s``.
+
+    Raises:
+        DeploymentError: a process that does not start, or ``flwr run`` failing.
+    """
+    home = Path(cfg.output_dir).resolve() / FLOWER_DIR
+    app_dir, log_dir = home / "app", home / "logs"
+    for d in (app_dir, log_dir):
+        d.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(app_dir / "pyproject.toml", app_pyproject(cfg))
+    port = free_port()
+    _write_connection(home, cfg.fed.superlink or f"127.0.0.1:{port}", cfg.fed.root_certificates)
+    procs = Processes(log_dir, flower_env(home))
+    timings: dict[str, Any] = {}
+    with ExitStack() as stack:
+        stack.callback(procs.stop_all)
+        if cfg.fed.superlink:  # a running (remote) SuperLink: submit only
+            return _flwr_run(procs, app_dir, log_dir, timeout_s, timings)
+        t0 = time.perf_counter()
+        link = procs.start("superlink", [
+            _tool("flower-superlink"), "--insecure", "--host", "127.0.0.1", "--port", str(port),
+            "--database", str(home / "state.db"), "--disable-runtime-dependency-installation"])
+        _wait_healthy(port, link, log_dir / "superlink.log")
+        timings["superlink_start_s"] = round(time.perf_counter() - t0, 2)
+        n = cfg.fed.num_clients
+        for pid in range(n):
+            procs.start(f"supernode-{pid}", [
+                _tool("flower-supernode"), "--insecure", "--superlink", f"127.0.0.1:{port}",
+                "--port", str(free_port()), "--node-config", f"partition-id={pid} num-partitions={n}"])
+        return _flwr_run(procs, app_dir, log_dir, timeout_s, timings)
+
+
+def _write_connection(home: Path, address: str, root_certificates: str) -> None:
+    """``$FLWR_HOME/config.toml`` with one connection named ``deploy``."""
+    tls = (f'root-certificates = "{Path(root_certificates).resolve()}"\n' if root_certificates
+           else "insecure = true\n")
+    atomic_write_text(home / "config.toml", '[superlink]\ndefault = "deploy"\n\n'
+                      f'[superlink.deploy]\naddress = "{address}"\n{tls}')
+
+
+def _flwr_run(procs: Processes, app_dir: Path, log_dir: Path, timeout_s: float | None,
+              timings: dict[str, Any]) -> dict[str, Any]:
+    t1 = time.perf_counter()
+    run = procs.start("flwr-run", [_tool("flwr"), "run", str(app_dir), "deploy", "--stream"])
+    try:
+        rc = run.wait(timeout=timeout_s)
+    except subprocess.TimeoutExpired as err:
+        raise DeploymentError(f"flwr run still running after {timeout_s} s; see {log_dir}") from err
+    timings["flwr_run_s"] = round(time.perf_counter() - t1, 2)
+    if rc != 0:
+        raise DeploymentError(f"flwr run exited with {rc}; see {log_dir / 'flwr-run.log'}")
+    return timings
