@@ -17,3 +17,14 @@ __all__ = [
     "CONTROL_SKILLS", "DATA_FRACTION_VARIANT", "SKILLS", "SUITE", "TASKS", "Composition", "CpuMiniTask",
     "get_cpu_mini_task",
 ]
+
+
+def register_cpu_mini_tasks() -> None:
+    """Put every cpu-mini task in the shared task registry (idempotent)."""
+    from smartfed.data.tasks import register_task
+
+    for task in TASKS.values():
+        register_task(task, replace=True)
+
+
+register_cpu_mini_tasks()

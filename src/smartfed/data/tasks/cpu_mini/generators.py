@@ -177,7 +177,7 @@ def sample_rows(gen: Generator, name: str, split: str, n: int, seed: int) -> lis
     attempts = 0
     while len(rows) < n:
         attempts += 1
-        if attempts > 200 * n + 10_000:
+        if attempts > 50 * n + 10_000:
             raise ValueError(f"{name}: cannot draw {n} distinct {split} rows; ask for fewer")
         row = gen(rng)
         if is_heldout(row.key) != want_heldout or (row.prompt, row.response) in seen:
