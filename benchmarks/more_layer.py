@@ -6,7 +6,8 @@ step) of:
 
 * ``base``: the frozen model with ONE trainable scalar that multiplies the embedding output, so
   autograd runs backward through all 30 layers (activation gradients only, no weight gradients)
-  and AdamW updates that scalar. This is the floor for any adapter method with trainable parts in layer 0.
+  and AdamW updates that scalar. This is the floor for any adapter method with trainable parts in
+  layer 0.
 * ``peft_r32``: PEFT LoRA r=32, alpha=64, dropout 0 on q_proj+v_proj (FedIT's client), PEFT defaults
   (``autocast_adapter_dtype=True``: the adapter weights are float32 on a bf16 base).
 * ``peft_r32_bf16``: the same LoRA with bf16 adapter weights (``autocast_adapter_dtype=False``),
@@ -29,10 +30,12 @@ from __future__ import annotations
 import argparse
 import logging
 import multiprocessing as mp
+import os
 import resource
 import statistics
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -73,6 +76,37 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
+def current_rss_mb() -> float:
+    """Current resident set size of this process, in MiB (from ``/proc/self/statm``)."""
+    pages = int(Path("/proc/self/statm").read_text().split()[1])
+    return pages * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+class RssSampler:
+    """Sample the current RSS every ``interval_s`` in a thread; ``max_mb`` is the highest seen.
+
+    ``ru_maxrss`` is a whole-life high-water mark, dominated by model loading; the sampler shows
+    what the training steps themselves hold.
+    """
+
+    def __init__(self, interval_s: float = 0.01) -> None:
+        self.interval_s = interval_s
+        self.max_mb = current_rss_mb()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval_s):
+            self.max_mb = max(self.max_mb, current_rss_mb())
+
+    def stop(self) -> float:
+        """Stop sampling; return the highest RSS seen, in MiB."""
+        self._stop.set()
+        self._thread.join()
+        return self.max_mb
+
+
 def make_source_adapters(model_dir: str, out_root: Path, rank: int, seed: int) -> list[str]:
     """Save two PEFT LoRAs (rank ``rank``, alpha 2*rank, q/v, random nonzero A and B)."""
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -89,7 +123,7 @@ def make_source_adapters(model_dir: str, out_root: Path, rank: int, seed: int) -
 
 
 def _attach_embedding_scalar(model: Any) -> list[torch.nn.Parameter]:
-    """Variant ``base``: a trainable scalar times the embedding output (backward crosses all layers).
+    """Variant ``base``: a trainable scalar times the embedding output (backward crosses all).
 
     Returns:
         The one trainable parameter.
@@ -124,8 +158,11 @@ def _inject_more(model: Any, adapter_dirs: list[str], k: int, seed: int) -> dict
     pool = resolve_pool(adapter_dirs)
     report = inject_more(model, pool, RouterConfig(topk_experts=k), seed)
     return {
-        "router_params": getattr(report, "router_params", None),
-        "router_bytes": getattr(report, "router_bytes", None),
+        "router_params": report.router_params,
+        "router_bytes_fp32": report.router_bytes_fp32,
+        "experts_per_matrix": sorted(set(report.experts_per_matrix.values())),
+        "output_scales": sorted(set(report.output_scales.values())),
+        "matrices": len(report.replaced),
     }
 
 
@@ -153,18 +190,27 @@ def build_variant(spec: dict[str, Any], adapter_dirs: list[str], rank: int, seed
     return model, tok, params, info
 
 
-def train_step(model: Any, opt: torch.optim.Optimizer, batch: torch.Tensor) -> float:
-    """One fwd + bwd + AdamW step on ``batch`` (B, T), LM loss on all tokens; returns seconds."""
-    t0 = time.perf_counter()
+def train_step(model: Any, opt: torch.optim.Optimizer, batch: torch.Tensor) -> tuple[float, float]:
+    """One fwd + bwd + AdamW step on ``batch`` (B, T), LM loss on all tokens.
+
+    Returns:
+        ``(wall seconds, process CPU seconds)``; CPU time (all threads) is far less sensitive to
+        other people's load on a shared machine than wall time.
+    """
+    t0, c0 = time.perf_counter(), time.process_time()
     opt.zero_grad(set_to_none=True)
     loss = model(input_ids=batch, labels=batch).loss
     loss.backward()
     opt.step()
-    return time.perf_counter() - t0
+    return time.perf_counter() - t0, time.process_time() - c0
 
 
-def generate_once(model: Any, tok: Any, new_tokens: int) -> tuple[float, int]:
-    """Greedy KV-cached generation of exactly ``new_tokens`` per prompt; ``(seconds, tokens)``."""
+def generate_once(model: Any, tok: Any, new_tokens: int) -> tuple[float, int, float]:
+    """Greedy KV-cached generation of exactly ``new_tokens`` per prompt.
+
+    Returns:
+        ``(wall seconds, generated tokens, process CPU seconds)``.
+    """
     texts = [
         tok.apply_chat_template(
             [{"role": "user", "content": p}], tokenize=False, add_generation_prompt=True
@@ -173,7 +219,7 @@ def generate_once(model: Any, tok: Any, new_tokens: int) -> tuple[float, int]:
     ]
     tok.padding_side = "left"
     enc = tok(texts, return_tensors="pt", padding=True)
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     with torch.no_grad():
         out = model.generate(
             **enc,
@@ -183,18 +229,22 @@ def generate_once(model: Any, tok: Any, new_tokens: int) -> tuple[float, int]:
             use_cache=True,
             pad_token_id=tok.pad_token_id,
         )
-    seconds = time.perf_counter() - t0
-    return seconds, int((out.shape[1] - enc["input_ids"].shape[1]) * out.shape[0])
+    seconds, cpu = time.perf_counter() - t0, time.process_time() - c0
+    return seconds, int((out.shape[1] - enc["input_ids"].shape[1]) * out.shape[0]), cpu
 
 
 def worker(conn: Any, spec: dict[str, Any], adapter_dirs: list[str], cfg: dict[str, Any]) -> None:
     """Build one variant, then serve ``step`` / ``gen`` / ``rss`` / ``quit`` requests."""
+    if cfg["threads"] > 0:
+        torch.set_num_threads(cfg["threads"])
     model, tok, params, info = build_variant(spec, adapter_dirs, cfg["rank"], cfg["seed"])
     opt = torch.optim.AdamW(params, lr=1e-4)
     gen = torch.Generator().manual_seed(cfg["seed"])
     batch = torch.randint(0, model.config.vocab_size, (cfg["batch"], cfg["seq"]), generator=gen)
-    info["rss_after_build_mb"] = peak_rss_mb()
+    info["peak_rss_after_build_mb"] = peak_rss_mb()
+    info["rss_after_build_mb"] = current_rss_mb()
     conn.send(info)
+    sampler = RssSampler()
     while True:
         cmd = conn.recv()
         if cmd == "step":
@@ -202,7 +252,7 @@ def worker(conn: Any, spec: dict[str, Any], adapter_dirs: list[str], cfg: dict[s
         elif cmd == "gen":
             conn.send(generate_once(model, tok, cfg["gen_tokens"]))
         elif cmd == "rss":
-            conn.send(peak_rss_mb())
+            conn.send({"peak_rss_mb": peak_rss_mb(), "rss_max_while_serving_mb": sampler.stop()})
         else:
             conn.send(None)
             return
@@ -239,60 +289,78 @@ def interleave(workers: list[Worker], cmd: str, rounds: int) -> dict[str, list[A
         for i in range(len(workers)):
             w = workers[(i + r) % len(workers)]
             out[w.name].append(w.ask(cmd))
-        log.info(
-            "%s round %d/%d: %s",
-            cmd,
-            r + 1,
-            rounds,
-            {k: (round(v[-1], 3) if cmd == "step" else round(v[-1][0], 2)) for k, v in out.items()},
-        )
+        last = {k: round(v[-1][0], 2) for k, v in out.items()}
+        log.info("%s round %d/%d (wall s): %s load %s", cmd, r + 1, rounds, last, os.getloadavg())
     return out
+
+
+def _ratios(values: dict[str, float]) -> dict[str, float]:
+    """``more_* / reference`` for every MoRE variant and every non-MoRE reference, + PEFT / base."""
+    out = {
+        f"{m}_over_{ref}": values[m] / values[ref]
+        for m in values
+        if m.startswith("more")
+        for ref in values
+        if not ref.startswith("more")
+    }
+    if "peft_r32" in values and "base" in values:
+        out["peft_r32_over_base"] = values["peft_r32"] / values["base"]
+    return out
+
+
+def _paired_ratios(series: dict[str, list[float]]) -> dict[str, float]:
+    """Median over rounds of the per-round ratio (each round's steps ran back to back)."""
+    rounds = range(len(next(iter(series.values()))))
+    per_round = [_ratios({k: v[i] for k, v in series.items()}) for i in rounds]
+    return {k: statistics.median(r[k] for r in per_round) for k in per_round[0]}
 
 
 def summarise(
     cfg: dict[str, Any],
     workers: list[Worker],
-    steps: dict[str, list[float]],
-    gens: dict[str, list[tuple[float, int]]],
-    rss: dict[str, float],
+    steps: dict[str, list[tuple[float, float]]],
+    gens: dict[str, list[tuple[float, int, float]]],
+    rss: dict[str, dict[str, float]],
 ) -> dict[str, Any]:
-    """Build the result object: per-variant medians, ratios and target checks."""
+    """Build the result object: per-variant medians, ratios (wall, paired, CPU) and targets."""
     variants: dict[str, Any] = {}
+    wall = {w.name: [t[0] for t in steps[w.name]] for w in workers}
+    cpu = {w.name: [t[1] for t in steps[w.name]] for w in workers}
     for w in workers:
-        all_s = steps[w.name]
         variants[w.name] = {
-            "median_s": statistics.median(all_s),
-            "all_s": all_s,
-            "peak_rss_mb": rss[w.name],
+            "median_s": statistics.median(wall[w.name]),
+            "all_s": wall[w.name],
+            "cpu_median_s": statistics.median(cpu[w.name]),
+            "cpu_all_s": cpu[w.name],
+            **rss[w.name],
             **w.info,
         }
         if w.name in gens:
-            tps = [n / s for s, n in gens[w.name]]
+            tps = [n / s for s, n, _ in gens[w.name]]
+            cpu_tps = [n / c for _, n, c in gens[w.name]]
             variants[w.name]["gen_tokens_per_s_median"] = statistics.median(tps)
             variants[w.name]["gen_tokens_per_s_all"] = tps
-    med = {k: v["median_s"] for k, v in variants.items()}
-    ratios = {
-        f"{m}_over_{ref}": med[m] / med[ref]
-        for m in med
-        if m.startswith("more")
-        for ref in med
-        if not ref.startswith("more")
-    }
-    ratios["peft_r32_over_base"] = med["peft_r32"] / med["base"] if "peft_r32" in med else None
-    gen_ratio = None
+            variants[w.name]["gen_tokens_per_cpu_s_median"] = statistics.median(cpu_tps)
+    ratios = _ratios({k: v["median_s"] for k, v in variants.items()})
+    ratios_cpu = _ratios({k: v["cpu_median_s"] for k, v in variants.items()})
     if set(GEN_VARIANTS) <= set(gens):
-        gen_ratio = (
+        ratios["gen_more_k32_over_base"] = (
             variants["more_k32"]["gen_tokens_per_s_median"]
             / variants["base"]["gen_tokens_per_s_median"]
         )
-    ratios["gen_more_k32_over_base"] = gen_ratio
-    targets = _targets(ratios)
+        ratios_cpu["gen_more_k32_over_base"] = (
+            variants["more_k32"]["gen_tokens_per_cpu_s_median"]
+            / variants["base"]["gen_tokens_per_cpu_s_median"]
+        )
     return {
         "meta": run_meta(benchmark="more_layer"),
         "config": cfg,
         "variants": variants,
         "ratios": ratios,
-        "targets": targets,
+        "ratios_paired_wall": _paired_ratios(wall),
+        "ratios_cpu_time": ratios_cpu,
+        "targets": _targets(ratios),
+        "targets_cpu_time": _targets(ratios_cpu),
     }
 
 
@@ -330,9 +398,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "gen_tokens": args.gen_tokens,
         "gen_reps": args.gen_reps,
         "optimizer": "AdamW lr 1e-4",
-        "torch_threads": torch.get_num_threads(),
+        "threads": args.threads,
+        "torch_threads": args.threads or torch.get_num_threads(),
         "variants": {n: VARIANTS[n] for n in args.variants},
     }
+    cfg["loadavg_1_5_15_at_start"] = list(os.getloadavg())
     ctx = mp.get_context("spawn")
     with tempfile.TemporaryDirectory(prefix="smartfed-bench-") as tmp:
         adapter_dirs = []
@@ -353,6 +423,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         finally:
             for w in workers:
                 w.close()
+    cfg["loadavg_1_5_15_at_end"] = list(os.getloadavg())
     return summarise(cfg, workers, steps, gens, rss)
 
 
@@ -401,6 +472,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--variants", default=",".join(VARIANTS), type=lambda s: s.split(","))
     p.add_argument("--out", default=str(RESULTS / "more_layer.json"))
+    p.add_argument("--threads", type=int, default=0, help="torch threads per worker (0 = default)")
     p.add_argument(
         "--profile",
         default="",
