@@ -165,6 +165,9 @@ class FedConfig:
     """Measure energy with CodeCarbon's offline tracker on clients and server [D]."""
     country_iso_code: str = "USA"
     """Country whose grid carbon intensity CodeCarbon uses offline (ISO 3166 alpha-3)."""
+    client_cpus: int = 1
+    """Simulation: CPUs per client actor; actors running at once = cores // client_cpus (each
+    holds a model copy, so raise it to save memory)."""
     superlink: str = ""
     """``--engine deployment``: address (host:port) of a running SuperLink to submit to; empty =
     start a SuperLink and ``num_clients`` SuperNodes on loopback (``smartfed deploy-local``)."""
@@ -192,6 +195,7 @@ class FedConfig:
         _require(0 < self.data_fraction <= 1, "data_fraction", self.data_fraction, "in (0, 1]")
         _require(self.engine in ENGINES, "engine", self.engine, f"choose one of {ENGINES}")
         _require(self.max_update_norm >= 0, "max_update_norm", self.max_update_norm, ">= 0")
+        _require(self.client_cpus >= 1, "client_cpus", self.client_cpus, "must be >= 1")
         _require(self.dp_noise_multiplier >= 0, "dp_noise_multiplier", self.dp_noise_multiplier, ">= 0")
         _require(
             self.dp_noise_multiplier == 0 or self.dp_clipping_norm > 0,

@@ -50,3 +50,13 @@ def test_only_routers_change_and_loss_drops(tiny_model_dir: Path, tiny_pool: lis
     assert all(torch.equal(p, frozen[n]) for n, p in model.named_parameters() if n in frozen)
     assert all(torch.equal(b, frozen_buffers[n]) for n, b in model.named_buffers())
     assert evaluate_loss(model, rows, 4, tok.pad_token_id) < loss0
+
+
+def test_response_loss_equals_hf_loss(tiny_model_dir: Path, tiny_pool: list[Path]) -> None:
+    from smartfed.data.formatting import collate
+    from smartfed.train.local import response_loss
+
+    model, tok, _, rows = _setup(tiny_model_dir, tiny_pool)
+    batch = collate(rows[:5], tok.pad_token_id)
+    with torch.no_grad():
+        torch.testing.assert_close(response_loss(model, batch), model(**batch).loss)

@@ -12,8 +12,8 @@ from smartfed.config import RunConfig
 def simulate(cfg: RunConfig, client_mods: Sequence[Callable[..., Any]] = ()) -> None:
     """Run the apps with Flower's simulation runtime (Ray; one CPU per client actor).
 
-    ``num_clients`` virtual SuperNodes (partition-id 0..N-1); as many actors as cores, each keeping
-    its cached model across rounds and partitions.
+    ``num_clients`` virtual SuperNodes (partition-id 0..N-1); ``cores // client_cpus`` actors, each
+    keeping its cached model across rounds and partitions.
     """
     from flwr.simulation import run_simulation
 
@@ -25,7 +25,7 @@ def simulate(cfg: RunConfig, client_mods: Sequence[Callable[..., Any]] = ()) -> 
         server_app=make_server_app(cfg), client_app=make_client_app(cfg, client_mods),
         num_supernodes=cfg.fed.num_clients, backend_name="ray",
         backend_config={
-            "client_resources": {"num_cpus": 1, "num_gpus": 0.0},
+            "client_resources": {"num_cpus": min(cfg.fed.client_cpus, cores), "num_gpus": 0.0},
             "init_args": {"num_cpus": cores, "num_gpus": 0, "logging_level": "ERROR",
                           "log_to_driver": False, "include_dashboard": False},
         },
