@@ -118,7 +118,7 @@ def test_cli_trains_a_jsonl_dataset_and_registers_it(tiny_model_dir: Path, tmp_p
 def test_bad_input_exits_2_with_one_line(tiny_model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str],
                                          flags: list[str], fragment: str) -> None:
     with pytest.raises(SystemExit) as exc:
-        main(["pool", "train", "--model_name_or_path", str(tiny_model_dir), "--dtype", "float32",
+        main(["-q", "pool", "train", "--model_name_or_path", str(tiny_model_dir), "--dtype", "float32",
               "--output_dir", str(tmp_path / "x"), "--no_progress", "--max_steps", "2", *flags])
     assert exc.value.code == 2
     err = capsys.readouterr().err.strip()
