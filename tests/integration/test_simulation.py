@@ -84,6 +84,7 @@ def test_non_empty_output_dir_needs_resume(runs: dict[str, Any]) -> None:
 
 
 def test_resume_refuses_another_config(runs: dict[str, Any]) -> None:
-    cfg = dataclasses.replace(runs["full"], train=dataclasses.replace(runs["full"].train, seed=5))
+    cfg = dataclasses.replace(runs["full"], resume=True,
+                              train=dataclasses.replace(runs["full"].train, seed=5))
     with pytest.raises(CheckpointError, match="seed"):
         run_train(cfg)

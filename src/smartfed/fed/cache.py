@@ -77,6 +77,9 @@ class Bundle:
     data: Any
     meter: EnergyMeter | None
     load_s: float
+    initial_state: dict[str, Any] = field(default_factory=dict)
+    """The method's trainable state right after ``prepare`` (seeded init; the model itself is
+    reused across runs in one process, so round 1 must not start from whatever it holds now)."""
     _encoded: dict[int, list[Any]] = field(default_factory=dict)
 
     def rows(self, indices: list[int]) -> list[Any]:
@@ -123,4 +126,5 @@ def get_bundle(spec: BundleSpec) -> Bundle:
     meter = EnergyMeter(spec.country_iso_code) if spec.track_energy else None
     load_s = time.perf_counter() - t0
     log.info("bundle loaded in %.1f s (%d matrices)", load_s, len(experts))
-    return Bundle(spec, model, tok, pool, method, experts, split, data, meter, load_s)
+    initial = {k: v.numpy().copy() for k, v in method.trainable_state(model).items()}
+    return Bundle(spec, model, tok, pool, method, experts, split, data, meter, load_s, initial)

@@ -161,8 +161,7 @@ def run_server(grid: Grid, cfg: RunConfig) -> dict[str, Any]:
     bundle = get_bundle(BundleSpec.from_config(cfg))
     strategy = _make_strategy(cfg, bundle, ckpt, hello(grid, cfg.fed.num_clients, cfg.fed.round_timeout_s))
     loop = ServerLoop(cfg, run, bundle, strategy, dict(ckpt.totals) if ckpt else {})
-    routers = ckpt.routers if ckpt else {k: v.numpy() for k, v in
-                                         bundle.method.trainable_state(bundle.model).items()}
+    routers = ckpt.routers if ckpt else bundle.initial_state
     remaining = cfg.fed.num_rounds - done
     if remaining > 0:
         loop.bar = tqdm(total=cfg.fed.num_rounds, initial=done, desc="rounds", mininterval=1.0)
@@ -190,6 +189,10 @@ def _start(strategy: Any, cfg: RunConfig, grid: Grid, arrays: ArrayRecord, round
 
 def _make_strategy(cfg: RunConfig, bundle: Bundle, ckpt: Checkpoint | None,
                    nodes: dict[int, int]) -> SmartFedStrategy:
+    if hasattr(bundle.method, "server_propose"):  # the server runs the method's search (lorahub)
+        from smartfed.fed.search import SearchStrategy
+
+        return SearchStrategy(bundle.method, cfg, nodes, round_offset=ckpt.round if ckpt else 0)
     eeqa = None
     if bundle.method.uses_eeqa and cfg.quota.enable_eeqa:
         eeqa = (EEQAState.from_dict(ckpt.eeqa) if ckpt and ckpt.eeqa else
