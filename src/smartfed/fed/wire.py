@@ -86,7 +86,7 @@ def unpack_train_ins(content: RecordDict) -> TrainIns:
     try:
         arrays, cfg = content[ARRAYS], content[CONFIG]
         routers = state_from_arrays(arrays)
-        matrices = sorted(matrix_of(k) for k in routers)
+        matrices = sorted(matrix_of(k) for k in routers if k.endswith(ROUTER_SUFFIX))  # routed only
         quotas = list(cfg[QUOTAS])
         if len(quotas) != len(matrices):
             raise WireFormatError(f"{len(quotas)} quotas for {len(matrices)} routed matrices")

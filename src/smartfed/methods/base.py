@@ -22,6 +22,13 @@ if TYPE_CHECKING:
 METHODS: dict[str, str] = {
     "smartfed": "smartfed.methods.smartfed:SmartFed",
     "smartfed_no_eeqa": "smartfed.methods.smartfed:SmartFedNoEEQA",
+    "fedit": "smartfed.methods.lora:FedIT",
+    "ffa_lora": "smartfed.methods.lora:FFALoRA",
+    "merge": "smartfed.methods.lora:Merge",
+    "merge_fedit": "smartfed.methods.lora:MergeFedIT",
+    "pool_fedit": "smartfed.methods.lora:PoolFedIT",
+    "lorahub": "smartfed.methods.lorahub:LoraHub",
+    "mole": "smartfed.methods.mole:MoLE",
 }
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -65,6 +66,9 @@ def client_round(
         The client's update.
     """
     model, method = bundle.model, bundle.method
+    if hasattr(method, "local_update"):  # methods that do not train by SGD (merge, lorahub)
+        return _local_update(bundle, examples, cfg, partition_id, server_round, routers, local_steps,
+                             batch_size)
     method.load_trainable_state(model, dict(routers))
     set_quotas(model, quotas)
     params = method.trainable_parameters(model)
@@ -86,6 +90,25 @@ def client_round(
         partition_id=partition_id, num_examples=len(examples), train_loss=result.loss,
         routers={k: v.numpy() for k, v in state.items()}, importance=importance,
         steps=result.steps, train_s=result.seconds,
+    )
+
+
+def _local_update(
+    bundle: Any, examples: Sequence[EncodedExample], cfg: RunConfig, partition_id: int,
+    server_round: int, payload: Mapping[str, torch.Tensor], local_steps: int, batch_size: int,
+) -> ClientUpdate:
+    """Call ``method.local_update(model, batches, cfg, payload) -> (state, {loss, steps})`` instead of SGD.
+
+    Same seeded batches as training; ``payload`` is whatever the server sent (e.g. LoRAHub candidates).
+    """
+    gen = round_generator(cfg.train.seed, server_round, partition_id)
+    batches = list(sample_batches(examples, batch_size, local_steps, bundle.tokenizer.pad_token_id, gen))
+    start = time.perf_counter()
+    state, metrics = bundle.method.local_update(bundle.model, batches, cfg, dict(payload))
+    return ClientUpdate(
+        partition_id=partition_id, num_examples=len(examples), train_loss=float(metrics["loss"]),
+        routers={k: v.numpy() for k, v in state.items()}, steps=int(metrics.get("steps", 0)),
+        train_s=time.perf_counter() - start,
     )
 
 
