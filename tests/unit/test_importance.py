@@ -88,6 +88,9 @@ def test_token_importance_auto_reference(d_in: int, d_out: int, expect_ref: str)
     torch.testing.assert_close(got, want, rtol=1e-3, atol=1e-7)
     out = token_importance(x, y, z, b, scale, b.pow(2).sum(0), reference="output").double()
     torch.testing.assert_close(out, _brute(y.float(), z.float() * scale, b), rtol=1e-3, atol=1e-7)
+    idx = torch.rand(n, m, generator=g).topk(3, -1).indices
+    sel = token_importance(x, y, z, b, scale, b.pow(2).sum(0), indices=idx).double()
+    torch.testing.assert_close(sel, got.gather(-1, idx))
     if d_in != d_out:
         with pytest.raises(ValueError, match="d_in == d_out"):
             token_importance(x, y, z, b, scale, b.pow(2).sum(0), reference="input")
@@ -99,7 +102,7 @@ def test_selected_importance_renormalises_gates_and_counts_selections() -> None:
     weights = torch.tensor([[0.3, 0.1], [0.2, 0.2], [0.6, 0.2]])
     indices = torch.tensor([[3, 0], [1, 2], [0, 3]])
     # Act
-    sums, counts = selected_importance(d, weights, indices, 4)
+    sums, counts = selected_importance(d.gather(-1, indices), weights, indices, 4)
     # Assert: token 0 -> 0.75*0.4 on e3, 0.25*0.1 on e0; token 1 -> .5, .5; token 2 -> .375, .125
     torch.testing.assert_close(sums, torch.tensor([0.025 + 0.375, 0.5, 0.5, 0.3 + 0.125]))
     assert counts.tolist() == [2, 1, 1, 2]
