@@ -116,3 +116,19 @@ def test_eeqa_moves_quotas_after_warmup_and_offset_applies() -> None:
     strat.aggregate_train(1, replies)
     assert sum(strat.quotas.values()) == 4 and strat.quotas[Q] > strat.quotas[V]
     assert strat.outcome.quotas == {Q: 2, V: 2}  # type: ignore[union-attr]  # used in this round
+
+
+def test_server_side_dp_wrapper_clips_and_noises_router_updates() -> None:
+    from flwr.serverapp.strategy import DifferentialPrivacyServerSideFixedClipping
+
+    strat = _strategy(_cfg(sample_clients=2))
+    dp = DifferentialPrivacyServerSideFixedClipping(strat, noise_multiplier=0.5, clipping_norm=0.1,
+                                                    num_sampled_clients=2)
+    msgs = list(dp.configure_train(1, wire.arrays_from_numpy(_global()), ConfigRecord(), None))
+    sampled = strat.outcome.sampled  # type: ignore[union-attr]
+    replies = [_reply(m, p, 5.0, 10) for m, p in zip(msgs, sampled, strict=True)]
+    arrays, _ = dp.aggregate_train(1, replies)
+    assert arrays is not None
+    flat = np.concatenate([arrays[k].numpy().ravel() for k in arrays])
+    assert np.isfinite(flat).all() and not np.allclose(flat, 5.0)  # clipped to norm 0.1, then noised
+    assert strat.outcome.ok  # type: ignore[union-attr]
