@@ -57,8 +57,10 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "peft_r32_bf16": {"kind": "peft", "autocast_adapter_dtype": False},
     "more_k32": {"kind": "more", "k": 32},
     "more_k64": {"kind": "more", "k": 64},
+    # generation only: MoRE K=32 with MoRELinear's no-grad fast path switched off (reference path)
+    "more_k32_ref": {"kind": "more", "k": 32, "fast_path": False, "gen_only": True},
 }
-GEN_VARIANTS = ("base", "more_k32")
+GEN_VARIANTS = ("base", "more_k32", "more_k32_ref")
 PROMPTS = (
     "What is 47 plus 38?",
     "Write a short poem about the sea.",
@@ -151,12 +153,17 @@ def _wrap_peft(model: Any, rank: int, autocast_adapter_dtype: bool) -> Any:
     return get_peft_model(model, cfg, autocast_adapter_dtype=autocast_adapter_dtype)
 
 
-def _inject_more(model: Any, adapter_dirs: list[str], k: int, seed: int) -> dict[str, Any]:
+def _inject_more(
+    model: Any, adapter_dirs: list[str], k: int, seed: int, fast_path: bool = True
+) -> dict[str, Any]:
     from smartfed.model.inject import inject_more
     from smartfed.pool.pool import resolve_pool
 
     pool = resolve_pool(adapter_dirs)
     report = inject_more(model, pool, RouterConfig(topk_experts=k), seed)
+    for module in model.modules():
+        if hasattr(module, "no_grad_fast_path"):
+            module.no_grad_fast_path = fast_path
     return {
         "router_params": report.router_params,
         "router_bytes_fp32": report.router_bytes_fp32,
@@ -183,7 +190,7 @@ def build_variant(spec: dict[str, Any], adapter_dirs: list[str], rank: int, seed
         model = _wrap_peft(model, rank, spec["autocast_adapter_dtype"])
         params = [p for p in model.parameters() if p.requires_grad]
     else:
-        info = _inject_more(model, adapter_dirs, spec["k"], seed)
+        info = _inject_more(model, adapter_dirs, spec["k"], seed, spec.get("fast_path", True))
         params = [p for p in model.parameters() if p.requires_grad]
     info["trainable_params"] = sum(p.numel() for p in params)
     info["trainable_dtypes"] = sorted({str(p.dtype) for p in params})
@@ -251,8 +258,9 @@ def worker(conn: Any, spec: dict[str, Any], adapter_dirs: list[str], cfg: dict[s
             conn.send(train_step(model, opt, batch))
         elif cmd == "gen":
             conn.send(generate_once(model, tok, cfg["gen_tokens"]))
-        elif cmd == "rss":
-            conn.send({"peak_rss_mb": peak_rss_mb(), "rss_max_while_serving_mb": sampler.stop()})
+        elif cmd == "rss":  # highest RSS sampled since the previous "rss" (one phase)
+            conn.send({"peak_rss_mb": peak_rss_mb(), "rss_max_in_phase_mb": sampler.stop()})
+            sampler = RssSampler()
         else:
             conn.send(None)
             return
@@ -315,6 +323,22 @@ def _paired_ratios(series: dict[str, list[float]]) -> dict[str, float]:
     return {k: statistics.median(r[k] for r in per_round) for k in per_round[0]}
 
 
+def _gen_ratios(variants: dict[str, Any], key: str) -> dict[str, float]:
+    """Generation throughput of each MoRE generation variant over the base (``key`` = a median)."""
+    if key not in variants.get("base", {}):
+        return {}
+    out = {
+        f"gen_{n}_over_base": v[key] / variants["base"][key]
+        for n, v in variants.items()
+        if n.startswith("more") and key in v
+    }
+    if key in variants.get("more_k32", {}) and key in variants.get("more_k32_ref", {}):
+        out["gen_more_k32_over_more_k32_ref"] = (
+            variants["more_k32"][key] / variants["more_k32_ref"][key]
+        )
+    return out
+
+
 def summarise(
     cfg: dict[str, Any],
     workers: list[Worker],
@@ -323,35 +347,27 @@ def summarise(
     rss: dict[str, dict[str, float]],
 ) -> dict[str, Any]:
     """Build the result object: per-variant medians, ratios (wall, paired, CPU) and targets."""
-    variants: dict[str, Any] = {}
-    wall = {w.name: [t[0] for t in steps[w.name]] for w in workers}
-    cpu = {w.name: [t[1] for t in steps[w.name]] for w in workers}
-    for w in workers:
-        variants[w.name] = {
-            "median_s": statistics.median(wall[w.name]),
-            "all_s": wall[w.name],
-            "cpu_median_s": statistics.median(cpu[w.name]),
-            "cpu_all_s": cpu[w.name],
-            **rss[w.name],
-            **w.info,
-        }
-        if w.name in gens:
-            tps = [n / s for s, n, _ in gens[w.name]]
-            cpu_tps = [n / c for _, n, c in gens[w.name]]
-            variants[w.name]["gen_tokens_per_s_median"] = statistics.median(tps)
-            variants[w.name]["gen_tokens_per_s_all"] = tps
-            variants[w.name]["gen_tokens_per_cpu_s_median"] = statistics.median(cpu_tps)
-    ratios = _ratios({k: v["median_s"] for k, v in variants.items()})
-    ratios_cpu = _ratios({k: v["cpu_median_s"] for k, v in variants.items()})
-    if set(GEN_VARIANTS) <= set(gens):
-        ratios["gen_more_k32_over_base"] = (
-            variants["more_k32"]["gen_tokens_per_s_median"]
-            / variants["base"]["gen_tokens_per_s_median"]
+    variants: dict[str, Any] = {w.name: {**rss[w.name], **w.info} for w in workers}
+    wall = {n: [t[0] for t in v] for n, v in steps.items()}
+    cpu = {n: [t[1] for t in v] for n, v in steps.items()}
+    for name in steps:
+        variants[name].update(
+            median_s=statistics.median(wall[name]),
+            all_s=wall[name],
+            cpu_median_s=statistics.median(cpu[name]),
+            cpu_all_s=cpu[name],
         )
-        ratios_cpu["gen_more_k32_over_base"] = (
-            variants["more_k32"]["gen_tokens_per_cpu_s_median"]
-            / variants["base"]["gen_tokens_per_cpu_s_median"]
+    for name, runs in gens.items():
+        tps = [n / s for s, n, _ in runs]
+        variants[name].update(
+            gen_tokens_per_s_median=statistics.median(tps),
+            gen_tokens_per_s_all=tps,
+            gen_tokens_per_cpu_s_median=statistics.median(n / c for _, n, c in runs),
         )
+    ratios = _ratios({n: variants[n]["median_s"] for n in steps})
+    ratios.update(_gen_ratios(variants, "gen_tokens_per_s_median"))
+    ratios_cpu = _ratios({n: variants[n]["cpu_median_s"] for n in steps})
+    ratios_cpu.update(_gen_ratios(variants, "gen_tokens_per_cpu_s_median"))
     return {
         "meta": run_meta(benchmark="more_layer"),
         "config": cfg,
@@ -378,6 +394,13 @@ def _targets(ratios: dict[str, Any]) -> dict[str, Any]:
         met = None if value is None else (value <= bound if op == "<=" else value >= bound)
         out[name] = {"ratio": value, "bound": f"{op} {bound}", "met": met}
     return out
+
+
+def _rss_phase(reply: dict[str, float], phase: str) -> dict[str, float]:
+    return {
+        "peak_rss_mb": reply["peak_rss_mb"],
+        f"rss_max_{phase}_mb": reply["rss_max_in_phase_mb"],
+    }
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
@@ -415,11 +438,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             workers.append(Worker(ctx, name, adapter_dirs, cfg))
             log.info("built %s: %s", name, workers[-1].info)
         try:
-            interleave(workers, "step", args.warmup)
-            steps = interleave(workers, "step", args.steps)
+            trainers = [w for w in workers if not VARIANTS[w.name].get("gen_only")]
+            interleave(trainers, "step", args.warmup)
+            steps = interleave(trainers, "step", args.steps)
+            rss = {w.name: _rss_phase(w.ask("rss"), "train") for w in workers}
             gen_workers = [w for w in workers if w.name in GEN_VARIANTS]
             gens = interleave(gen_workers, "gen", args.gen_reps) if args.gen_reps else {}
-            rss = {w.name: w.ask("rss") for w in workers}
+            for w in gen_workers:
+                rss[w.name].update(_rss_phase(w.ask("rss"), "gen"))
         finally:
             for w in workers:
                 w.close()
