@@ -24,6 +24,7 @@ COMMANDS: dict[str, str] = {
     "report": "smartfed.cli.report",
     "train": "smartfed.cli.train",
     "deploy-local": "smartfed.cli.deploy_local",
+    "export": "smartfed.cli.export",
 }
 
 EXIT_USER_ERROR = 2
