@@ -12,7 +12,7 @@ Layers (docs/sandbox.md says what they do and do not stop):
    once); as root the child also drops to ``nobody`` so RLIMIT_NPROC and file permissions apply.
 5. In-process guards installed before user code: an audit hook that refuses sockets, process
 creation
-   (fork/exec/spawn/system/subprocess), ctypes, new audit hooks, and writes/deletes outside the
+   (fork/exec/spawn/system/subprocess), ctypes, and writes/deletes outside the
    working
    directory. These are a second line only: a determined attacker can get around in-process guards.
 """
@@ -47,7 +47,7 @@ _DENY = frozenset({
     "socket.__new__", "socket.bind", "socket.connect", "socket.getaddrinfo", "socket.sendto",
     "socket.sendmsg", "os.fork", "os.forkpty", "os.system", "os.exec", "os.posix_spawn", "os.spawn",
     "os.kill", "os.killpg", "subprocess.Popen", "pty.spawn", "ctypes.dlopen", "ctypes.dlsym",
-    "ctypes.cdata", "sys.addaudithook", "os.setuid", "os.chroot", "webbrowser.open", "os.startfile",
+    "ctypes.cdata", "os.setuid", "os.chroot", "webbrowser.open", "os.startfile",
 })
 _MUTATE = frozenset({
     "os.remove", "os.rename", "os.rmdir", "os.mkdir", "os.chmod", "os.chown", "os.link",
