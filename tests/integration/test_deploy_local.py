@@ -12,8 +12,13 @@ from fedkit import tiny_config, write_dataset
 from smartfed.io.rundir import RunDir
 from smartfed.recipes.train import run_train
 
-FLOWER_PROCESSES = ("flower-superlink", "flower-supernode", "flower-superexec", "flwr-clientapp",
-                    "flwr-serverapp")
+FLOWER_PROCESSES = (
+    "flower-superlink",
+    "flower-supernode",
+    "flower-superexec",
+    "flwr-clientapp",
+    "flwr-serverapp",
+)
 
 
 def _flower_pids() -> set[int]:
@@ -21,17 +26,31 @@ def _flower_pids() -> set[int]:
     found = set()
     for p in psutil.process_iter(["cmdline", "status"]):
         cmd = " ".join(p.info["cmdline"] or [])
-        if any(name in cmd for name in FLOWER_PROCESSES) and p.info["status"] != psutil.STATUS_ZOMBIE:
+        if (
+            any(name in cmd for name in FLOWER_PROCESSES)
+            and p.info["status"] != psutil.STATUS_ZOMBIE
+        ):
             found.add(p.pid)
     return found
 
 
 @pytest.mark.slow
-def test_deploy_local_two_supernodes(tiny_model_dir: Path, tiny_pool: list[Path], tmp_path: Path) -> None:
+def test_deploy_local_two_supernodes(
+    tiny_model_dir: Path, tiny_pool: list[Path], tmp_path: Path
+) -> None:
     before = _flower_pids()
     data = write_dataset(tmp_path / "data.jsonl")
-    cfg = tiny_config(tiny_model_dir, tiny_pool, data, tmp_path / "run", num_rounds=2,
-                      num_clients=2, sample_clients=2, engine="deployment", track_energy=False)
+    cfg = tiny_config(
+        tiny_model_dir,
+        tiny_pool,
+        data,
+        tmp_path / "run",
+        num_rounds=2,
+        num_clients=2,
+        sample_clients=2,
+        engine="deployment",
+        track_energy=False,
+    )
     summary = run_train(cfg)
     rows = RunDir(cfg.output_dir).metrics()
     assert summary["rounds"] == 2 and [r["round"] for r in rows] == [1, 2]

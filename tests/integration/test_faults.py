@@ -25,7 +25,8 @@ def chaos_mod(msg: Message, context: Context, call_next: Any) -> Message:
     if msg.metadata.message_type == MessageType.TRAIN and pid == POISON:
         arrays = reply.content["arrays"]
         reply.content["arrays"] = ArrayRecord(
-            {k: Array(np.full_like(arrays[k].numpy(), np.nan)) for k in arrays})
+            {k: Array(np.full_like(arrays[k].numpy(), np.nan)) for k in arrays}
+        )
     return reply
 
 
@@ -33,8 +34,17 @@ def test_crashing_and_poisoned_clients_do_not_stop_rounds(
     tiny_model_dir: Path, tiny_pool: list[Path], tmp_path: Path
 ) -> None:
     data = write_dataset(tmp_path / "data.jsonl")
-    cfg = tiny_config(tiny_model_dir, tiny_pool, data, tmp_path / "run", num_rounds=2,
-                      num_clients=3, sample_clients=3, min_replies=1, track_energy=False)
+    cfg = tiny_config(
+        tiny_model_dir,
+        tiny_pool,
+        data,
+        tmp_path / "run",
+        num_rounds=2,
+        num_clients=3,
+        sample_clients=3,
+        min_replies=1,
+        track_energy=False,
+    )
     summary = run_train(cfg, client_mods=[chaos_mod])
     rows = RunDir(cfg.output_dir).metrics()
     assert summary["rounds"] == 2 and [r["round"] for r in rows] == [1, 2]

@@ -42,7 +42,9 @@ def test_only_fed_imports_flwr() -> None:
 
 
 def test_flwr_datasets_only_in_partition() -> None:
-    users = {n for n, p in MODULES.items() if any(i.startswith("flwr_datasets") for i in _imports(p))}
+    users = {
+        n for n, p in MODULES.items() if any(i.startswith("flwr_datasets") for i in _imports(p))
+    }
     assert users <= {"smartfed.data.partition"}, users
 
 
@@ -61,7 +63,9 @@ def _closure(start: str) -> set[str]:
 def test_allocator_and_config_import_no_torch() -> None:
     for start in ("smartfed.quota.allocate", "smartfed.quota.schedule", "smartfed.config"):
         for name in _closure(start):
-            heavy = {i for i in _imports(MODULES[name]) if i.split(".")[0] in ("torch", "flwr", "numpy")}
+            heavy = {
+                i for i in _imports(MODULES[name]) if i.split(".")[0] in ("torch", "flwr", "numpy")
+            }
             assert not heavy, f"{start} -> {name} imports {sorted(heavy)}"
 
 

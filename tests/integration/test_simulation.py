@@ -21,8 +21,9 @@ from smartfed.recipes.train import run_train
 
 
 @pytest.fixture(scope="module")
-def runs(tiny_model_dir: Path, tiny_pool: list[Path], tmp_path_factory: pytest.TempPathFactory
-         ) -> dict[str, Any]:
+def runs(
+    tiny_model_dir: Path, tiny_pool: list[Path], tmp_path_factory: pytest.TempPathFactory
+) -> dict[str, Any]:
     root = tmp_path_factory.mktemp("sim")
     data = write_dataset(root / "data.jsonl")
     full = tiny_config(tiny_model_dir, tiny_pool, data, root / "full")
@@ -32,10 +33,16 @@ def runs(tiny_model_dir: Path, tiny_pool: list[Path], tmp_path_factory: pytest.T
     rows = RunDir(part.output_dir).metrics()
     crashed = {**rows[-1], "round": 3, "train_loss": -1.0}  # written, then killed before checkpoint
     (Path(part.output_dir) / "metrics.jsonl").open("a").write(json.dumps(crashed) + "\n")
-    resumed = dataclasses.replace(part, resume=True, fed=dataclasses.replace(part.fed, num_rounds=3))
+    resumed = dataclasses.replace(
+        part, resume=True, fed=dataclasses.replace(part.fed, num_rounds=3)
+    )
     summary_resumed = run_train(resumed)
-    return {"full": full, "resumed": resumed, "summary_full": summary_full,
-            "summary_resumed": summary_resumed}
+    return {
+        "full": full,
+        "resumed": resumed,
+        "summary_full": summary_full,
+        "summary_resumed": summary_resumed,
+    }
 
 
 def test_resumed_run_reproduces_the_uninterrupted_one(runs: dict[str, Any]) -> None:
@@ -68,8 +75,17 @@ def test_round_bytes_are_the_router_payload(runs: dict[str, Any]) -> None:
 def test_rounds_log_what_the_spec_asks(runs: dict[str, Any]) -> None:
     rows = RunDir(runs["full"].output_dir).metrics()
     for row in rows:
-        assert {"round", "clients", "train_loss", "bytes_up", "bytes_down", "wall_s", "quotas",
-                "eval_loss", "phases"} <= set(row)
+        assert {
+            "round",
+            "clients",
+            "train_loss",
+            "bytes_up",
+            "bytes_down",
+            "wall_s",
+            "quotas",
+            "eval_loss",
+            "phases",
+        } <= set(row)
         assert len(row["clients"]) == 2 and row["failures"] == 0
     assert rows[0]["quotas"] != rows[-1]["quotas"]  # EEQA moved the budget from round 2
     assert sum(rows[0]["quotas"].values()) == sum(rows[-1]["quotas"].values())
@@ -84,7 +100,8 @@ def test_non_empty_output_dir_needs_resume(runs: dict[str, Any]) -> None:
 
 
 def test_resume_refuses_another_config(runs: dict[str, Any]) -> None:
-    cfg = dataclasses.replace(runs["full"], resume=True,
-                              train=dataclasses.replace(runs["full"].train, seed=5))
+    cfg = dataclasses.replace(
+        runs["full"], resume=True, train=dataclasses.replace(runs["full"].train, seed=5)
+    )
     with pytest.raises(CheckpointError, match="seed"):
         run_train(cfg)

@@ -18,8 +18,13 @@ from smartfed.train.local import evaluate_loss, local_train, round_generator, sa
 def _setup(model_dir: Path, pool_dirs: list[Path]):  # type: ignore[no-untyped-def]
     model, tok = load_base_model(ModelConfig(model_name_or_path=str(model_dir), dtype="float32"))
     method = get_method("smartfed")
-    method.prepare(model, resolve_pool([str(p) for p in pool_dirs]), RunConfig.from_flat({"topk_experts": 2}))
-    rows = [Example(prompt=f"What is {i} plus {i}?", response=f"The answer is {2 * i}.") for i in range(12)]
+    method.prepare(
+        model, resolve_pool([str(p) for p in pool_dirs]), RunConfig.from_flat({"topk_experts": 2})
+    )
+    rows = [
+        Example(prompt=f"What is {i} plus {i}?", response=f"The answer is {2 * i}.")
+        for i in range(12)
+    ]
     return model, tok, method, [encode_for_training(tok, ex, 48) for ex in rows]
 
 
@@ -27,9 +32,11 @@ def test_sample_batches_is_seeded_and_covers_rows() -> None:
     from smartfed.data.formatting import EncodedExample
 
     rows = [EncodedExample([i + 1, i + 2], [i + 1, i + 2]) for i in range(10)]
+
     def firsts(seed: int) -> list[int]:
         gen = round_generator(seed, 1, 0)
         return [int(x) for b in sample_batches(rows, 5, 2, 0, gen) for x in b["input_ids"][:, 0]]
+
     assert firsts(0) == firsts(0) and firsts(0) != firsts(1)
     assert sorted(firsts(0)) == list(range(1, 11))  # one pass = every row once
 
@@ -42,8 +49,13 @@ def test_only_routers_change_and_loss_drops(tiny_model_dir: Path, tiny_pool: lis
     loss0 = evaluate_loss(model, rows, 4, tok.pad_token_id)
     params = method.trainable_parameters(model)
     gen = round_generator(0, 1, 0)
-    result = local_train(model, sample_batches(rows, 4, 20, tok.pad_token_id, gen), params,
-                         TrainConfig(learning_rate=5e-2), total=20)
+    result = local_train(
+        model,
+        sample_batches(rows, 4, 20, tok.pad_token_id, gen),
+        params,
+        TrainConfig(learning_rate=5e-2),
+        total=20,
+    )
     assert result.steps == 20 and all(torch.isfinite(torch.tensor(result.losses)))
     after = method.trainable_state(model)
     assert all(not torch.equal(before[k], after[k]) for k in before)

@@ -37,8 +37,10 @@ def test_smartfed_sends_exactly_the_routers(tiny_model_dir: Path, tiny_pool: lis
     experts = method.prepare(model, pool, RunConfig.from_flat({"topk_experts": 2}))
     state = method.trainable_state(model)
     assert set(state) == {m + ".router.weight" for m in experts}
-    assert all(v.dtype == torch.float32 and v.shape[0] == experts[k.removesuffix(".router.weight")]
-               for k, v in state.items())
+    assert all(
+        v.dtype == torch.float32 and v.shape[0] == experts[k.removesuffix(".router.weight")]
+        for k, v in state.items()
+    )
     params = method.trainable_parameters(model)
     trainable = [p for p in model.parameters() if p.requires_grad]
     assert {id(p) for p in trainable} == {id(p) for p in params}

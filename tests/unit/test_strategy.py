@@ -38,11 +38,13 @@ def _global() -> dict[str, np.ndarray]:
     return {k: np.zeros(s, np.float32) for k, s in KEYS.items()}
 
 
-def _reply(ins: Message, pid: int, value: float, n: int,
-           imp: dict[str, list[float]] | None = None) -> Message:
+def _reply(
+    ins: Message, pid: int, value: float, n: int, imp: dict[str, list[float]] | None = None
+) -> Message:
     TaskIdentity._node_id = ins.metadata.dst_node_id
-    upd = ClientUpdate(pid, n, 1.0 + value, {k: np.full(s, value, np.float32) for k, s in KEYS.items()},
-                       imp or {})
+    upd = ClientUpdate(
+        pid, n, 1.0 + value, {k: np.full(s, value, np.float32) for k, s in KEYS.items()}, imp or {}
+    )
     return Message(wire.pack_train_res(upd), reply_to=ins)
 
 
@@ -58,8 +60,9 @@ def test_sampling_is_seeded_and_round_dependent() -> None:
     assert sample_partitions(parts, 2, 0, 1) == sample_partitions(parts[::-1], 2, 0, 1)
     rounds = {tuple(sample_partitions(parts, 2, 0, r)) for r in range(1, 11)}
     assert len(rounds) > 1
-    assert sample_partitions(parts, 2, 0, 1) != sample_partitions(parts, 2, 1, 1) or \
-        sample_partitions(parts, 2, 0, 2) != sample_partitions(parts, 2, 1, 2)
+    assert sample_partitions(parts, 2, 0, 1) != sample_partitions(
+        parts, 2, 1, 1
+    ) or sample_partitions(parts, 2, 0, 2) != sample_partitions(parts, 2, 1, 2)
 
 
 def test_round_averages_accepted_and_rejects_bad_updates() -> None:
@@ -122,13 +125,16 @@ def test_server_side_dp_wrapper_clips_and_noises_router_updates() -> None:
     from flwr.serverapp.strategy import DifferentialPrivacyServerSideFixedClipping
 
     strat = _strategy(_cfg(sample_clients=2))
-    dp = DifferentialPrivacyServerSideFixedClipping(strat, noise_multiplier=0.5, clipping_norm=0.1,
-                                                    num_sampled_clients=2)
+    dp = DifferentialPrivacyServerSideFixedClipping(
+        strat, noise_multiplier=0.5, clipping_norm=0.1, num_sampled_clients=2
+    )
     msgs = list(dp.configure_train(1, wire.arrays_from_numpy(_global()), ConfigRecord(), None))
     sampled = strat.outcome.sampled  # type: ignore[union-attr]
     replies = [_reply(m, p, 5.0, 10) for m, p in zip(msgs, sampled, strict=True)]
     arrays, _ = dp.aggregate_train(1, replies)
     assert arrays is not None
     flat = np.concatenate([arrays[k].numpy().ravel() for k in arrays])
-    assert np.isfinite(flat).all() and not np.allclose(flat, 5.0)  # clipped to norm 0.1, then noised
+    assert np.isfinite(flat).all() and not np.allclose(
+        flat, 5.0
+    )  # clipped to norm 0.1, then noised
     assert strat.outcome.ok  # type: ignore[union-attr]

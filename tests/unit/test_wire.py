@@ -36,17 +36,25 @@ def test_train_ins_round_trip() -> None:
     ins = wire.unpack_train_ins(_ins())
     assert ins.server_round == 7 and ins.local_steps == 10 and ins.batch_size == 16
     assert ins.learning_rate == pytest.approx(5e-4)
-    assert ins.quotas == {"model.layers.0.self_attn.q_proj": 5, "model.layers.0.self_attn.v_proj": 3}
+    assert ins.quotas == {
+        "model.layers.0.self_attn.q_proj": 5,
+        "model.layers.0.self_attn.v_proj": 3,
+    }
     for k, v in ROUTERS.items():
         assert torch.equal(ins.routers[k], v)
 
 
 def test_train_res_round_trip() -> None:
     upd = ClientUpdate(
-        partition_id=3, num_examples=42, train_loss=1.5,
+        partition_id=3,
+        num_examples=42,
+        train_loss=1.5,
         routers={k: v.numpy() for k, v in ROUTERS.items()},
-        importance={"model.layers.0.self_attn.q_proj": [0.1, 0.2]}, steps=10, train_s=1.0,
-        load_s=0.5, energy_kwh=1e-6,
+        importance={"model.layers.0.self_attn.q_proj": [0.1, 0.2]},
+        steps=10,
+        train_s=1.0,
+        load_s=0.5,
+        energy_kwh=1e-6,
     )
     back = wire.unpack_train_res(wire.pack_train_res(upd))
     assert (back.partition_id, back.num_examples, back.steps) == (3, 42, 10)

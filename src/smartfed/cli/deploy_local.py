@@ -13,11 +13,17 @@ from smartfed.cli.config_flags import add_config_flags, config_from_args
 def register(subparsers: Any) -> None:
     """Add the ``deploy-local`` subcommand."""
     parser = subparsers.add_parser(
-        "deploy-local", help="run a job through a local SuperLink and N SuperNodes",
+        "deploy-local",
+        help="run a job through a local SuperLink and N SuperNodes",
         description=__doc__.splitlines()[0],
     )
-    parser.add_argument("--num_supernodes", type=int, default=None, metavar="N",
-                        help="SuperNodes to start (one partition each); default: --num_clients")
+    parser.add_argument(
+        "--num_supernodes",
+        type=int,
+        default=None,
+        metavar="N",
+        help="SuperNodes to start (one partition each); default: --num_clients",
+    )
     add_config_flags(parser)
     parser.set_defaults(handler=handle)
 
@@ -30,7 +36,9 @@ def handle(args: argparse.Namespace) -> int:
     if args.num_supernodes is not None:
         fed = dataclasses.replace(cfg.fed, num_clients=args.num_supernodes)
         cfg = dataclasses.replace(cfg, fed=fed)
-    cfg = dataclasses.replace(cfg, fed=dataclasses.replace(cfg.fed, engine="deployment", superlink=""))
+    cfg = dataclasses.replace(
+        cfg, fed=dataclasses.replace(cfg.fed, engine="deployment", superlink="")
+    )
     summary = run_train(cfg)
     print(json.dumps(summary, indent=2, sort_keys=True))
     print(f"run directory: {cfg.output_dir}")

@@ -20,8 +20,10 @@ EPILOG = (
 def register(subparsers: Any) -> None:
     """Add the ``train`` subcommand."""
     parser = subparsers.add_parser(
-        "train", help="federated SmartFed training (Flower simulation or deployment)",
-        description=__doc__.splitlines()[0], epilog=EPILOG,
+        "train",
+        help="federated SmartFed training (Flower simulation or deployment)",
+        description=__doc__.splitlines()[0],
+        epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     add_config_flags(parser)

@@ -33,9 +33,7 @@ class Split:
     partitions: list[list[int]]
 
 
-def split_rows(
-    labels: Sequence[str], fed: FedConfig, seed: int, heldout: int = 0
-) -> Split:
+def split_rows(labels: Sequence[str], fed: FedConfig, seed: int, heldout: int = 0) -> Split:
     """Hold out, subsample and partition ``len(labels)`` rows (all steps seeded by ``seed``).
 
     Args:
@@ -83,8 +81,11 @@ def partition_indices(labels: Sequence[str], fed: FedConfig, seed: int) -> list[
         ds = ds.shuffle(seed=seed)
     elif fed.partitioner == "dirichlet":
         partitioner = DirichletPartitioner(
-            num_partitions=fed.num_clients, partition_by="label", alpha=fed.dirichlet_alpha,
-            min_partition_size=DIRICHLET_MIN_PARTITION, seed=seed,
+            num_partitions=fed.num_clients,
+            partition_by="label",
+            alpha=fed.dirichlet_alpha,
+            min_partition_size=DIRICHLET_MIN_PARTITION,
+            seed=seed,
         )
     else:  # pragma: no cover - FedConfig validates the name
         raise ConfigError(f"partitioner={fed.partitioner!r}: choose iid or dirichlet")

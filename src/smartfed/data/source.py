@@ -64,7 +64,9 @@ def _get_task(name: str) -> Any:
     try:
         from smartfed.data.tasks import get_task
     except ImportError as err:  # the task registry is a separate component
-        raise DataError(f"task {name!r}: the task registry is not installed; pass --dataset FILE") from err
+        raise DataError(
+            f"task {name!r}: the task registry is not installed; pass --dataset FILE"
+        ) from err
     return get_task(name)
 
 
@@ -79,11 +81,15 @@ def read_local_file(path: Path) -> list[Example]:
     text = path.read_text(encoding="utf-8")
     try:
         if path.suffix == ".jsonl":
-            rows = [(i, json.loads(line)) for i, line in enumerate(text.splitlines(), 1) if line.strip()]
+            rows = [
+                (i, json.loads(line)) for i, line in enumerate(text.splitlines(), 1) if line.strip()
+            ]
         else:
             rows = list(enumerate(json.loads(text), 1))
     except json.JSONDecodeError as err:
-        raise DataError(f"{path}: invalid JSON ({err.msg} at line {err.lineno}); fix the file") from err
+        raise DataError(
+            f"{path}: invalid JSON ({err.msg} at line {err.lineno}); fix the file"
+        ) from err
     examples = [_row_to_example(obj, path, i) for i, obj in rows]
     if not examples:
         raise DataError(f"{path} has no rows")
@@ -93,8 +99,14 @@ def read_local_file(path: Path) -> list[Example]:
 def _row_to_example(obj: Any, path: Path, lineno: int) -> Example:
     if isinstance(obj, dict) and isinstance(obj.get("messages"), list):
         msgs = obj["messages"]
-        user = [m.get("content", "") for m in msgs if isinstance(m, dict) and m.get("role") == "user"]
-        bot = [m.get("content", "") for m in msgs if isinstance(m, dict) and m.get("role") == "assistant"]
+        user = [
+            m.get("content", "") for m in msgs if isinstance(m, dict) and m.get("role") == "user"
+        ]
+        bot = [
+            m.get("content", "")
+            for m in msgs
+            if isinstance(m, dict) and m.get("role") == "assistant"
+        ]
         if user and bot:
             return Example(prompt=str(user[0]), response=str(bot[-1]), meta=_meta(obj))
     if isinstance(obj, dict) and isinstance(obj.get("instruction"), str) and "output" in obj:

@@ -73,8 +73,12 @@ class EnergyMeter:
 
         logging.getLogger("codecarbon").setLevel(logging.ERROR)
         self._tracker = OfflineEmissionsTracker(
-            country_iso_code=country_iso_code, save_to_file=False, save_to_api=False,
-            log_level="error", allow_multiple_runs=True, measure_power_secs=15,
+            country_iso_code=country_iso_code,
+            save_to_file=False,
+            save_to_api=False,
+            log_level="error",
+            allow_multiple_runs=True,
+            measure_power_secs=15,
         )
         self._count = 0
 

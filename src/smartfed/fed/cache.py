@@ -46,21 +46,43 @@ class BundleSpec:
         # A node with its own file trains on all of it (one partition, nothing held out).
         clients, heldout = (1, 0) if dataset else (f.num_clients, cfg.eval.heldout_examples)
         return cls(
-            cfg.model, cfg.pool, cfg.router, data, cfg.train.method, cfg.train.seed, clients,
-            f.partitioner, f.dirichlet_alpha, f.partition_by, f.data_fraction, heldout,
-            f.track_energy, f.country_iso_code,
+            cfg.model,
+            cfg.pool,
+            cfg.router,
+            data,
+            cfg.train.method,
+            cfg.train.seed,
+            clients,
+            f.partitioner,
+            f.dirichlet_alpha,
+            f.partition_by,
+            f.data_fraction,
+            heldout,
+            f.track_energy,
+            f.country_iso_code,
         )
 
     def run_config(self) -> RunConfig:
         """A RunConfig carrying this spec's fields (for the loaders)."""
         from smartfed.config import FedConfig, TrainConfig
 
-        fed = FedConfig(num_clients=self.num_clients, sample_clients=1, min_replies=1,
-                        partitioner=self.partitioner,  # type: ignore[arg-type]
-                        dirichlet_alpha=self.dirichlet_alpha, partition_by=self.partition_by,
-                        data_fraction=self.data_fraction)
-        return RunConfig(model=self.model, pool=self.pool, router=self.router, data=self.data,
-                         fed=fed, train=TrainConfig(method=self.method, seed=self.seed))
+        fed = FedConfig(
+            num_clients=self.num_clients,
+            sample_clients=1,
+            min_replies=1,
+            partitioner=self.partitioner,  # type: ignore[arg-type]
+            dirichlet_alpha=self.dirichlet_alpha,
+            partition_by=self.partition_by,
+            data_fraction=self.data_fraction,
+        )
+        return RunConfig(
+            model=self.model,
+            pool=self.pool,
+            router=self.router,
+            data=self.data,
+            fed=fed,
+            train=TrainConfig(method=self.method, seed=self.seed),
+        )
 
 
 @dataclass

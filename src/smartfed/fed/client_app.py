@@ -36,15 +36,24 @@ def _train(cfg: RunConfig | None, msg: Message, context: Context) -> Message:
     kwh: list[float] = []
     with maybe_measure(bundle.meter, kwh):
         update = client_round(
-            bundle, bundle.partition(0 if own else pid), run_cfg, partition_id=pid,
-            server_round=ins.server_round, routers=ins.routers, quotas=ins.quotas,
-            local_steps=ins.local_steps, batch_size=ins.batch_size, learning_rate=ins.learning_rate,
+            bundle,
+            bundle.partition(0 if own else pid),
+            run_cfg,
+            partition_id=pid,
+            server_round=ins.server_round,
+            routers=ins.routers,
+            quotas=ins.quotas,
+            local_steps=ins.local_steps,
+            batch_size=ins.batch_size,
+            learning_rate=ins.learning_rate,
         )
     update.load_s, update.energy_kwh = load_s, kwh[0]
     return Message(wire.pack_train_res(update), reply_to=msg)
 
 
-def make_client_app(cfg: RunConfig | None = None, mods: Sequence[Callable[..., Any]] = ()) -> ClientApp:
+def make_client_app(
+    cfg: RunConfig | None = None, mods: Sequence[Callable[..., Any]] = ()
+) -> ClientApp:
     """Build the ClientApp (``cfg=None``: read ``context.run_config``; ``mods``: Flower mods)."""
     app = ClientApp(mods=list(mods))
 

@@ -44,15 +44,21 @@ def hello(grid: Grid, num_clients: int, timeout_s: float) -> dict[int, int]:
     deadline = time.monotonic() + timeout_s
     while len(nodes := sorted(grid.get_node_ids())) < num_clients:
         if time.monotonic() > deadline:
-            raise FederationError(f"{len(nodes)} of num_clients={num_clients} nodes connected "
-                                  f"after {timeout_s:.0f} s; start more SuperNodes")
+            raise FederationError(
+                f"{len(nodes)} of num_clients={num_clients} nodes connected "
+                f"after {timeout_s:.0f} s; start more SuperNodes"
+            )
         time.sleep(HELLO_POLL_S)
     msgs = [Message(RecordDict(), dst_node_id=n, message_type=MessageType.QUERY) for n in nodes]
     replies = list(grid.send_and_receive(msgs, timeout=timeout_s))
-    mapping = {m.metadata.src_node_id: wire.unpack_hello(m.content) for m in replies if not m.has_error()}
+    mapping = {
+        m.metadata.src_node_id: wire.unpack_hello(m.content) for m in replies if not m.has_error()
+    }
     if sorted(mapping.values()) != list(range(num_clients)):
-        raise FederationError(f"partition ids {sorted(mapping.values())} != 0..{num_clients - 1}; "
-                              "give every SuperNode a distinct partition-id < num-partitions")
+        raise FederationError(
+            f"partition ids {sorted(mapping.values())} != 0..{num_clients - 1}; "
+            "give every SuperNode a distinct partition-id < num-partitions"
+        )
     return mapping
 
 
@@ -79,8 +85,16 @@ class ServerLoop:
             self.bundle.method.load_trainable_state(self.bundle.model, state)
             set_quotas(self.bundle.model, self.strategy.quotas)
             held = self.bundle.heldout()
-            eval_loss = (evaluate_loss(self.bundle.model, held, self.cfg.eval.eval_batch_size,
-                                       self.bundle.tokenizer.pad_token_id) if held else None)
+            eval_loss = (
+                evaluate_loss(
+                    self.bundle.model,
+                    held,
+                    self.cfg.eval.eval_batch_size,
+                    self.bundle.tokenizer.pad_token_id,
+                )
+                if held
+                else None
+            )
             task_metrics = self._task_metrics(out.round)
         row = self._row(out, eval_loss)
         row.update(task_metrics)
@@ -98,22 +112,33 @@ class ServerLoop:
         server_kwh = self._server_kwh[-1] if self._server_kwh else 0.0
         n = sum(u.num_examples for u in out.updates)
         row: dict[str, Any] = {
-            "round": out.round, "clients": [u.partition_id for u in out.updates],
-            "sampled": out.sampled, "failures": out.failures,
+            "round": out.round,
+            "clients": [u.partition_id for u in out.updates],
+            "sampled": out.sampled,
+            "failures": out.failures,
             "rejected": {str(k): v for k, v in out.rejected.items()},
-            "train_loss": (math.fsum(u.num_examples * u.train_loss for u in out.updates) / n
-                           if n else None),
-            "num_examples": n, "eval_loss": eval_loss,
-            "bytes_up": acc.bytes_up, "bytes_down": acc.bytes_down,
-            "payload_up": acc.payload_up, "payload_down": acc.payload_down,
-            "wall_s": round(acc.wall_s(), 4), "phases": {k: round(v, 4) for k, v in acc.phases.items()},
+            "train_loss": (
+                math.fsum(u.num_examples * u.train_loss for u in out.updates) / n if n else None
+            ),
+            "num_examples": n,
+            "eval_loss": eval_loss,
+            "bytes_up": acc.bytes_up,
+            "bytes_down": acc.bytes_down,
+            "payload_up": acc.payload_up,
+            "payload_down": acc.payload_down,
+            "wall_s": round(acc.wall_s(), 4),
+            "phases": {k: round(v, 4) for k, v in acc.phases.items()},
             "client_train_s": [round(u.train_s, 4) for u in out.updates],
             "client_load_s": [round(u.load_s, 4) for u in out.updates],
-            "energy_kwh_clients": client_kwh, "energy_kwh_server": server_kwh,
+            "energy_kwh_clients": client_kwh,
+            "energy_kwh_server": server_kwh,
             "quotas": out.quotas,
         }
-        for key, value in (("bytes_total", acc.bytes_up + acc.bytes_down), ("wall_s", row["wall_s"]),
-                           ("energy_kwh", client_kwh + server_kwh)):
+        for key, value in (
+            ("bytes_total", acc.bytes_up + acc.bytes_down),
+            ("wall_s", row["wall_s"]),
+            ("energy_kwh", client_kwh + server_kwh),
+        ):
             self.totals[key] = self.totals.get(key, 0.0) + value
         self.totals["rounds"] = out.round
         return row
@@ -121,8 +146,16 @@ class ServerLoop:
     def _checkpoint(self, rnd: int, routers: dict[str, Any]) -> None:
         """Resume state (``checkpoint/rNNNN``), then the eval-facing ``checkpoint/routers.safetensors``."""
         eeqa = self.strategy.eeqa.to_dict() if self.strategy.eeqa else None
-        target = self.run.save_checkpoint(Checkpoint(rnd, routers, eeqa, dict(self.strategy.quotas),
-                                                     dict(self.totals), self.bundle.pool.fingerprint()))
+        target = self.run.save_checkpoint(
+            Checkpoint(
+                rnd,
+                routers,
+                eeqa,
+                dict(self.strategy.quotas),
+                dict(self.totals),
+                self.bundle.pool.fingerprint(),
+            )
+        )
         save_routers(target.parent, self.bundle.model, self.bundle.pool, self.strategy.quotas)
 
     def _task_metrics(self, rnd: int) -> dict[str, Any]:
@@ -139,9 +172,14 @@ class ServerLoop:
         if task.metric == "none":
             return {}
         examples = select_examples(task, self.cfg.data.data_dir or None, self.cfg.eval.eval_limit)
-        outputs = generate_outputs(task, self.bundle.model, self.bundle.tokenizer, examples,
-                                   batch_size=self.cfg.eval.eval_batch_size,
-                                   max_new_tokens=self.cfg.eval.max_new_tokens)
+        outputs = generate_outputs(
+            task,
+            self.bundle.model,
+            self.bundle.tokenizer,
+            examples,
+            batch_size=self.cfg.eval.eval_batch_size,
+            max_new_tokens=self.cfg.eval.max_new_tokens,
+        )
         records = score_outputs(task, examples, outputs)
         value = math.fsum(float(r["correct"]) for r in records) / max(len(records), 1)
         return {f"eval_{task.metric}": value, "eval_task": task.name, "eval_n": len(records)}
@@ -159,7 +197,9 @@ def run_server(grid: Grid, cfg: RunConfig) -> dict[str, Any]:
     ckpt = run.load_checkpoint()
     done = ckpt.round if ckpt else 0
     bundle = get_bundle(BundleSpec.from_config(cfg))
-    strategy = _make_strategy(cfg, bundle, ckpt, hello(grid, cfg.fed.num_clients, cfg.fed.round_timeout_s))
+    strategy = _make_strategy(
+        cfg, bundle, ckpt, hello(grid, cfg.fed.num_clients, cfg.fed.round_timeout_s)
+    )
     loop = ServerLoop(cfg, run, bundle, strategy, dict(ckpt.totals) if ckpt else {})
     routers = ckpt.routers if ckpt else bundle.initial_state
     remaining = cfg.fed.num_rounds - done
@@ -174,49 +214,69 @@ def run_server(grid: Grid, cfg: RunConfig) -> dict[str, Any]:
     return summary
 
 
-def _start(strategy: Any, cfg: RunConfig, grid: Grid, arrays: ArrayRecord, rounds: int,
-           loop: ServerLoop) -> None:
+def _start(
+    strategy: Any, cfg: RunConfig, grid: Grid, arrays: ArrayRecord, rounds: int, loop: ServerLoop
+) -> None:
     runner = strategy
     if cfg.fed.dp_noise_multiplier > 0:
         from flwr.serverapp.strategy import DifferentialPrivacyServerSideFixedClipping
 
         runner = DifferentialPrivacyServerSideFixedClipping(
-            strategy, noise_multiplier=cfg.fed.dp_noise_multiplier,
-            clipping_norm=cfg.fed.dp_clipping_norm, num_sampled_clients=cfg.fed.sample_clients)
-    runner.start(grid, arrays, num_rounds=rounds, timeout=cfg.fed.round_timeout_s,
-                 evaluate_fn=loop.end_round)
+            strategy,
+            noise_multiplier=cfg.fed.dp_noise_multiplier,
+            clipping_norm=cfg.fed.dp_clipping_norm,
+            num_sampled_clients=cfg.fed.sample_clients,
+        )
+    runner.start(
+        grid, arrays, num_rounds=rounds, timeout=cfg.fed.round_timeout_s, evaluate_fn=loop.end_round
+    )
 
 
-def _make_strategy(cfg: RunConfig, bundle: Bundle, ckpt: Checkpoint | None,
-                   nodes: dict[int, int]) -> SmartFedStrategy:
+def _make_strategy(
+    cfg: RunConfig, bundle: Bundle, ckpt: Checkpoint | None, nodes: dict[int, int]
+) -> SmartFedStrategy:
     if hasattr(bundle.method, "server_propose"):  # the server runs the method's search (lorahub)
         from smartfed.fed.search import SearchStrategy
 
         return SearchStrategy(bundle.method, cfg, nodes, round_offset=ckpt.round if ckpt else 0)
     eeqa = None
     if bundle.method.uses_eeqa and cfg.quota.enable_eeqa:
-        eeqa = (EEQAState.from_dict(ckpt.eeqa) if ckpt and ckpt.eeqa else
-                EEQAState.from_config(cfg.quota, cfg.router.topk_experts, bundle.experts_per_matrix))
+        eeqa = (
+            EEQAState.from_dict(ckpt.eeqa)
+            if ckpt and ckpt.eeqa
+            else EEQAState.from_config(
+                cfg.quota, cfg.router.topk_experts, bundle.experts_per_matrix
+            )
+        )
     quotas = ckpt.quotas if ckpt else get_quotas(bundle.model)
     n_params = sum(v.numel() for v in bundle.method.trainable_state(bundle.model).values())
     bound = cfg.fed.max_update_norm or (
-        10 * cfg.train.learning_rate * cfg.train.local_steps * math.sqrt(n_params))
-    return SmartFedStrategy(cfg, nodes, quotas, eeqa, round_offset=ckpt.round if ckpt else 0,
-                            max_update_norm=bound)
+        10 * cfg.train.learning_rate * cfg.train.local_steps * math.sqrt(n_params)
+    )
+    return SmartFedStrategy(
+        cfg, nodes, quotas, eeqa, round_offset=ckpt.round if ckpt else 0, max_update_norm=bound
+    )
 
 
 def _summary(cfg: RunConfig, run: RunDir, totals: dict[str, float]) -> dict[str, Any]:
     rows = run.metrics()
     last = rows[-1] if rows else {}
     return {
-        "rounds": len(rows), "num_rounds": cfg.fed.num_rounds,
+        "rounds": len(rows),
+        "num_rounds": cfg.fed.num_rounds,
         "bytes_total": int(sum(r["bytes_up"] + r["bytes_down"] for r in rows)),
         "bytes_up": int(sum(r["bytes_up"] for r in rows)),
         "bytes_down": int(sum(r["bytes_down"] for r in rows)),
         "wall_s": round(sum(r["wall_s"] for r in rows), 3),
         "energy_kwh": sum(r["energy_kwh_clients"] + r["energy_kwh_server"] for r in rows),
-        "final_train_loss": last.get("train_loss"), "final_eval_loss": last.get("eval_loss"),
-        "final_quotas": last.get("quotas"), "method": cfg.train.method,
-        "dp": {"noise_multiplier": cfg.fed.dp_noise_multiplier,
-               "clipping_norm": cfg.fed.dp_clipping_norm} if cfg.fed.dp_noise_multiplier else None,
+        "final_train_loss": last.get("train_loss"),
+        "final_eval_loss": last.get("eval_loss"),
+        "final_quotas": last.get("quotas"),
+        "method": cfg.train.method,
+        "dp": {
+            "noise_multiplier": cfg.fed.dp_noise_multiplier,
+            "clipping_norm": cfg.fed.dp_clipping_norm,
+        }
+        if cfg.fed.dp_noise_multiplier
+        else None,
     }

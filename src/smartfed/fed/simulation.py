@@ -20,13 +20,22 @@ def simulate(cfg: RunConfig, client_mods: Sequence[Callable[..., Any]] = ()) -> 
     from smartfed.fed.client_app import make_client_app
     from smartfed.fed.server_app import make_server_app
 
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    cores = (
+        len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    )
     run_simulation(
-        server_app=make_server_app(cfg), client_app=make_client_app(cfg, client_mods),
-        num_supernodes=cfg.fed.num_clients, backend_name="ray",
+        server_app=make_server_app(cfg),
+        client_app=make_client_app(cfg, client_mods),
+        num_supernodes=cfg.fed.num_clients,
+        backend_name="ray",
         backend_config={
             "client_resources": {"num_cpus": min(cfg.fed.client_cpus, cores), "num_gpus": 0.0},
-            "init_args": {"num_cpus": cores, "num_gpus": 0, "logging_level": "ERROR",
-                          "log_to_driver": False, "include_dashboard": False},
+            "init_args": {
+                "num_cpus": cores,
+                "num_gpus": 0,
+                "logging_level": "ERROR",
+                "log_to_driver": False,
+                "include_dashboard": False,
+            },
         },
     )

@@ -37,7 +37,9 @@ def weighted_mean(updates: Sequence[tuple[int, dict[str, np.ndarray]]]) -> dict[
     total = sum(n for n, _ in updates)
     keys = list(updates[0][1])
     return {
-        k: (sum(np.float64(n) * u[k].astype(np.float64) for n, u in updates) / total).astype(np.float32)
+        k: (sum(np.float64(n) * u[k].astype(np.float64) for n, u in updates) / total).astype(
+            np.float32
+        )
         for k in keys
     }
 
@@ -75,11 +77,23 @@ class SmartFedStrategy(FedAvg):
         aggregate: the aggregation rule (default: example-weighted mean).
     """
 
-    def __init__(self, cfg: RunConfig, node_partitions: dict[int, int], quotas: dict[str, int],
-                 eeqa: EEQAState | None, *, round_offset: int = 0, max_update_norm: float = math.inf,
-                 aggregate: Aggregator = weighted_mean) -> None:
-        super().__init__(fraction_train=0.0, fraction_evaluate=0.0,
-                         min_train_nodes=cfg.fed.sample_clients, min_available_nodes=1)
+    def __init__(
+        self,
+        cfg: RunConfig,
+        node_partitions: dict[int, int],
+        quotas: dict[str, int],
+        eeqa: EEQAState | None,
+        *,
+        round_offset: int = 0,
+        max_update_norm: float = math.inf,
+        aggregate: Aggregator = weighted_mean,
+    ) -> None:
+        super().__init__(
+            fraction_train=0.0,
+            fraction_evaluate=0.0,
+            min_train_nodes=cfg.fed.sample_clients,
+            min_available_nodes=1,
+        )
         self.cfg, self.eeqa, self.offset = cfg, eeqa, round_offset
         self.node_of = {pid: node for node, pid in node_partitions.items()}
         self.quotas = dict(eeqa.quotas if eeqa else quotas)
@@ -87,31 +101,40 @@ class SmartFedStrategy(FedAvg):
         self.outcome: RoundOutcome | None = None
         self._global: dict[str, np.ndarray] = {}
 
-    def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
-                        grid: Grid) -> Iterable[Message]:
+    def configure_train(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
         """Send routers + quotas to the sampled partitions' nodes (seeded, see sample_partitions)."""
         t0 = time.perf_counter()
         rnd = server_round + self.offset
         out = self.outcome = RoundOutcome(rnd, RoundAccount(started=t0), quotas=dict(self.quotas))
-        out.sampled = sample_partitions(list(self.node_of), self.cfg.fed.sample_clients,
-                                        self.cfg.train.seed, rnd)
+        out.sampled = sample_partitions(
+            list(self.node_of), self.cfg.fed.sample_clients, self.cfg.train.seed, rnd
+        )
         self._global = {k: arrays[k].numpy() for k in arrays}
         t = self.cfg.train
-        record = RecordDict({
-            wire.ARRAYS: arrays,
-            wire.CONFIG: wire.pack_train_config(self.quotas, t.local_steps, t.batch_size, t.learning_rate),
-        })
+        record = RecordDict(
+            {
+                wire.ARRAYS: arrays,
+                wire.CONFIG: wire.pack_train_config(
+                    self.quotas, t.local_steps, t.batch_size, t.learning_rate
+                ),
+            }
+        )
         record[wire.CONFIG][wire.SERVER_ROUND] = rnd  # type: ignore[index]
-        msgs = [Message(record, dst_node_id=self.node_of[p], message_type=MessageType.TRAIN)
-                for p in out.sampled]
+        msgs = [
+            Message(record, dst_node_id=self.node_of[p], message_type=MessageType.TRAIN)
+            for p in out.sampled
+        ]
         out.account.bytes_down = sum(wire.message_bytes(m) for m in msgs)
         out.account.payload_down = sum(wire.content_bytes(m) for m in msgs)
         out.account.add_phase("configure_s", time.perf_counter() - t0)
         self._sent_at = time.perf_counter()
         return msgs
 
-    def aggregate_train(self, server_round: int, replies: Iterable[Message]
-                        ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+    def aggregate_train(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         """Validate replies one by one, average the accepted routers, run EEQA."""
         out = self.outcome
         assert out is not None  # configure_train always runs first
@@ -126,14 +149,19 @@ class SmartFedStrategy(FedAvg):
             self._accept(msg, out)
         out.updates.sort(key=lambda u: u.partition_id)
         if len(out.updates) < self.cfg.fed.min_replies:
-            log.warning("round %d: %d accepted replies < min_replies=%d; routers unchanged",
-                        out.round, len(out.updates), self.cfg.fed.min_replies)
+            log.warning(
+                "round %d: %d accepted replies < min_replies=%d; routers unchanged",
+                out.round,
+                len(out.updates),
+                self.cfg.fed.min_replies,
+            )
             out.account.add_phase("aggregate_s", time.perf_counter() - t0)
             return None, None
         routers = self.aggregate([(u.num_examples, u.routers) for u in out.updates])
         if self.eeqa is not None:
-            scores = aggregate_importance([(u.num_examples, u.importance) for u in out.updates
-                                           if u.importance])
+            scores = aggregate_importance(
+                [(u.num_examples, u.importance) for u in out.updates if u.importance]
+            )
             self.quotas = self.eeqa.update(out.round, scores)
         out.ok = True
         out.account.add_phase("aggregate_s", time.perf_counter() - t0)
@@ -152,8 +180,9 @@ class SmartFedStrategy(FedAvg):
         reason = self._check(upd)
         if reason:
             out.rejected[upd.partition_id] = reason
-            log.warning("round %d: update of partition %d rejected: %s", out.round,
-                        upd.partition_id, reason)
+            log.warning(
+                "round %d: update of partition %d rejected: %s", out.round, upd.partition_id, reason
+            )
         else:
             out.updates.append(upd)
 

@@ -67,14 +67,18 @@ def state_from_arrays(rec: ArrayRecord) -> dict[str, torch.Tensor]:
     return {k: torch.from_numpy(np.array(rec[k].numpy(), copy=True)) for k in rec}
 
 
-def pack_train_config(quotas: Mapping[str, int], local_steps: int, batch_size: int,
-                      learning_rate: float) -> ConfigRecord:
+def pack_train_config(
+    quotas: Mapping[str, int], local_steps: int, batch_size: int, learning_rate: float
+) -> ConfigRecord:
     """The per-round ``ConfigRecord``: quotas (sorted matrix order) and step settings."""
-    return ConfigRecord({
-        QUOTAS: [int(quotas[m]) for m in sorted(quotas)],
-        LOCAL_STEPS: int(local_steps), BATCH_SIZE: int(batch_size),
-        LEARNING_RATE: float(learning_rate),
-    })
+    return ConfigRecord(
+        {
+            QUOTAS: [int(quotas[m]) for m in sorted(quotas)],
+            LOCAL_STEPS: int(local_steps),
+            BATCH_SIZE: int(batch_size),
+            LEARNING_RATE: float(learning_rate),
+        }
+    )
 
 
 def unpack_train_ins(content: RecordDict) -> TrainIns:
@@ -91,19 +95,29 @@ def unpack_train_ins(content: RecordDict) -> TrainIns:
         if len(quotas) != len(matrices):
             raise WireFormatError(f"{len(quotas)} quotas for {len(matrices)} routed matrices")
         return TrainIns(
-            int(cfg[SERVER_ROUND]), routers, dict(zip(matrices, map(int, quotas), strict=True)),
-            int(cfg[LOCAL_STEPS]), int(cfg[BATCH_SIZE]), float(cfg[LEARNING_RATE]),
+            int(cfg[SERVER_ROUND]),
+            routers,
+            dict(zip(matrices, map(int, quotas), strict=True)),
+            int(cfg[LOCAL_STEPS]),
+            int(cfg[BATCH_SIZE]),
+            float(cfg[LEARNING_RATE]),
         )
     except KeyError as err:
-        raise WireFormatError(f"train instruction lacks {err}; server and client versions differ") from err
+        raise WireFormatError(
+            f"train instruction lacks {err}; server and client versions differ"
+        ) from err
 
 
 def pack_train_res(res: ClientUpdate) -> RecordDict:
     """Build the reply ``RecordDict`` (one ArrayRecord, one MetricRecord)."""
     metrics: dict[str, int | float | list[float]] = {
-        NUM_EXAMPLES: int(res.num_examples), PARTITION_ID: int(res.partition_id),
-        TRAIN_LOSS: float(res.train_loss), STEPS: int(res.steps), TRAIN_S: float(res.train_s),
-        LOAD_S: float(res.load_s), ENERGY_KWH: float(res.energy_kwh),
+        NUM_EXAMPLES: int(res.num_examples),
+        PARTITION_ID: int(res.partition_id),
+        TRAIN_LOSS: float(res.train_loss),
+        STEPS: int(res.steps),
+        TRAIN_S: float(res.train_s),
+        LOAD_S: float(res.load_s),
+        ENERGY_KWH: float(res.energy_kwh),
     }
     for matrix, values in sorted(res.importance.items()):
         metrics[IMPORTANCE_PREFIX + matrix] = [float(v) for v in values]
@@ -121,14 +135,19 @@ def unpack_train_res(content: RecordDict) -> ClientUpdate:
         m, arrays = content[METRICS], content[ARRAYS]
         importance = {
             k.removeprefix(IMPORTANCE_PREFIX): [float(v) for v in m[k]]  # type: ignore[union-attr]
-            for k in m if k.startswith(IMPORTANCE_PREFIX)
+            for k in m
+            if k.startswith(IMPORTANCE_PREFIX)
         }
         return ClientUpdate(
-            partition_id=int(m[PARTITION_ID]), num_examples=int(m[NUM_EXAMPLES]),
+            partition_id=int(m[PARTITION_ID]),
+            num_examples=int(m[NUM_EXAMPLES]),
             train_loss=float(m[TRAIN_LOSS]),  # type: ignore[arg-type]
-            routers={k: arrays[k].numpy() for k in arrays}, importance=importance,
-            steps=int(m[STEPS]), train_s=float(m[TRAIN_S]),  # type: ignore[arg-type]
-            load_s=float(m[LOAD_S]), energy_kwh=float(m[ENERGY_KWH]),  # type: ignore[arg-type]
+            routers={k: arrays[k].numpy() for k in arrays},
+            importance=importance,
+            steps=int(m[STEPS]),
+            train_s=float(m[TRAIN_S]),  # type: ignore[arg-type]
+            load_s=float(m[LOAD_S]),
+            energy_kwh=float(m[ENERGY_KWH]),  # type: ignore[arg-type]
         )
     except (KeyError, TypeError, ValueError) as err:
         raise WireFormatError(f"client reply lacks or mistypes {err}; versions differ") from err
@@ -164,7 +183,9 @@ def is_finite_update(routers: Mapping[str, np.ndarray]) -> bool:
 
 def update_norm(routers: Mapping[str, np.ndarray], reference: Mapping[str, np.ndarray]) -> float:
     """L2 norm of ``routers - reference`` over all tensors (float64)."""
-    sq = math.fsum(float(np.sum((routers[k].astype(np.float64) - reference[k]) ** 2)) for k in reference)
+    sq = math.fsum(
+        float(np.sum((routers[k].astype(np.float64) - reference[k]) ** 2)) for k in reference
+    )
     return math.sqrt(sq)
 
 

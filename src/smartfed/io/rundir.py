@@ -36,8 +36,16 @@ ROUTERS_FILE = "routers.safetensors"
 STATE_FILE = "state.json"
 EEQA_FILE = "eeqa.json"
 # Keys of a resumed run's config allowed to differ from the original run's.
-RESUMABLE_CHANGES = frozenset({"fed.num_rounds", "resume", "fed.engine", "fed.round_timeout_s",
-                               "eval.eval_every", "eval.eval_limit"})
+RESUMABLE_CHANGES = frozenset(
+    {
+        "fed.num_rounds",
+        "resume",
+        "fed.engine",
+        "fed.round_timeout_s",
+        "eval.eval_every",
+        "eval.eval_limit",
+    }
+)
 
 
 @dataclass
@@ -104,7 +112,9 @@ class RunDir:
         try:
             old = RunConfig.load_json(self.path / CONFIG_FILE).to_flat()
         except Exception as err:  # any unreadable config means this is not a SmartFed run dir
-            raise CheckpointError(f"{self.path}/{CONFIG_FILE} unreadable ({err}); cannot resume") from err
+            raise CheckpointError(
+                f"{self.path}/{CONFIG_FILE} unreadable ({err}); cannot resume"
+            ) from err
         new = cfg.to_flat()
         diff = sorted(k for k in new if old.get(k) != new[k] and k not in RESUMABLE_CHANGES)
         if diff:
@@ -123,13 +133,19 @@ class RunDir:
         p = self.path / METRICS_FILE
         if not p.is_file():
             return []
-        return [json.loads(line) for line in p.read_text(encoding="utf-8").splitlines() if line.strip()]
+        return [
+            json.loads(line) for line in p.read_text(encoding="utf-8").splitlines() if line.strip()
+        ]
 
     def _drop_metrics_after(self, last_round: int) -> None:
         rows = self.metrics()
         keep = [r for r in rows if int(r.get("round", 0)) <= last_round]
         if len(keep) != len(rows):
-            log.info("resume: dropping %d metrics lines after round %d", len(rows) - len(keep), last_round)
+            log.info(
+                "resume: dropping %d metrics lines after round %d",
+                len(rows) - len(keep),
+                last_round,
+            )
             text = "".join(json.dumps(r, sort_keys=True) + "\n" for r in keep)
             atomic_write_text(self.path / METRICS_FILE, text)
 
@@ -146,8 +162,15 @@ class RunDir:
         atomic_write(target / ROUTERS_FILE, lambda p: save_file(tensors, str(p), metadata=meta))
         if ckpt.eeqa is not None:
             atomic_write_json(target / EEQA_FILE, ckpt.eeqa)
-        atomic_write_json(target / STATE_FILE, {"round": ckpt.round, "quotas": ckpt.quotas,
-                                                "totals": ckpt.totals, "adapters": ckpt.adapters})
+        atomic_write_json(
+            target / STATE_FILE,
+            {
+                "round": ckpt.round,
+                "quotas": ckpt.quotas,
+                "totals": ckpt.totals,
+                "adapters": ckpt.adapters,
+            },
+        )
         atomic_write_json(root / LATEST_FILE, {"round": ckpt.round, "dir": target.name})
         for old in root.glob("r[0-9]*"):
             if old.is_dir() and old.name != target.name:
@@ -171,12 +194,21 @@ class RunDir:
             state = json.loads((target / STATE_FILE).read_text(encoding="utf-8"))
             routers = load_file(str(target / ROUTERS_FILE))
             eeqa_path = target / EEQA_FILE
-            eeqa = json.loads(eeqa_path.read_text(encoding="utf-8")) if eeqa_path.is_file() else None
+            eeqa = (
+                json.loads(eeqa_path.read_text(encoding="utf-8")) if eeqa_path.is_file() else None
+            )
         except (OSError, KeyError, ValueError) as err:
-            raise CheckpointError(f"{latest}: checkpoint unreadable ({err}); cannot resume") from err
-        return Checkpoint(int(state["round"]), dict(routers), eeqa,
-                          {k: int(v) for k, v in state["quotas"].items()},
-                          dict(state.get("totals", {})), dict(state.get("adapters", {})))
+            raise CheckpointError(
+                f"{latest}: checkpoint unreadable ({err}); cannot resume"
+            ) from err
+        return Checkpoint(
+            int(state["round"]),
+            dict(routers),
+            eeqa,
+            {k: int(v) for k, v in state["quotas"].items()},
+            dict(state.get("totals", {})),
+            dict(state.get("adapters", {})),
+        )
 
     def write_summary(self, summary: dict[str, Any]) -> None:
         """Write ``summary.json`` atomically."""

@@ -54,12 +54,26 @@ def toml_value(v: Scalar) -> str:
 def app_pyproject(cfg: RunConfig) -> str:
     """The ``pyproject.toml`` of the job's app bundle (config keys = ``RunConfig.to_flat()``)."""
     lines = [
-        "[build-system]", 'requires = ["hatchling"]', 'build-backend = "hatchling.build"', "",
-        "[project]", 'name = "smartfed-job"', 'version = "0.1.0"', "dependencies = []", "",
-        "[tool.hatch.build.targets.wheel]", 'packages = ["."]', "",
-        "[tool.flwr.app]", 'publisher = "smartfed"', "",
-        "[tool.flwr.app.components]", 'serverapp = "smartfed.fed.server_app:app"',
-        'clientapp = "smartfed.fed.client_app:app"', "", "[tool.flwr.app.config]",
+        "[build-system]",
+        'requires = ["hatchling"]',
+        'build-backend = "hatchling.build"',
+        "",
+        "[project]",
+        'name = "smartfed-job"',
+        'version = "0.1.0"',
+        "dependencies = []",
+        "",
+        "[tool.hatch.build.targets.wheel]",
+        'packages = ["."]',
+        "",
+        "[tool.flwr.app]",
+        'publisher = "smartfed"',
+        "",
+        "[tool.flwr.app.components]",
+        'serverapp = "smartfed.fed.server_app:app"',
+        'clientapp = "smartfed.fed.client_app:app"',
+        "",
+        "[tool.flwr.app.config]",
     ]
     lines += [f'"{k}" = {toml_value(v)}' for k, v in cfg.to_flat().items()]
     return "\n".join(lines) + "\n"
@@ -70,8 +84,12 @@ def flower_env(home: Path) -> dict[str, str]:
     from smartfed.recipes.train import FLOWER_ENV
 
     bindir = str(Path(sys.executable).parent)
-    return {**os.environ, **FLOWER_ENV, "FLWR_HOME": str(home),
-            "PATH": bindir + os.pathsep + os.environ.get("PATH", "")}
+    return {
+        **os.environ,
+        **FLOWER_ENV,
+        "FLWR_HOME": str(home),
+        "PATH": bindir + os.pathsep + os.environ.get("PATH", ""),
+    }
 
 
 def _tool(name: str) -> str:
@@ -89,8 +107,9 @@ class Processes:
     def start(self, name: str, argv: list[str]) -> subprocess.Popen[bytes]:
         """Start ``argv`` with output to ``<log_dir>/<name>.log``."""
         fh = open(self.log_dir / f"{name}.log", "ab")  # noqa: SIM115 - closed with the process
-        proc = subprocess.Popen(argv, stdout=fh, stderr=subprocess.STDOUT, env=self.env,
-                                start_new_session=True)
+        proc = subprocess.Popen(
+            argv, stdout=fh, stderr=subprocess.STDOUT, env=self.env, start_new_session=True
+        )
         fh.close()
         self.procs.append((name, proc))
         return proc
@@ -159,29 +178,56 @@ def run_deployment(cfg: RunConfig, timeout_s: float | None = None) -> dict[str, 
         if cfg.fed.superlink:  # a running (remote) SuperLink: submit only
             return _flwr_run(procs, app_dir, log_dir, timeout_s, timings)
         t0 = time.perf_counter()
-        link = procs.start("superlink", [
-            _tool("flower-superlink"), "--insecure", "--host", "127.0.0.1", "--port", str(port),
-            "--database", str(home / "state.db"), "--disable-runtime-dependency-installation"])
+        link = procs.start(
+            "superlink",
+            [
+                _tool("flower-superlink"),
+                "--insecure",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+                "--database",
+                str(home / "state.db"),
+                "--disable-runtime-dependency-installation",
+            ],
+        )
         _wait_healthy(port, link, log_dir / "superlink.log")
         timings["superlink_start_s"] = round(time.perf_counter() - t0, 2)
         n = cfg.fed.num_clients
         for pid in range(n):
-            procs.start(f"supernode-{pid}", [
-                _tool("flower-supernode"), "--insecure", "--superlink", f"127.0.0.1:{port}",
-                "--port", str(free_port()), "--node-config", f"partition-id={pid} num-partitions={n}"])
+            procs.start(
+                f"supernode-{pid}",
+                [
+                    _tool("flower-supernode"),
+                    "--insecure",
+                    "--superlink",
+                    f"127.0.0.1:{port}",
+                    "--port",
+                    str(free_port()),
+                    "--node-config",
+                    f"partition-id={pid} num-partitions={n}",
+                ],
+            )
         return _flwr_run(procs, app_dir, log_dir, timeout_s, timings)
 
 
 def _write_connection(home: Path, address: str, root_certificates: str) -> None:
     """``$FLWR_HOME/config.toml`` with one connection named ``deploy``."""
-    tls = (f'root-certificates = "{Path(root_certificates).resolve()}"\n' if root_certificates
-           else "insecure = true\n")
-    atomic_write_text(home / "config.toml", '[superlink]\ndefault = "deploy"\n\n'
-                      f'[superlink.deploy]\naddress = "{address}"\n{tls}')
+    tls = (
+        f'root-certificates = "{Path(root_certificates).resolve()}"\n'
+        if root_certificates
+        else "insecure = true\n"
+    )
+    atomic_write_text(
+        home / "config.toml",
+        f'[superlink]\ndefault = "deploy"\n\n[superlink.deploy]\naddress = "{address}"\n{tls}',
+    )
 
 
-def _flwr_run(procs: Processes, app_dir: Path, log_dir: Path, timeout_s: float | None,
-              timings: dict[str, Any]) -> dict[str, Any]:
+def _flwr_run(
+    procs: Processes, app_dir: Path, log_dir: Path, timeout_s: float | None, timings: dict[str, Any]
+) -> dict[str, Any]:
     t1 = time.perf_counter()
     run = procs.start("flwr-run", [_tool("flwr"), "run", str(app_dir), "deploy", "--stream"])
     try:

@@ -44,9 +44,17 @@ class ClientUpdate:
 
 
 def client_round(
-    bundle: Any, examples: Sequence[EncodedExample], cfg: RunConfig, *, partition_id: int,
-    server_round: int, routers: Mapping[str, torch.Tensor], quotas: Mapping[str, int],
-    local_steps: int, batch_size: int, learning_rate: float,
+    bundle: Any,
+    examples: Sequence[EncodedExample],
+    cfg: RunConfig,
+    *,
+    partition_id: int,
+    server_round: int,
+    routers: Mapping[str, torch.Tensor],
+    quotas: Mapping[str, int],
+    local_steps: int,
+    batch_size: int,
+    learning_rate: float,
 ) -> ClientUpdate:
     """Train the method's parameters of the cached model on one partition for one round.
 
@@ -67,8 +75,9 @@ def client_round(
     """
     model, method = bundle.model, bundle.method
     if hasattr(method, "local_update"):  # methods that do not train by SGD (merge, lorahub)
-        return _local_update(bundle, examples, cfg, partition_id, server_round, routers, local_steps,
-                             batch_size)
+        return _local_update(
+            bundle, examples, cfg, partition_id, server_round, routers, local_steps, batch_size
+        )
     method.load_trainable_state(model, dict(routers))
     set_quotas(model, quotas)
     params = method.trainable_parameters(model)
@@ -81,38 +90,57 @@ def client_round(
         from smartfed.quota.importance import ImportanceTracker
 
         with ImportanceTracker(model) as tracker:
-            result = local_train(model, _masked(batches, tracker), params, train_cfg, total=local_steps)
+            result = local_train(
+                model, _masked(batches, tracker), params, train_cfg, total=local_steps
+            )
             importance = tracker.scores()
     else:
         result = local_train(model, batches, params, train_cfg, total=local_steps)
     state = method.trainable_state(model)
     return ClientUpdate(
-        partition_id=partition_id, num_examples=len(examples), train_loss=result.loss,
-        routers={k: v.numpy() for k, v in state.items()}, importance=importance,
-        steps=result.steps, train_s=result.seconds,
+        partition_id=partition_id,
+        num_examples=len(examples),
+        train_loss=result.loss,
+        routers={k: v.numpy() for k, v in state.items()},
+        importance=importance,
+        steps=result.steps,
+        train_s=result.seconds,
     )
 
 
 def _local_update(
-    bundle: Any, examples: Sequence[EncodedExample], cfg: RunConfig, partition_id: int,
-    server_round: int, payload: Mapping[str, torch.Tensor], local_steps: int, batch_size: int,
+    bundle: Any,
+    examples: Sequence[EncodedExample],
+    cfg: RunConfig,
+    partition_id: int,
+    server_round: int,
+    payload: Mapping[str, torch.Tensor],
+    local_steps: int,
+    batch_size: int,
 ) -> ClientUpdate:
     """Call ``method.local_update(model, batches, cfg, payload) -> (state, {loss, steps})`` instead of SGD.
 
     Same seeded batches as training; ``payload`` is whatever the server sent (e.g. LoRAHub candidates).
     """
     gen = round_generator(cfg.train.seed, server_round, partition_id)
-    batches = list(sample_batches(examples, batch_size, local_steps, bundle.tokenizer.pad_token_id, gen))
+    batches = list(
+        sample_batches(examples, batch_size, local_steps, bundle.tokenizer.pad_token_id, gen)
+    )
     start = time.perf_counter()
     state, metrics = bundle.method.local_update(bundle.model, batches, cfg, dict(payload))
     return ClientUpdate(
-        partition_id=partition_id, num_examples=len(examples), train_loss=float(metrics["loss"]),
-        routers={k: v.numpy() for k, v in state.items()}, steps=int(metrics.get("steps", 0)),
+        partition_id=partition_id,
+        num_examples=len(examples),
+        train_loss=float(metrics["loss"]),
+        routers={k: v.numpy() for k, v in state.items()},
+        steps=int(metrics.get("steps", 0)),
         train_s=time.perf_counter() - start,
     )
 
 
-def _masked(batches: Iterator[dict[str, torch.Tensor]], tracker: Any) -> Iterator[dict[str, torch.Tensor]]:
+def _masked(
+    batches: Iterator[dict[str, torch.Tensor]], tracker: Any
+) -> Iterator[dict[str, torch.Tensor]]:
     """Tell the importance tracker which tokens are real (not padding) before each step."""
     for batch in batches:
         tracker.set_token_mask(batch["attention_mask"])

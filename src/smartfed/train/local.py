@@ -46,7 +46,10 @@ def round_generator(seed: int, server_round: int, partition_id: int) -> torch.Ge
 
 
 def sample_batches(
-    examples: Sequence[EncodedExample], batch_size: int, steps: int, pad_id: int,
+    examples: Sequence[EncodedExample],
+    batch_size: int,
+    steps: int,
+    pad_id: int,
     generator: torch.Generator,
 ) -> Iterator[dict[str, torch.Tensor]]:
     """Yield ``steps`` batches drawn without replacement, reshuffling once per pass [D].
@@ -91,8 +94,13 @@ def response_loss(model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Ten
 
 
 def local_train(
-    model: nn.Module, batches: Iterable[dict[str, torch.Tensor]], params: list[nn.Parameter],
-    train_cfg: TrainConfig, *, total: int | None = None, desc: str = "local steps",
+    model: nn.Module,
+    batches: Iterable[dict[str, torch.Tensor]],
+    params: list[nn.Parameter],
+    train_cfg: TrainConfig,
+    *,
+    total: int | None = None,
+    desc: str = "local steps",
 ) -> TrainResult:
     """Train ``params`` with a fresh AdamW on ``batches`` (one step per batch, :func:`response_loss`).
 
@@ -120,8 +128,10 @@ def local_train(
         batch = {k: v.to(device) for k, v in batch.items()}
         loss = response_loss(model, batch)
         if not torch.isfinite(loss):
-            raise DataError(f"local training loss is {loss.item()} at step {len(losses) + 1}; "
-                            "lower --learning_rate")
+            raise DataError(
+                f"local training loss is {loss.item()} at step {len(losses) + 1}; "
+                "lower --learning_rate"
+            )
         opt.zero_grad(set_to_none=True)
         loss.backward()
         if train_cfg.max_grad_norm > 0:
