@@ -67,3 +67,22 @@ def test_export_cli_refuses_bad_input(run: Any, tmp_path: Path, capsys: pytest.C
         main(["export", run.output_dir, "--merged", "--output_dir", str(tmp_path / "full")])
     assert err.value.code == 2 and "not empty" in capsys.readouterr().err
     assert (tmp_path / "full" / "keep.txt").read_text() == "mine"
+
+
+def test_lora_baseline_run_exports_as_is(tiny_model_dir: Path, tiny_pool: list[Path], tmp_path: Path,
+                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """ffa_lora: A is not in the checkpoint (never sent) and comes back from the seeded init."""
+    from smartfed.io.export import load_run_model
+
+    for name, value in (("_run_id", 1), ("_task_id", 1), ("_node_id", 0)):
+        monkeypatch.setattr(TaskIdentity, name, value)
+    cfg = run_one_round(tiny_model_dir, tiny_pool, tmp_path, "ffa_lora")["cfg"]
+    report = export_merged(cfg.output_dir, tmp_path / "lora")
+    assert report["method"] == "ffa_lora" and report["gates"] == {} and report["total_rank"] > 0
+    trained, _, _ = load_run_model(cfg.output_dir, cfg, ModelConfig(model_name_or_path=str(tiny_model_dir),
+                                                                     dtype="float32"))
+    exported = load_adapter(_model(cfg), tmp_path / "lora")
+    with torch.no_grad():
+        torch.testing.assert_close(exported(input_ids=IDS).logits, trained(input_ids=IDS).logits,
+                                   atol=2e-5, rtol=1e-4)
+    assert report["loss_exported"] == pytest.approx(report["loss_routed"], abs=1e-4)

@@ -165,28 +165,55 @@ def _check_output(out_dir: Path) -> None:
         raise ConfigError(f"--output_dir {out_dir} exists and is not empty; choose a new folder")
 
 
-def export_merged(
-    run_dir: str | Path,
-    output_dir: str | Path,
-    *,
-    calibration_limit: int = 64,
-    eval_limit: int = 0,
-    batch_size: int = 8,
-) -> dict[str, Any]:
-    """Export a SmartFed run as one PEFT LoRA folded with average routing; return the report.
+def load_run_model(run_dir: str | Path, cfg: RunConfig, mcfg: ModelConfig) -> tuple[Any, Any, Any]:
+    """Rebuild any method's final model from its run dir: base + ``method.prepare`` + last checkpoint.
+
+    Returns:
+        ``(model, tokenizer, method)``.
+
+    Raises:
+        CheckpointError: the run completed no round, or its state does not fit the pool.
+    """
+    from smartfed.io.rundir import RunDir
+    from smartfed.methods import get_method
+    from smartfed.model.base import load_base_model
+    from smartfed.model.state import more_layers, set_quotas
+    from smartfed.pool.pool import resolve_pool
+
+    ckpt = RunDir(run_dir).load_checkpoint()
+    if ckpt is None:
+        raise CheckpointError(f"{run_dir} has no completed round; train (or --resume) it first")
+    model, tok = load_base_model(mcfg)
+    method = get_method(cfg.train.method)
+    method.prepare(model, resolve_pool(cfg.pool.sources, cfg.pool.registry), cfg)
+    method.load_trainable_state(model, {k: torch.from_numpy(v.copy()) for k, v in ckpt.routers.items()})
+    if more_layers(model):
+        set_quotas(model, ckpt.quotas)
+    return model, tok, method
+
+
+def export_merged(run_dir: str | Path, output_dir: str | Path, *, calibration_limit: int = 64,
+                  eval_limit: int = 0, batch_size: int = 8) -> dict[str, Any]:
+    """Export a run as one PEFT LoRA; return the report (also ``export_report.json``).
+
+    Routing methods (smartfed, smartfed_no_eeqa, mole) are folded with their average routing over
+    ``calibration_limit`` training rows; LoRA baselines (fedit, ffa_lora, merge, merge_fedit,
+    pool_fedit, lorahub) already are one LoRA and are written as is (``gates`` empty).
 
     Args:
-        run_dir: a finished ``smartfed train`` output dir of a routing method.
+        run_dir: a ``smartfed train`` output dir with at least one completed round.
         output_dir: new (or empty) folder for the adapter and ``export_report.json``.
         calibration_limit: training rows used to average the routing (N) [D: 64].
         eval_limit: task examples for the accuracy comparison (0 = held-out loss only).
         batch_size: rows per forward.
 
     Raises:
-        ConfigError / CheckpointError / PoolCompatibilityError: bad run dir, method or output dir.
+        ConfigError / CheckpointError / PoolCompatibilityError: bad run dir, output dir or pool.
     """
-    from smartfed.eval.models import load_adapter, load_run, run_config
+    from smartfed.eval.models import load_adapter, run_config
+    from smartfed.methods.lora import lora_parameters
     from smartfed.model.base import load_base_model
+    from smartfed.model.state import more_layers
     from smartfed.train.local import evaluate_loss
 
     if calibration_limit < 1:
@@ -196,25 +223,25 @@ def export_merged(
     t0 = time.perf_counter()
     cfg = run_config(run_dir)
     mcfg = ModelConfig(**{**cfg.model.__dict__, "dtype": "float32"})  # fold and compare in fp32 [D]
-    routed, tok = load_base_model(mcfg)
-    info = load_run(routed, run_dir, cfg)
+    routed, tok, method = load_run_model(run_dir, cfg, mcfg)
     calib, held = _data_rows(cfg, tok, calibration_limit)
     pad = tok.pad_token_id
-    gates = average_gates(routed, calib, batch_size, pad)
-    factors = fold_to_lora(routed, gates)
+    gates: dict[str, torch.Tensor] = {}
+    if more_layers(routed):
+        gates = average_gates(routed, calib, batch_size, pad)
+        factors = fold_to_lora(routed, gates)
+    else:
+        params = lora_parameters(routed)
+        factors = {k.removesuffix(".lora_A.weight"): (p.detach().float().cpu(),
+                                                     params[k.replace(".lora_A.", ".lora_B.")].detach().float().cpu())
+                   for k, p in params.items() if k.endswith(".lora_A.weight")}
     ranks = write_peft_adapter(factors, out, cfg.model.model_name_or_path)
-    plain, _ = load_base_model(mcfg)
-    exported = load_adapter(plain, out)
+    exported = load_adapter(load_base_model(mcfg)[0], out)
     eval_rows, eval_on = (held, "heldout") if held else (calib, "calibration")
     report: dict[str, Any] = {
-        "run_dir": str(run_dir),
-        "method": info["method"],
-        "output_dir": str(out),
-        "calibration_examples": len(calib),
-        "eval_rows": len(eval_rows),
-        "loss_on": eval_on,
-        "ranks": ranks,
-        "total_rank": sum(ranks.values()),
+        "run_dir": str(run_dir), "method": method.name, "output_dir": str(out),
+        "calibration_examples": len(calib) if gates else 0, "eval_rows": len(eval_rows), "loss_on": eval_on,
+        "ranks": ranks, "total_rank": sum(ranks.values()),
         "experts_total": sum(int(g.numel()) for g in gates.values()),
         "lora_params": sum(int(a.numel() + b.numel()) for a, b in factors.values()),
         "loss_routed": evaluate_loss(routed, eval_rows, batch_size, pad),
@@ -223,19 +250,11 @@ def export_merged(
     report["loss_increase"] = report["loss_exported"] - report["loss_routed"]
     report["gates"] = {m: [round(float(x), 8) for x in g] for m, g in gates.items()}
     if eval_limit > 0:
-        report.update(
-            _accuracy(cfg, {"routed": routed, "exported": exported}, tok, eval_limit, batch_size)
-        )
+        report.update(_accuracy(cfg, {"routed": routed, "exported": exported}, tok, eval_limit, batch_size))
     report["seconds"] = round(time.perf_counter() - t0, 2)
     atomic_write_json(out / REPORT_FILE, report)
-    log.info(
-        "exported %s -> %s (rank %d, loss %.4f routed vs %.4f exported)",
-        run_dir,
-        out,
-        report["total_rank"],
-        report["loss_routed"],
-        report["loss_exported"],
-    )
+    log.info("exported %s -> %s (rank %d, loss %.4f run model vs %.4f exported)", run_dir, out,
+             report["total_rank"], report["loss_routed"], report["loss_exported"])
     return report
 
 
