@@ -90,13 +90,8 @@ class RunDir:
             CheckpointError: non-empty folder without ``--resume``, or a resume whose config differs
                 in more than the rounds/engine/eval schedule.
         """
-        run = cls(cfg.output_dir)
+        run = cls.check(cfg)
         exists = run.path.is_dir() and any(run.path.iterdir())
-        if exists and not cfg.resume:
-            raise CheckpointError(
-                f"--output_dir {run.path} is not empty; pass --resume to continue that run or choose "
-                "a new --output_dir"
-            )
         if cfg.resume and exists:
             run._check_same_run(cfg)
             ckpt = run.load_checkpoint()
@@ -107,6 +102,21 @@ class RunDir:
         atomic_write_text(run.path / CONFIG_FILE, cfg.to_json() + "\n")
         atomic_write_json(run.path / META_FILE, meta)
         return run, None
+
+    @classmethod
+    def check(cls, cfg: RunConfig) -> RunDir:
+        """Refuse a non-empty ``output_dir`` without ``--resume`` (nothing is created or touched).
+
+        Raises:
+            CheckpointError: the folder holds files and ``cfg.resume`` is false.
+        """
+        run = cls(cfg.output_dir)
+        if run.path.is_dir() and any(run.path.iterdir()) and not cfg.resume:
+            raise CheckpointError(
+                f"--output_dir {run.path} is not empty; pass --resume to continue that run or "
+                "choose a new --output_dir"
+            )
+        return run
 
     def _check_same_run(self, cfg: RunConfig) -> None:
         try:

@@ -42,8 +42,9 @@ def prepare_run(cfg: RunConfig) -> RunConfig:
     """
     from smartfed.fed.cache import BundleSpec, get_bundle
 
+    RunDir.check(cfg)  # before any loading: a non-empty dir without --resume fails at once
+    get_bundle(BundleSpec.from_config(cfg))  # bad model/pool/data fail before the dir is created
     RunDir.open(cfg, run_meta(engine=cfg.fed.engine))
-    get_bundle(BundleSpec.from_config(cfg))
     return dataclasses.replace(cfg, resume=True)
 
 
