@@ -1,5 +1,5 @@
-"""[tool.flwr.app.config] in pyproject.toml lists exactly RunConfig.to_flat()'s keys (Flower rejects
-overrides of unknown keys) with the same defaults, and the components resolve to ServerApp/ClientApp."""
+"""[tool.flwr.app.config] in pyproject.toml lists exactly RunConfig.to_flat()'s keys (Flower
+rejects overrides of unknown keys) with the same defaults; components resolve to the apps."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""``smartfed deploy-local``: run a job on a loopback SuperLink + N SuperNodes (Deployment Runtime)."""
+"""``smartfed deploy-local``: run a job on a loopback SuperLink + N SuperNodes (deployment)."""
 
 from __future__ import annotations
 

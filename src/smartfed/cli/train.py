@@ -11,8 +11,9 @@ from smartfed.cli.config_flags import add_config_flags, config_from_args
 EPILOG = (
     "examples:\n"
     "  smartfed train --model_name_or_path default --lora_pool zh_chat,math --task math23k \\\n"
-    "      --num_clients 20 --sample_clients 2 --num_rounds 20 --local_steps 10 --batch_size 16 \\\n"
-    "      --learning_rate 5e-4 --topk_experts 32 --enable_eeqa --output_dir runs/zh_math\n"
+    "      --num_clients 20 --sample_clients 2 --num_rounds 20 --local_steps 10 \\\n"
+    "      --batch_size 16 --learning_rate 5e-4 --topk_experts 32 --enable_eeqa \\\n"
+    "      --output_dir runs/zh_math\n"
     "  smartfed train --config run.toml --num_rounds 30 --resume   # continue a run\n"
 )
 

@@ -46,7 +46,7 @@ def split_rows(labels: Sequence[str], fed: FedConfig, seed: int, heldout: int = 
         The split.
 
     Raises:
-        DataError: fewer rows than clients, or a Dirichlet split that cannot give every client a row.
+        DataError: fewer rows than clients, or a Dirichlet split leaving a client without rows.
     """
     order = list(range(len(labels)))
     random.Random(seed).shuffle(order)
@@ -56,7 +56,8 @@ def split_rows(labels: Sequence[str], fed: FedConfig, seed: int, heldout: int = 
     rest = sorted(rest[:keep])
     if len(rest) < fed.num_clients:
         raise DataError(
-            f"{len(rest)} training rows for num_clients={fed.num_clients}; use more data or fewer clients"
+            f"{len(rest)} training rows for num_clients={fed.num_clients}; "
+            "use more data or fewer clients"
         )
     parts = partition_indices([labels[i] for i in rest], fed, seed)
     return Split(held, [[rest[j] for j in part] for part in parts])

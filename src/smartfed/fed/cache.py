@@ -40,7 +40,7 @@ class BundleSpec:
 
     @classmethod
     def from_config(cls, cfg: RunConfig, dataset: str = "") -> BundleSpec:
-        """The spec of ``cfg`` (``dataset`` overrides ``--dataset``, e.g. a SuperNode's own file)."""
+        """The spec of ``cfg``; ``dataset`` overrides ``--dataset`` (a SuperNode's own file)."""
         data = cfg.data if not dataset else DataConfig(**{**cfg.data.__dict__, "dataset": dataset})
         f = cfg.fed
         # A node with its own file trains on all of it (one partition, nothing held out).

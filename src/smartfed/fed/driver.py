@@ -1,4 +1,4 @@
-"""The server side of a run, called by the ServerApp: hello, strategy, per-round logging/checkpoints.
+"""Server side of a run, called by the ServerApp: hello, strategy, per-round logs/checkpoints.
 
 Transport stays in Flower (``Strategy.start`` drives the rounds); this module decides what happens
 around them: which node holds which partition, where the run resumes, what each round logs.
@@ -144,7 +144,7 @@ class ServerLoop:
         return row
 
     def _checkpoint(self, rnd: int, routers: dict[str, Any]) -> None:
-        """Resume state (``checkpoint/rNNNN``), then the eval-facing ``checkpoint/routers.safetensors``."""
+        """Resume state (``checkpoint/rNNNN``), then eval's ``checkpoint/routers.safetensors``."""
         eeqa = self.strategy.eeqa.to_dict() if self.strategy.eeqa else None
         target = self.run.save_checkpoint(
             Checkpoint(

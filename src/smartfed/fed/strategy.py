@@ -104,7 +104,7 @@ class SmartFedStrategy(FedAvg):
     def configure_train(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
-        """Send routers + quotas to the sampled partitions' nodes (seeded, see sample_partitions)."""
+        """Send routers + quotas to the sampled partitions' nodes (seeded: sample_partitions)."""
         t0 = time.perf_counter()
         rnd = server_round + self.offset
         out = self.outcome = RoundOutcome(rnd, RoundAccount(started=t0), quotas=dict(self.quotas))

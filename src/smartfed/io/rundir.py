@@ -167,7 +167,7 @@ class RunDir:
         target = root / f"r{ckpt.round:04d}"
         if target.exists():
             shutil.rmtree(target)
-        meta = {name: sha for name, sha in ckpt.adapters.items()}
+        meta = dict(ckpt.adapters)
         tensors = {k: np.ascontiguousarray(v, dtype=np.float32) for k, v in ckpt.routers.items()}
         atomic_write(target / ROUTERS_FILE, lambda p: save_file(tensors, str(p), metadata=meta))
         if ckpt.eeqa is not None:

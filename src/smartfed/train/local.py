@@ -102,7 +102,7 @@ def local_train(
     total: int | None = None,
     desc: str = "local steps",
 ) -> TrainResult:
-    """Train ``params`` with a fresh AdamW on ``batches`` (one step per batch, :func:`response_loss`).
+    """Train ``params`` with a fresh AdamW on ``batches`` (one step per batch, response loss).
 
     The model stays in eval mode (no dropout, deterministic) [D]; only ``params`` get gradients.
 
