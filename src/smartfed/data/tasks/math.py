@@ -112,14 +112,20 @@ def number_value(span: str | None) -> float | None:
 
 
 def numbers_match(pred: str | None, gold: str) -> bool:
-    """Numeric equality with a small relative tolerance; a percent gold also accepts its number."""
+    """Numeric equality [D]: |pred - gold| <= max(1e-4, 1e-6 |gold|).
+
+    A fraction gold (``4/7``) also accepts a decimal rounded to at least 2 places (``0.57``), and a
+    percent gold (``12.5%``) also accepts the bare number (``12.5``).
+    """
     p, g = number_value(pred), number_value(gold)
-    if p is None or g is None:
+    if p is None or g is None or pred is None:
         return False
-    tol = 1e-4 * max(1.0, abs(g))
-    if abs(p - g) <= tol:
+    if abs(p - g) <= max(1e-4, 1e-6 * abs(g)):
         return True
-    return gold.endswith("%") and abs(p - g * 100) <= 1e-4 * max(1.0, abs(g * 100))
+    decimals = len(pred.split(".")[1].rstrip("%")) if "." in pred and "/" not in pred else 0
+    if "/" in gold and decimals >= 2 and abs(p - g) <= 0.5 * 10**-decimals + 1e-12:
+        return True
+    return gold.endswith("%") and abs(p - g * 100) <= max(1e-4, 1e-6 * abs(g * 100))
 
 
 class NumericTask(Task):
