@@ -12,8 +12,18 @@ from smartfed.errors import DataError
 
 
 def test_zh_numerals_known_values_and_inverse() -> None:
-    expected = {0: "零", 7: "七", 10: "十", 11: "十一", 20: "二十", 85: "八十五", 100: "一百",
-                105: "一百零五", 120: "一百二十", 999: "九百九十九"}
+    expected = {
+        0: "零",
+        7: "七",
+        10: "十",
+        11: "十一",
+        20: "二十",
+        85: "八十五",
+        100: "一百",
+        105: "一百零五",
+        120: "一百二十",
+        999: "九百九十九",
+    }
     assert {n: zh_numeral(n) for n in expected} == expected
     assert all(parse_zh_numeral(zh_numeral(n)) == n for n in range(1000))
     assert len({zh_numeral(n) for n in range(1000)}) == 1000
@@ -25,8 +35,17 @@ def test_program_runner_runs_only_straight_line_arithmetic() -> None:
     assert run_straight_line("a = 347 + 238\nb = a - 119\nprint(b)") == 466
     assert run_straight_line("# 47 times 38\nprint(47 * 38)") == 1786
     assert run_straight_line("print(7 // 2)") == 3
-    for bad in ("import os\nprint(1)", "print(__import__('os').getpid())", "print(b)", "x = 1",
-                "print(1/0)", "print(2 ** 10)", "open('f')", "print(1 +", "print(9 // 0)"):
+    for bad in (
+        "import os\nprint(1)",
+        "print(__import__('os').getpid())",
+        "print(b)",
+        "x = 1",
+        "print(1/0)",
+        "print(2 ** 10)",
+        "open('f')",
+        "print(1 +",
+        "print(9 // 0)",
+    ):
         assert run_straight_line(bad) is None, bad
 
 
@@ -72,7 +91,9 @@ def test_suite_compositions_and_chinese_prompts_hide_the_digits() -> None:
         for ex in TASKS[name].eval_examples():
             assert not any(ch.isdigit() for ch in ex.prompt), ex.prompt
     ex = TASKS["cpu_mini.zh_math"].eval_examples()[0]
-    assert TASKS["cpu_mini.zh_math"].score("the answer: " + ex.response.split("=")[0] + "= " + ex.answer, ex)
+    assert TASKS["cpu_mini.zh_math"].score(
+        "the answer: " + ex.response.split("=")[0] + "= " + ex.answer, ex
+    )
 
 
 def test_too_many_rows_is_a_one_line_data_error() -> None:

@@ -1,4 +1,4 @@
-"""``smartfed pool train``: train a skill LoRA with PEFT and register it in the pool (SPEC.md §2.2)."""
+"""``smartfed pool train``: train a skill LoRA with PEFT and register it (SPEC.md §2.2)."""
 
 from __future__ import annotations
 
@@ -8,10 +8,18 @@ from typing import Any
 
 def register(actions: Any) -> None:
     """Add ``smartfed pool train`` to the ``pool`` action subparsers."""
-    p = actions.add_parser("train", help="train a new skill LoRA with PEFT on a dataset and register it")
-    p.add_argument("--model_name_or_path", default="default", help="base model (hub id, dir, .gguf, default)")
+    p = actions.add_parser(
+        "train", help="train a new skill LoRA with PEFT on a dataset and register it"
+    )
+    p.add_argument(
+        "--model_name_or_path", default="default", help="base model (hub id, dir, .gguf, default)"
+    )
     p.add_argument("--dtype", default="bfloat16", choices=("bfloat16", "float32", "float16"))
-    p.add_argument("--dataset", required=True, help="registered task name or a .json/.jsonl {prompt,response} file")
+    p.add_argument(
+        "--dataset",
+        required=True,
+        help="registered task name or a .json/.jsonl {prompt,response} file",
+    )
     p.add_argument("--data_dir", default="", help="data folder for file-backed registered tasks")
     p.add_argument("--rank", type=int, required=True, help="LoRA rank r")
     p.add_argument("--alpha", type=float, default=0.0, help="LoRA alpha (default 2 * rank)")
@@ -19,12 +27,20 @@ def register(actions: Any) -> None:
     p.add_argument("--max_steps", type=int, default=200)
     p.add_argument("--learning_rate", type=float, default=2e-3)
     p.add_argument("--batch_size", type=int, default=8)
-    p.add_argument("--max_len", type=int, default=128, help="tokens per row (prompt cut from the left)")
+    p.add_argument(
+        "--max_len", type=int, default=128, help="tokens per row (prompt cut from the left)"
+    )
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--checkpoint_every", type=int, default=50, help="steps between resume checkpoints")
+    p.add_argument(
+        "--checkpoint_every", type=int, default=50, help="steps between resume checkpoints"
+    )
     p.add_argument("--output_dir", required=True, help="PEFT adapter directory to write")
-    p.add_argument("--name", default="", help="register the adapter under NAME in the pool registry")
-    p.add_argument("--registry", default="", help="registry JSON (default: $SMARTFED_CACHE/registry.json)")
+    p.add_argument(
+        "--name", default="", help="register the adapter under NAME in the pool registry"
+    )
+    p.add_argument(
+        "--registry", default="", help="registry JSON (default: $SMARTFED_CACHE/registry.json)"
+    )
     p.add_argument("--resume", action="store_true", help="continue from OUTPUT_DIR/.resume")
     p.add_argument("--no_progress", action="store_true", help="no progress bar")
     p.set_defaults(handler=_cmd_train)
@@ -49,17 +65,28 @@ def _cmd_train(args: argparse.Namespace) -> int:
         _check_name(args.name, args.registry)
     targets = tuple(t.strip() for t in args.target_modules.split(",") if t.strip())
     recipe = SkillLoraRecipe(
-        dataset=args.dataset, rank=args.rank, alpha=args.alpha, target_modules=targets,
-        max_steps=args.max_steps, learning_rate=args.learning_rate, batch_size=args.batch_size,
-        seed=args.seed, max_len=args.max_len, checkpoint_every=args.checkpoint_every, data_dir=args.data_dir,
+        dataset=args.dataset,
+        rank=args.rank,
+        alpha=args.alpha,
+        target_modules=targets,
+        max_steps=args.max_steps,
+        learning_rate=args.learning_rate,
+        batch_size=args.batch_size,
+        seed=args.seed,
+        max_len=args.max_len,
+        checkpoint_every=args.checkpoint_every,
+        data_dir=args.data_dir,
     )
     model_cfg = ModelConfig(model_name_or_path=args.model_name_or_path, dtype=args.dtype)
-    record = train_skill_lora(model_cfg, recipe, args.output_dir, resume=args.resume,
-                              progress=not args.no_progress)
-    print(f"trained {args.dataset}: {record['steps']} steps in {record['seconds']:.0f} s, "
-          f"train loss {record['first_train_loss']:.3f} -> {record['final_train_loss']:.3f}, "
-          f"held-out loss {record['initial_heldout_loss']:.3f} -> {record['heldout_loss']:.3f}; "
-          f"adapter in {args.output_dir}")
+    record = train_skill_lora(
+        model_cfg, recipe, args.output_dir, resume=args.resume, progress=not args.no_progress
+    )
+    print(
+        f"trained {args.dataset}: {record['steps']} steps in {record['seconds']:.0f} s, "
+        f"train loss {record['first_train_loss']:.3f} -> {record['final_train_loss']:.3f}, "
+        f"held-out loss {record['initial_heldout_loss']:.3f} -> {record['heldout_loss']:.3f}; "
+        f"adapter in {args.output_dir}"
+    )
     if args.name:
         from smartfed.pool.registry import add_entry, registry_path
 

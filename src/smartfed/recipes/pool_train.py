@@ -1,8 +1,9 @@
-"""Build skill LoRAs: one (``smartfed pool train``) or the whole cpu-mini pool, cached by recipe hash.
+"""Build skill LoRAs: one (``smartfed pool train``) or the cpu-mini pool, cached by recipe hash.
 
-``ensure_cpu_mini_pool`` is what ``make demo`` and ``smartfed bench`` call: it returns the adapter dir of
-every cpu-mini skill LoRA, training the missing ones under ``<cache>/pools/cpu-mini/<skill>-<hash>``
-where the hash covers the base model, dtype, the recipe, the seed and the data-generator version.
+``ensure_cpu_mini_pool`` is what ``make demo`` and ``smartfed bench`` call: it returns the adapter
+dir of every cpu-mini skill LoRA, training the missing ones under
+``<cache>/pools/cpu-mini/<skill>-<hash>`` where the hash covers the base model, dtype, the recipe,
+the seed and the data-generator version.
 """
 
 from __future__ import annotations
@@ -29,11 +30,15 @@ SUITES = ("cpu-mini",)
 CPU_MINI_VERSION = "cpu-mini-v1"
 """Bump when the generators change: cached LoRAs of older data are then rebuilt."""
 SKILL_STEPS = {
-    "cpu_mini.skill.math": 120, "cpu_mini.skill.zh": 120, "cpu_mini.skill.code": 120,
-    "cpu_mini.skill.reverse": 30, "cpu_mini.skill.sort": 30,
+    "cpu_mini.skill.math": 120,
+    "cpu_mini.skill.zh": 60,
+    "cpu_mini.skill.code": 60,
+    "cpu_mini.skill.reverse": 30,
+    "cpu_mini.skill.sort": 30,
 }
-"""[D] Optimizer steps per skill LoRA (batch 4), sized for 2 cores shared by ~6 engineers (8-35 s/step
-measured under that load); controls get fewer: they only need to be real, unrelated LoRAs."""
+"""[D] Optimizer steps per skill LoRA (batch 4), sized for 2 cores shared by ~6 engineers
+(8-35 s/step measured under that load); controls get fewer: they only need to be real,
+unrelated LoRAs."""
 SKILL_BATCH = 4
 """[D] Rows per step of the cpu-mini skill LoRAs (the prototype used 8 on an idle machine)."""
 
@@ -45,20 +50,43 @@ def cpu_mini_recipe(skill: str, seed: int = 0) -> SkillLoraRecipe:
         ConfigError: ``skill`` is not a cpu-mini skill.
     """
     if skill not in SKILL_STEPS:
-        raise ConfigError(f"{skill!r} is not a cpu-mini skill; choose one of {', '.join(SKILL_STEPS)}")
-    return SkillLoraRecipe(dataset=skill, rank=8, alpha=16.0, max_steps=SKILL_STEPS[skill],
-                           learning_rate=2e-3, batch_size=SKILL_BATCH, seed=seed, heldout_rows=100)
+        raise ConfigError(
+            f"{skill!r} is not a cpu-mini skill; choose one of {', '.join(SKILL_STEPS)}"
+        )
+    return SkillLoraRecipe(
+        dataset=skill,
+        rank=8,
+        alpha=16.0,
+        max_steps=SKILL_STEPS[skill],
+        learning_rate=2e-3,
+        batch_size=SKILL_BATCH,
+        seed=seed,
+        heldout_rows=100,
+    )
 
 
 def recipe_hash(model_cfg: ModelConfig, recipe: SkillLoraRecipe) -> str:
     """12 hex digits identifying (base model, dtype, recipe, seed, generator version)."""
-    blob = json.dumps({"model": model_cfg.model_name_or_path, "dtype": model_cfg.dtype,
-                       "recipe": recipe.key(), "data": CPU_MINI_VERSION}, sort_keys=True)
+    blob = json.dumps(
+        {
+            "model": model_cfg.model_name_or_path,
+            "dtype": model_cfg.dtype,
+            "recipe": recipe.key(),
+            "data": CPU_MINI_VERSION,
+        },
+        sort_keys=True,
+    )
     return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
 
-def ensure_cpu_mini_pool(model_cfg: ModelConfig, suite: str = "cpu-mini", cache_dir: str | Path = "",
-                         skills: Sequence[str] = (), seed: int = 0, progress: bool = True) -> dict[str, Path]:
+def ensure_cpu_mini_pool(
+    model_cfg: ModelConfig,
+    suite: str = "cpu-mini",
+    cache_dir: str | Path = "",
+    skills: Sequence[str] = (),
+    seed: int = 0,
+    progress: bool = True,
+) -> dict[str, Path]:
     """Return ``{skill name: PEFT adapter dir}`` for the suite, building the LoRAs not cached yet.
 
     Args:
@@ -88,34 +116,50 @@ def ensure_cpu_mini_pool(model_cfg: ModelConfig, suite: str = "cpu-mini", cache_
     return out
 
 
-def _simple_greedy(model: Any, tok: Any, prompts: Sequence[str], max_new_tokens: int,
-                   batch_size: int) -> list[str]:
-    """Batched greedy decoding with left padding (fallback when smartfed.eval.generate is absent)."""
+def _simple_greedy(
+    model: Any, tok: Any, prompts: Sequence[str], max_new_tokens: int, batch_size: int
+) -> list[str]:
+    """Batched greedy decoding, left padding (fallback without smartfed.eval.generate)."""
     texts = [render_prompt(tok, p) for p in prompts]
     outs: list[str] = []
     side = tok.padding_side
     tok.padding_side = "left"
     try:
         for i in range(0, len(texts), batch_size):
-            enc = tok(texts[i:i + batch_size], return_tensors="pt", padding=True, add_special_tokens=False)
+            enc = tok(
+                texts[i : i + batch_size],
+                return_tensors="pt",
+                padding=True,
+                add_special_tokens=False,
+            )
             with torch.no_grad():
-                gen = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False,
-                                     pad_token_id=tok.pad_token_id)
-            outs += tok.batch_decode(gen[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)
+                gen = model.generate(
+                    **enc,
+                    max_new_tokens=max_new_tokens,
+                    do_sample=False,
+                    pad_token_id=tok.pad_token_id,
+                )
+            outs += tok.batch_decode(gen[:, enc["input_ids"].shape[1] :], skip_special_tokens=True)
     finally:
         tok.padding_side = side
     return outs
 
 
-def greedy_outputs(model: Any, tok: Any, task: Any, examples: Sequence[Example], batch_size: int = 16) -> list[str]:
-    """Greedy outputs for ``examples`` cut at the task's stop strings (shared eval path when present)."""
+def greedy_outputs(
+    model: Any, tok: Any, task: Any, examples: Sequence[Example], batch_size: int = 16
+) -> list[str]:
+    """Greedy outputs for ``examples``, cut at the task's stop strings."""
     prompts = [e.prompt for e in examples]
     try:
         from smartfed.eval.generate import generate
     except ImportError:
         raw = _simple_greedy(model, tok, prompts, task.max_new_tokens, batch_size)
     else:
-        return list(generate(model, tok, prompts, task.max_new_tokens, task.stop, batch_size, progress=False))
+        return list(
+            generate(
+                model, tok, prompts, task.max_new_tokens, task.stop, batch_size, progress=False
+            )
+        )
     cut = []
     for text in raw:
         for s in task.stop:
@@ -125,13 +169,21 @@ def greedy_outputs(model: Any, tok: Any, task: Any, examples: Sequence[Example],
     return cut
 
 
-def accuracy(model: Any, tok: Any, task_name: str, limit: int = 100, batch_size: int = 16) -> dict[str, Any]:
+def accuracy(
+    model: Any, tok: Any, task_name: str, limit: int = 100, batch_size: int = 16
+) -> dict[str, Any]:
     """Held-out accuracy (greedy, the task's own scorer) on the first ``limit`` eval rows."""
     task = resolve_task(task_name)
     examples = task.eval_examples()[:limit]
     model.eval()
     outs = greedy_outputs(model, tok, task, examples, batch_size)
     hits = [bool(task.score(o, e)) for o, e in zip(outs, examples, strict=True)]
-    return {"task": task_name, "n": len(hits), "accuracy": sum(hits) / max(1, len(hits)),
-            "samples": [{"prompt": e.prompt, "output": o, "gold": e.answer, "correct": h}
-                        for e, o, h in list(zip(examples, outs, hits, strict=True))[:3]]}
+    return {
+        "task": task_name,
+        "n": len(hits),
+        "accuracy": sum(hits) / max(1, len(hits)),
+        "samples": [
+            {"prompt": e.prompt, "output": o, "gold": e.answer, "correct": h}
+            for e, o, h in list(zip(examples, outs, hits, strict=True))[:3]
+        ],
+    }

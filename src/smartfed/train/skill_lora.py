@@ -1,9 +1,10 @@
 """Train one skill LoRA with PEFT (``smartfed pool train``): loss on responses only, resumable.
 
-The output directory is a standard PEFT adapter (``adapter_config.json`` + ``adapter_model.safetensors``)
-that ``PeftModel.from_pretrained`` loads as is, plus ``training_record.json``. While training, a checkpoint
-(LoRA weights, optimizer, step, RNG states, losses) is written atomically to ``<output_dir>/.resume`` every
-``checkpoint_every`` steps; ``resume=True`` continues from it with the same batches it would have seen.
+The output directory is a standard PEFT adapter (``adapter_config.json`` +
+``adapter_model.safetensors``) that ``PeftModel.from_pretrained`` loads as is, plus
+``training_record.json``. While training, a checkpoint (LoRA weights, optimizer, step, RNG states,
+losses) is written atomically to ``<output_dir>/.resume`` every ``checkpoint_every`` steps;
+``resume=True`` continues from it with the same batches it would have seen.
 """
 
 from __future__ import annotations
@@ -42,7 +43,8 @@ class SkillLoraRecipe:
     """Everything that decides a skill LoRA (hashed by the cpu-mini pool cache).
 
     Attributes:
-        dataset: a registered task name or a local ``.json``/``.jsonl`` file of {prompt, response} rows.
+        dataset: a registered task name or a local ``.json``/``.jsonl`` file of
+            {prompt, response} rows.
         rank: LoRA rank r.
         alpha: LoRA alpha (scaling alpha / r); 0 means 2 * rank [D].
         target_modules: module names the LoRA wraps [D: q_proj, v_proj as in the prototype].
@@ -74,7 +76,11 @@ class SkillLoraRecipe:
             (bool(self.dataset), "dataset", "name a registered task or a .json/.jsonl file"),
             (self.rank > 0, "rank", "must be > 0"),
             (self.alpha >= 0, "alpha", "must be >= 0"),
-            (bool(self.target_modules), "target_modules", "name at least one module, e.g. q_proj,v_proj"),
+            (
+                bool(self.target_modules),
+                "target_modules",
+                "name at least one module, e.g. q_proj,v_proj",
+            ),
             (self.max_steps > 0, "max_steps", "must be > 0"),
             (0 < self.learning_rate < 1, "learning_rate", "must be in (0, 1)"),
             (self.batch_size > 0, "batch_size", "must be > 0"),
@@ -101,15 +107,24 @@ class SkillLoraRecipe:
 def _read_file_rows(path: Path) -> list[Example]:
     text = path.read_text(encoding="utf-8")
     try:
-        rows = json.loads(text) if path.suffix == ".json" else [
-            json.loads(line) for line in text.splitlines() if line.strip()]
+        rows = (
+            json.loads(text)
+            if path.suffix == ".json"
+            else [json.loads(line) for line in text.splitlines() if line.strip()]
+        )
     except json.JSONDecodeError as err:
-        raise DataError(f"{path}: invalid JSON at line {err.lineno} ({err.msg}); fix the file") from err
+        raise DataError(
+            f"{path}: invalid JSON at line {err.lineno} ({err.msg}); fix the file"
+        ) from err
     if not isinstance(rows, list):
         raise DataError(f"{path}: expected a list of {{prompt, response}} objects")
     out = []
     for i, row in enumerate(rows):
-        if not (isinstance(row, dict) and isinstance(row.get("prompt"), str) and isinstance(row.get("response"), str)):
+        if not (
+            isinstance(row, dict)
+            and isinstance(row.get("prompt"), str)
+            and isinstance(row.get("response"), str)
+        ):
             raise DataError(f"{path}: row {i} needs string fields 'prompt' and 'response'")
         out.append(Example(row["prompt"], row["response"], row.get("answer"), {}))
     return out
@@ -127,7 +142,9 @@ def load_dataset(recipe: SkillLoraRecipe) -> tuple[list[Example], list[Example]]
     path = Path(recipe.dataset).expanduser()
     if recipe.dataset.endswith((".json", ".jsonl")):
         if not path.is_file():
-            raise DataError(f"--dataset file {path} does not exist; pass a .json/.jsonl file or a task name")
+            raise DataError(
+                f"--dataset file {path} does not exist; pass a .json/.jsonl file or a task name"
+            )
         rows = _read_file_rows(path)
         if len(rows) < 2:
             raise DataError(f"{path}: needs at least 2 rows (one is held out), has {len(rows)}")
@@ -160,30 +177,40 @@ def resolve_task(name: str) -> Any:
     try:
         from smartfed.data.tasks import get_task  # the shared registry (tasks engineer)
     except ImportError as err:
-        raise DataError(f"unknown --dataset {name!r}: choose a cpu-mini task ({', '.join(TASKS)}) "
-                        "or a .json/.jsonl file") from err
+        raise DataError(
+            f"unknown --dataset {name!r}: choose a cpu-mini task ({', '.join(TASKS)}) "
+            "or a .json/.jsonl file"
+        ) from err
     return get_task(name)
 
 
 def batch_indices(n_rows: int, batch_size: int, seed: int, step: int) -> list[int]:
-    """Rows of batch ``step``: epochs are seeded permutations, so any step is reproducible (resume)."""
+    """Rows of batch ``step``: epochs are seeded permutations, so any step is reproducible."""
     out = []
     for pos in range(step * batch_size, (step + 1) * batch_size):
         epoch, offset = divmod(pos, n_rows)
-        perm = torch.randperm(n_rows, generator=torch.Generator().manual_seed(seed * 100_003 + epoch))
+        perm = torch.randperm(
+            n_rows, generator=torch.Generator().manual_seed(seed * 100_003 + epoch)
+        )
         out.append(int(perm[offset]))
     return out
 
 
-def heldout_loss(model: Any, encoded: Sequence[EncodedExample], pad_id: int, batch_size: int = 16) -> float:
+def heldout_loss(
+    model: Any, encoded: Sequence[EncodedExample], pad_id: int, batch_size: int = 16
+) -> float:
     """Mean per-token loss over response tokens of ``encoded`` (nan when empty)."""
     total, tokens = 0.0, 0
     model.eval()
     with torch.no_grad():
         for i in range(0, len(encoded), batch_size):
-            batch = collate(encoded[i:i + batch_size], pad_id)
+            batch = collate(encoded[i : i + batch_size], pad_id)
             n = int((batch["labels"][:, 1:] != -100).sum())
-            out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=batch["labels"])
+            out = model(
+                input_ids=batch["input_ids"],
+                attention_mask=batch["attention_mask"],
+                labels=batch["labels"],
+            )
             total += float(out.loss) * n
             tokens += n
     return total / tokens if tokens else math.nan
@@ -202,14 +229,18 @@ def _load_state(path: Path, recipe: SkillLoraRecipe) -> dict[str, Any]:
     try:
         state = torch.load(path, map_location="cpu", weights_only=False)
     except Exception as err:  # noqa: BLE001 - any unreadable checkpoint is the same user-facing error
-        raise CheckpointError(f"{path}: unreadable resume checkpoint ({type(err).__name__}); delete it to restart") from err
+        raise CheckpointError(
+            f"{path}: unreadable resume checkpoint ({type(err).__name__}); delete it to restart"
+        ) from err
     if state.get("recipe") != recipe.key():
-        raise CheckpointError(f"{path} was written by another recipe; use the same flags or a new --output_dir")
+        raise CheckpointError(
+            f"{path} was written by another recipe; use the same flags or a new --output_dir"
+        )
     return state
 
 
 def _save_adapter(peft_model: Any, output_dir: Path) -> None:
-    """Save the PEFT adapter into a temp dir, then move each file into ``output_dir`` (atomic per file)."""
+    """Save the PEFT adapter in a temp dir, then move each file into ``output_dir`` (atomic)."""
     tmp = Path(tempfile.mkdtemp(prefix=".adapter.", dir=output_dir))
     try:
         peft_model.save_pretrained(tmp)
@@ -223,18 +254,30 @@ def _build_peft(model: Any, recipe: SkillLoraRecipe) -> Any:
     from peft import LoraConfig, get_peft_model
 
     torch.manual_seed(recipe.seed)
-    cfg = LoraConfig(r=recipe.rank, lora_alpha=recipe.lora_alpha, lora_dropout=0.0,
-                     target_modules=list(recipe.target_modules), task_type="CAUSAL_LM")
+    cfg = LoraConfig(
+        r=recipe.rank,
+        lora_alpha=recipe.lora_alpha,
+        lora_dropout=0.0,
+        target_modules=list(recipe.target_modules),
+        task_type="CAUSAL_LM",
+    )
     try:
         return get_peft_model(model, cfg)
     except ValueError as err:
-        raise ConfigError(f"--target_modules {','.join(recipe.target_modules)}: "
-                          f"{str(err).splitlines()[0]}") from err
+        raise ConfigError(
+            f"--target_modules {','.join(recipe.target_modules)}: {str(err).splitlines()[0]}"
+        ) from err
 
 
-def train_skill_lora(model_cfg: ModelConfig, recipe: SkillLoraRecipe, output_dir: str | Path, *,
-                     resume: bool = False, progress: bool = True,
-                     on_step: Callable[[int, float], None] | None = None) -> dict[str, Any]:
+def train_skill_lora(
+    model_cfg: ModelConfig,
+    recipe: SkillLoraRecipe,
+    output_dir: str | Path,
+    *,
+    resume: bool = False,
+    progress: bool = True,
+    on_step: Callable[[int, float], None] | None = None,
+) -> dict[str, Any]:
     """Train a LoRA on ``recipe.dataset`` and write a PEFT adapter + ``training_record.json``.
 
     Args:
@@ -257,7 +300,9 @@ def train_skill_lora(model_cfg: ModelConfig, recipe: SkillLoraRecipe, output_dir
 
     out = Path(output_dir).expanduser()
     if (out / _ADAPTER_FILES[0]).exists() and not resume and not _state_path(out).exists():
-        raise ConfigError(f"--output_dir {out} already holds an adapter; choose a new directory or delete it")
+        raise ConfigError(
+            f"--output_dir {out} already holds an adapter; choose a new directory or delete it"
+        )
     train, heldout = load_dataset(recipe)
     model, tok = load_base_model(model_cfg)
     peft_model = _build_peft(model, recipe)
@@ -273,7 +318,12 @@ def train_skill_lora(model_cfg: ModelConfig, recipe: SkillLoraRecipe, output_dir
         optim.load_state_dict(state["optim"])
         random.setstate(state["rng_python"])
         torch.set_rng_state(state["rng_torch"])
-        start, losses, elapsed, initial_held = state["step"], state["losses"], state["elapsed"], state["initial_heldout"]
+        start, losses, elapsed, initial_held = (
+            state["step"],
+            state["losses"],
+            state["elapsed"],
+            state["initial_heldout"],
+        )
         log.info("resuming %s from step %d", out, start)
     elif resume:
         log.info("no checkpoint in %s: starting from step 0", out / RESUME_DIR)
@@ -281,18 +331,32 @@ def train_skill_lora(model_cfg: ModelConfig, recipe: SkillLoraRecipe, output_dir
         initial_held = heldout_loss(peft_model, enc_held, tok.pad_token_id)
 
     def checkpoint(step: int, spent: float) -> None:
-        _save_state(_state_path(out), {
-            "step": step, "recipe": recipe.key(), "losses": losses, "elapsed": spent,
-            "initial_heldout": initial_held, "lora": get_peft_model_state_dict(peft_model),
-            "optim": optim.state_dict(), "rng_python": random.getstate(), "rng_torch": torch.get_rng_state(),
-        })
+        _save_state(
+            _state_path(out),
+            {
+                "step": step,
+                "recipe": recipe.key(),
+                "losses": losses,
+                "elapsed": spent,
+                "initial_heldout": initial_held,
+                "lora": get_peft_model_state_dict(peft_model),
+                "optim": optim.state_dict(),
+                "rng_python": random.getstate(),
+                "rng_torch": torch.get_rng_state(),
+            },
+        )
 
     t0 = time.perf_counter() - elapsed
     bar = _progress(range(start, recipe.max_steps), progress, recipe)
     peft_model.train()
     for step in bar:
-        batch = collate([enc_train[i] for i in batch_indices(len(enc_train), recipe.batch_size, recipe.seed, step)],
-                        tok.pad_token_id)
+        batch = collate(
+            [
+                enc_train[i]
+                for i in batch_indices(len(enc_train), recipe.batch_size, recipe.seed, step)
+            ],
+            tok.pad_token_id,
+        )
         loss = peft_model(**batch).loss
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -301,14 +365,20 @@ def train_skill_lora(model_cfg: ModelConfig, recipe: SkillLoraRecipe, output_dir
         losses.append(round(float(loss.detach()), 5))
         if progress:
             bar.set_postfix(loss=f"{losses[-1]:.3f}")
-        if recipe.checkpoint_every and (step + 1) % recipe.checkpoint_every == 0 and step + 1 < recipe.max_steps:
+        if (
+            recipe.checkpoint_every
+            and (step + 1) % recipe.checkpoint_every == 0
+            and step + 1 < recipe.max_steps
+        ):
             checkpoint(step + 1, time.perf_counter() - t0)
         if on_step is not None:
             on_step(step + 1, losses[-1])
     seconds = time.perf_counter() - t0
     final_held = heldout_loss(peft_model, enc_held, tok.pad_token_id)
     _save_adapter(peft_model, out)
-    record = _record(model_cfg, recipe, train, enc_held, losses, initial_held, final_held, seconds, params, start)
+    record = _record(
+        model_cfg, recipe, train, enc_held, losses, initial_held, final_held, seconds, params, start
+    )
     atomic_write_json(out / RECORD_FILE, record)
     shutil.rmtree(out / RESUME_DIR, ignore_errors=True)
     return record
@@ -319,23 +389,47 @@ def _progress(steps: range, enabled: bool, recipe: SkillLoraRecipe) -> Any:
         return steps
     from tqdm.auto import tqdm
 
-    return tqdm(steps, total=recipe.max_steps, initial=steps.start, desc=f"pool train {recipe.dataset}", unit="step")
+    return tqdm(
+        steps,
+        total=recipe.max_steps,
+        initial=steps.start,
+        desc=f"pool train {recipe.dataset}",
+        unit="step",
+    )
 
 
-def _record(model_cfg: ModelConfig, recipe: SkillLoraRecipe, train: list[Example], enc_held: list[EncodedExample],
-            losses: list[float], initial_held: float, final_held: float, seconds: float,
-            params: list[torch.Tensor], resumed_from: int) -> dict[str, Any]:
+def _record(
+    model_cfg: ModelConfig,
+    recipe: SkillLoraRecipe,
+    train: list[Example],
+    enc_held: list[EncodedExample],
+    losses: list[float],
+    initial_held: float,
+    final_held: float,
+    seconds: float,
+    params: list[torch.Tensor],
+    resumed_from: int,
+) -> dict[str, Any]:
     from smartfed.meta import run_meta
 
     tail = losses[-10:]
     return {
-        "dataset": recipe.dataset, "rows": len(train), "heldout_rows": len(enc_held),
-        "steps": len(losses), "resumed_from_step": resumed_from, "seed": recipe.seed,
-        "base_model": model_cfg.model_name_or_path, "dtype": model_cfg.dtype,
-        "recipe": recipe.key(), "trainable_params": int(sum(p.numel() for p in params)),
+        "dataset": recipe.dataset,
+        "rows": len(train),
+        "heldout_rows": len(enc_held),
+        "steps": len(losses),
+        "resumed_from_step": resumed_from,
+        "seed": recipe.seed,
+        "base_model": model_cfg.model_name_or_path,
+        "dtype": model_cfg.dtype,
+        "recipe": recipe.key(),
+        "trainable_params": int(sum(p.numel() for p in params)),
         "first_train_loss": losses[0] if losses else None,
         "final_train_loss": sum(tail) / len(tail) if tail else None,
-        "initial_heldout_loss": initial_held, "heldout_loss": final_held,
-        "seconds": round(seconds, 2), "seconds_per_step": round(seconds / max(1, len(losses)), 4),
-        "train_losses": losses, "meta": run_meta(),
+        "initial_heldout_loss": initial_held,
+        "heldout_loss": final_held,
+        "seconds": round(seconds, 2),
+        "seconds_per_step": round(seconds / max(1, len(losses)), 4),
+        "train_losses": losses,
+        "meta": run_meta(),
     }

@@ -14,7 +14,13 @@ from smartfed.data.tasks.cpu_mini.tasks import (
 )
 
 __all__ = [
-    "CONTROL_SKILLS", "DATA_FRACTION_VARIANT", "SKILLS", "SUITE", "TASKS", "Composition", "CpuMiniTask",
+    "CONTROL_SKILLS",
+    "DATA_FRACTION_VARIANT",
+    "SKILLS",
+    "SUITE",
+    "TASKS",
+    "Composition",
+    "CpuMiniTask",
     "get_cpu_mini_task",
 ]
 

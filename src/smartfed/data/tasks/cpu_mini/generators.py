@@ -1,9 +1,9 @@
 """Seeded row generators of the cpu-mini suite (every row is synthetic; see docs/cpu-mini.md).
 
-Each generator draws one row from a ``random.Random``: ``(key, prompt, response, answer, category)``.
-``key`` is the set of operands (or the letters) that decides the split: a fixed salted hash puts ~10% of
-all keys in the held-out partition for EVERY task of the suite, so an operand pair seen in any training
-split (skill or composite, any seed) never appears in any eval split [D].
+Each generator draws one row from a ``random.Random``: ``(key, prompt, response, answer,
+category)``. ``key`` is the set of operands (or the letters) that decides the split: a fixed salted
+hash puts ~10% of all keys in the held-out partition for EVERY task of the suite, so an operand
+pair seen in any training split (skill or composite, any seed) never appears in any eval split [D].
 """
 
 from __future__ import annotations
@@ -35,14 +35,25 @@ class Row:
 
 Generator = Callable[[random.Random], Row]
 
-OPS: dict[str, tuple[str, str]] = {"plus": ("+", "加"), "minus": ("-", "减"), "times": ("*", "乘以")}
+OPS: dict[str, tuple[str, str]] = {
+    "plus": ("+", "加"),
+    "minus": ("-", "减"),
+    "times": ("*", "乘以"),
+}
 """English operation word -> (Python symbol, Chinese word)."""
-NAMES = (("Tom", "he"), ("Anna", "she"), ("Li", "he"), ("Maria", "she"), ("Sam", "he"), ("Emma", "she"))
+NAMES = (
+    ("Tom", "he"),
+    ("Anna", "she"),
+    ("Li", "he"),
+    ("Maria", "she"),
+    ("Sam", "he"),
+    ("Emma", "she"),
+)
 ITEMS = ("apples", "coins", "books", "stamps", "marbles", "cards")
 
 
 def is_heldout(key: tuple[object, ...]) -> bool:
-    """Return whether ``key`` belongs to the held-out partition (same answer for every task and seed)."""
+    """Return whether ``key`` is held out (the same answer for every task and seed)."""
     digest = hashlib.sha256(f"{SPLIT_SALT}|{key!r}".encode()).digest()
     return int.from_bytes(digest[:4], "big") % 100 < HELDOUT_PERCENT
 
@@ -78,14 +89,16 @@ def skill_math(rng: random.Random) -> Row:
         name, pron = rng.choice(NAMES)
         item = rng.choice(ITEMS)
         verb = f"buys {b} more" if op == "plus" else f"gives away {b}"
-        prompt = (f"{name} has {a} {item}. {pron.capitalize()} {verb}. "
-                  f"How many {item} does {name} have now?")
+        prompt = (
+            f"{name} has {a} {item}. {pron.capitalize()} {verb}. "
+            f"How many {item} does {name} have now?"
+        )
         category = f"story_{op}"
     return Row(_key(a, b), prompt, f"{a} {sym} {b} = {result}", str(result), category)
 
 
 def skill_zh(rng: random.Random) -> Row:
-    """Chinese: translate a Chinese arithmetic phrase (Chinese numerals) into English with digits."""
+    """Chinese: a Chinese arithmetic phrase (Chinese numerals) -> English with digits."""
     op = rng.choice(tuple(OPS))
     a, b = _pair(rng, op)
     za, zb, zop = zh_numeral(a), zh_numeral(b), OPS[op][1]
@@ -100,25 +113,27 @@ def skill_zh(rng: random.Random) -> Row:
 
 
 def skill_code(rng: random.Random) -> Row:
-    """Code: an explicit English instruction -> a straight-line Python program (scored by running it)."""
+    """Code: an explicit English instruction -> a straight-line Python program (run to score)."""
     if rng.random() < 0.5:
         op = rng.choice(tuple(OPS))
         a, b = _pair(rng, op, 10, 999)
         prompt = f"Write a Python program that prints {a} {op} {b}."
-        return Row(_key(a, b), prompt, f"print({a} {OPS[op][0]} {b})", str(_compute(a, op, b)), f"one_{op}")
+        return Row(
+            _key(a, b), prompt, f"print({a} {OPS[op][0]} {b})", str(_compute(a, op, b)), f"one_{op}"
+        )
     op1, op2 = rng.choice(("plus", "minus")), rng.choice(("plus", "minus"))
     x, y = _pair(rng, op1, 10, 999)
     first = _compute(x, op1, y)
     if op2 == "minus" and first < 10:
         op2 = "plus"
     z = rng.randint(10, min(999, first)) if op2 == "minus" else rng.randint(10, 999)
-    prompt = (f"Write a Python program: let a be {x} {op1} {y}, let b be a {op2} {z}, and print b.")
+    prompt = f"Write a Python program: let a be {x} {op1} {y}, let b be a {op2} {z}, and print b."
     code = f"a = {x} {OPS[op1][0]} {y}\nb = a {OPS[op2][0]} {z}\nprint(b)"
     return Row(_key(x, y, z), prompt, code, str(_compute(first, op2, z)), f"two_{op1}_{op2}")
 
 
 def composite_zh_math(rng: random.Random) -> Row:
-    """Chinese math: a Chinese question with Chinese numerals -> the digit equation, then its result."""
+    """Chinese math: a question with Chinese numerals -> the digit equation and its result."""
     op = rng.choice(("plus", "minus"))
     a, b = _pair(rng, op)
     prompt = f"{zh_numeral(a)}{OPS[op][1]}{zh_numeral(b)}等于多少？"
@@ -127,7 +142,7 @@ def composite_zh_math(rng: random.Random) -> Row:
 
 
 def composite_zh_code(rng: random.Random) -> Row:
-    """Chinese code: a Chinese instruction with Chinese numerals -> a Python program (run to score)."""
+    """Chinese code: an instruction with Chinese numerals -> a Python program (run to score)."""
     op = rng.choice(tuple(OPS))
     a, b = _pair(rng, op)
     prompt = f"用Python写一个程序，打印{zh_numeral(a)}{OPS[op][1]}{zh_numeral(b)}。"
@@ -135,7 +150,7 @@ def composite_zh_code(rng: random.Random) -> Row:
 
 
 def composite_hard_math(rng: random.Random) -> Row:
-    """Hard math (PAL): a two-step story with 3-digit numbers -> a program whose printed value is scored."""
+    """Hard math (PAL): a two-step story with 3-digit numbers -> a program (run to score)."""
     op1, op2 = rng.choice(("plus", "minus")), rng.choice(("plus", "minus"))
     x, y = _pair(rng, op1, 100, 999)
     first = _compute(x, op1, y)
@@ -145,8 +160,10 @@ def composite_hard_math(rng: random.Random) -> Row:
     name, pron = rng.choice(NAMES)
     item = rng.choice(ITEMS)
     verbs = {"plus": "buys {} more", "minus": "gives away {}"}
-    prompt = (f"{name} has {x} {item}. {pron.capitalize()} {verbs[op1].format(y)}, then "
-              f"{verbs[op2].format(z)}. How many {item} does {name} have now? Write a Python program.")
+    prompt = (
+        f"{name} has {x} {item}. {pron.capitalize()} {verbs[op1].format(y)}, then "
+        f"{verbs[op2].format(z)}. How many {item} does {name} have now? Write a Python program."
+    )
     code = f"a = {x} {OPS[op1][0]} {y}\nb = a {OPS[op2][0]} {z}\nprint(b)"
     return Row(_key(x, y, z), prompt, code, str(_compute(first, op2, z)), f"{op1}_{op2}")
 
@@ -161,11 +178,17 @@ def skill_sort(rng: random.Random) -> Row:
     """Control (irrelevant skill): sort 4-5 distinct letters alphabetically."""
     letters = rng.sample(string.ascii_lowercase, rng.randint(4, 5))
     out = " ".join(sorted(letters))
-    return Row((out,), f"Sort the letters alphabetically: {' '.join(letters)}", out, out, f"n{len(letters)}")
+    return Row(
+        (out,),
+        f"Sort the letters alphabetically: {' '.join(letters)}",
+        out,
+        out,
+        f"n{len(letters)}",
+    )
 
 
 def sample_rows(gen: Generator, name: str, split: str, n: int, seed: int) -> list[Row]:
-    """Draw ``n`` distinct rows of ``split`` ("train" | "eval") from ``gen``, seeded by (name, split, seed).
+    """Draw ``n`` distinct rows of ``split`` ("train" | "eval"), seeded by (name, split, seed).
 
     Raises:
         ValueError: the partition cannot supply ``n`` distinct rows (asked for too many).

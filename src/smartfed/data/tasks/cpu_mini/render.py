@@ -1,9 +1,10 @@
 """Rendering and checking helpers of the cpu-mini suite: Chinese numerals and a tiny program runner.
 
-Both are deliberately small: Chinese numerals 0-999 in the standard reading (八十五, 一百零五, 一百二十),
-and :func:`run_straight_line` which evaluates the only programs the suite asks for (integer assignments,
-``+ - * //`` and one ``print``) by walking the AST — nothing is ``exec``-ed, so scoring model output needs
-no sandbox process and cannot run arbitrary code.
+Both are deliberately small: Chinese numerals 0-999 in the standard reading (八十五, 一百零五,
+一百二十), and
+:func:`run_straight_line` which evaluates the only programs the suite asks for (integer
+assignments, ``+ - * //`` and one ``print``) by walking the AST — nothing is ``exec``-ed, so
+scoring model output needs no sandbox process and cannot run arbitrary code.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ _MAX_ABS = 10**12
 
 
 def zh_numeral(n: int) -> str:
-    """Return the Chinese numeral for ``0 <= n <= 999`` (``85 -> 八十五``, ``105 -> 一百零五``, ``10 -> 十``).
+    """Return the Chinese numeral for ``0 <= n <= 999`` (``85 -> 八十五``, ``105 -> 一百零五``).
 
     Raises:
         ValueError: ``n`` out of range.
@@ -63,11 +64,20 @@ class _Runner(ast.NodeVisitor):
 
     def run(self, tree: ast.Module) -> None:
         for stmt in tree.body:
-            if isinstance(stmt, ast.Assign) and len(stmt.targets) == 1 and isinstance(stmt.targets[0], ast.Name):
+            if (
+                isinstance(stmt, ast.Assign)
+                and len(stmt.targets) == 1
+                and isinstance(stmt.targets[0], ast.Name)
+            ):
                 self.env[stmt.targets[0].id] = self.value(stmt.value)
-            elif (isinstance(stmt, ast.Expr) and isinstance(stmt.value, ast.Call)
-                  and isinstance(stmt.value.func, ast.Name) and stmt.value.func.id == "print"
-                  and len(stmt.value.args) == 1 and not stmt.value.keywords):
+            elif (
+                isinstance(stmt, ast.Expr)
+                and isinstance(stmt.value, ast.Call)
+                and isinstance(stmt.value.func, ast.Name)
+                and stmt.value.func.id == "print"
+                and len(stmt.value.args) == 1
+                and not stmt.value.keywords
+            ):
                 self.printed.append(self.value(stmt.value.args[0]))
             else:
                 raise ValueError("unsupported statement")
@@ -104,7 +114,8 @@ def extract_code(text: str) -> str:
 def run_straight_line(code: str) -> int | None:
     """Return what a straight-line integer program prints last, or None if it is not one / fails.
 
-    Supported: ``name = expr``, ``print(expr)``; expr over int literals, names, ``+ - * //``, unary ``-``.
+    Supported: ``name = expr``, ``print(expr)``; expr over int literals, names, ``+ - * //``,
+    unary ``-``.
     Comment lines are ignored (``ast`` drops them).
     """
     if code.count("\n") >= MAX_PROGRAM_LINES:

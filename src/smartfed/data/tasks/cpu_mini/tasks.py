@@ -1,6 +1,7 @@
 """The cpu-mini tasks (skills, composites, controls) and the suite's composition table.
 
-Three compositions mirror the paper's tasks (SPEC §1.5) at a scale SmolLM2-135M learns on 2 CPU cores:
+Three compositions mirror the paper's tasks (SPEC §1.5) at a scale SmolLM2-135M learns on 2 CPU
+cores:
 
 =====================  ==========================  ==========================================
 composite              skills composed             paper task it stands for
@@ -10,10 +11,10 @@ composite              skills composed             paper task it stands for
 ``cpu_mini.hard_math`` ``skill.math`` + ``skill.code`` hard math, PAL (English math + English code)
 =====================  ==========================  ==========================================
 
-Controls: ``skill.reverse`` and ``skill.sort`` are irrelevant skills (a pool of irrelevant LoRAs), and
-a router over random experts with the pool's shapes is built by the benchmark from these skills' shapes.
-Every composite is chain-style (the output spells out an intermediate step: the digit equation or the
-program), the shape the prototype found learnable (docs/cpu-mini.md).
+Controls: ``skill.reverse`` and ``skill.sort`` are irrelevant skills (a pool of irrelevant LoRAs),
+and a router over random experts with the pool's shapes is built by the benchmark from these
+skills' shapes. Every composite is chain-style (the output spells out an intermediate step: the
+digit equation or the program), the shape the prototype found learnable (docs/cpu-mini.md).
 """
 
 from __future__ import annotations
@@ -60,7 +61,9 @@ class CpuMiniTask(Task):
     label_key = "category"
     stop: Sequence[str] = STOP
 
-    def __init__(self, short: str, gen: g.Generator, kind: str, description: str, max_new_tokens: int) -> None:
+    def __init__(
+        self, short: str, gen: g.Generator, kind: str, description: str, max_new_tokens: int
+    ) -> None:
         self.name = PREFIX + short
         self.gen = gen
         self.kind = kind
@@ -81,8 +84,12 @@ class CpuMiniTask(Task):
         except ValueError as err:
             raise DataError(str(err)) from err
         return [
-            Example(r.prompt, r.response, r.answer,
-                    {"category": r.category, "key": list(r.key), "task": self.name, "split": split})
+            Example(
+                r.prompt,
+                r.response,
+                r.answer,
+                {"category": r.category, "key": list(r.key), "task": self.name, "split": split},
+            )
             for r in rows
         ]
 
@@ -95,7 +102,7 @@ class CpuMiniTask(Task):
         return self.examples("eval", EVAL_ROWS)
 
     def extract(self, prediction: str, example: Example) -> str | None:
-        """Return the scored part of an output: the number, the program's printed value, or the text."""
+        """Return the scored part of an output: number, program's printed value, or text."""
         if self.kind == "number":
             return _last_int(prediction)
         if self.kind == "program":
@@ -106,25 +113,65 @@ class CpuMiniTask(Task):
     def score(self, prediction: str, example: Example) -> bool:
         """Return whether the extracted answer equals the gold answer exactly."""
         got = self.extract(prediction, example)
-        return got is not None and example.answer is not None and got == " ".join(example.answer.split())
+        return (
+            got is not None
+            and example.answer is not None
+            and got == " ".join(example.answer.split())
+        )
 
 
 def _tasks() -> dict[str, CpuMiniTask]:
     specs = [
-        ("skill.math", g.skill_math, "number", 24,
-         "English math skill: 2-digit plus/minus, plain or one-step story -> '47 + 38 = 85'"),
-        ("skill.zh", g.skill_zh, "text", 24,
-         "Chinese skill: translate a Chinese arithmetic phrase (Chinese numerals) into English with digits"),
-        ("skill.code", g.skill_code, "program", 40,
-         "code skill: explicit English instruction -> straight-line Python program, scored by running it"),
-        ("skill.reverse", g.skill_reverse, "text", 16, "control (irrelevant skill): reverse letters"),
+        (
+            "skill.math",
+            g.skill_math,
+            "number",
+            24,
+            "English math skill: 2-digit plus/minus, plain or one-step story -> '47 + 38 = 85'",
+        ),
+        (
+            "skill.zh",
+            g.skill_zh,
+            "text",
+            24,
+            "Chinese skill: Chinese arithmetic phrase (Chinese numerals) -> English with digits",
+        ),
+        (
+            "skill.code",
+            g.skill_code,
+            "program",
+            40,
+            "code skill: explicit English instruction -> straight-line Python program (run)",
+        ),
+        (
+            "skill.reverse",
+            g.skill_reverse,
+            "text",
+            16,
+            "control (irrelevant skill): reverse letters",
+        ),
         ("skill.sort", g.skill_sort, "text", 20, "control (irrelevant skill): sort letters"),
-        ("zh_math", g.composite_zh_math, "number", 24,
-         "composite Chinese math: Chinese question with Chinese numerals -> '47 + 38 = 85'"),
-        ("zh_code", g.composite_zh_code, "program", 24,
-         "composite Chinese code: Chinese instruction -> 'print(47 * 38)', execution accuracy"),
-        ("hard_math", g.composite_hard_math, "program", 40,
-         "composite hard math (PAL): two-step 3-digit story -> program, execution accuracy"),
+        (
+            "zh_math",
+            g.composite_zh_math,
+            "number",
+            24,
+            "composite Chinese math: Chinese question with Chinese numerals -> '47 + 38 = 85'",
+        ),
+        (
+            "zh_code",
+            g.composite_zh_code,
+            "program",
+            24,
+            "composite Chinese code: Chinese instruction -> 'print(47 * 38)', execution accuracy",
+        ),
+        (
+            "hard_math",
+            g.composite_hard_math,
+            "program",
+            40,
+            "composite hard math (PAL): two-step 3-digit story -> program, execution accuracy",
+        ),
     ]
     return {PREFIX + s: CpuMiniTask(s, gen, kind, desc, mnt) for s, gen, kind, mnt, desc in specs}
 
@@ -154,12 +201,24 @@ CONTROL_SKILLS = (PREFIX + "skill.reverse", PREFIX + "skill.sort")
 SUITE: dict[str, Composition] = {
     c.composite: c
     for c in (
-        Composition(PREFIX + "zh_math", (PREFIX + "skill.zh", PREFIX + "skill.math"), CONTROL_SKILLS,
-                    "Chinese math (Math23K -> MGSM-zh)"),
-        Composition(PREFIX + "zh_code", (PREFIX + "skill.zh", PREFIX + "skill.code"), CONTROL_SKILLS,
-                    "Chinese code (DoIT)"),
-        Composition(PREFIX + "hard_math", (PREFIX + "skill.math", PREFIX + "skill.code"), CONTROL_SKILLS,
-                    "hard math, PAL (MathCodeInstruct -> GSM-Hard)"),
+        Composition(
+            PREFIX + "zh_math",
+            (PREFIX + "skill.zh", PREFIX + "skill.math"),
+            CONTROL_SKILLS,
+            "Chinese math (Math23K -> MGSM-zh)",
+        ),
+        Composition(
+            PREFIX + "zh_code",
+            (PREFIX + "skill.zh", PREFIX + "skill.code"),
+            CONTROL_SKILLS,
+            "Chinese code (DoIT)",
+        ),
+        Composition(
+            PREFIX + "hard_math",
+            (PREFIX + "skill.math", PREFIX + "skill.code"),
+            CONTROL_SKILLS,
+            "hard math, PAL (MathCodeInstruct -> GSM-Hard)",
+        ),
     )
 }
 """The cpu-mini suite: composite name -> composition."""
