@@ -20,8 +20,16 @@ class DirectGrid(Grid):
 
     def __init__(self, client_app: Any, num_nodes: int) -> None:
         self.app = client_app
-        self.contexts = {1000 + p: Context(run_id=1, node_id=1000 + p, node_config={"partition-id": p},
-                                           state=RecordDict(), run_config={}) for p in range(num_nodes)}
+        self.contexts = {
+            1000 + p: Context(
+                run_id=1,
+                node_id=1000 + p,
+                node_config={"partition-id": p},
+                state=RecordDict(),
+                run_config={},
+            )
+            for p in range(num_nodes)
+        }
         self.sent: list[Message] = []
 
     @property
@@ -31,8 +39,14 @@ class DirectGrid(Grid):
     def set_run(self, run: Any) -> None:  # noqa: D102
         pass
 
-    def create_message(self, content: RecordDict, message_type: str, dst_node_id: int, group_id: str,
-                       ttl: float | None = None) -> Message:  # noqa: D102
+    def create_message(
+        self,
+        content: RecordDict,
+        message_type: str,
+        dst_node_id: int,
+        group_id: str,
+        ttl: float | None = None,
+    ) -> Message:  # noqa: D102
         return Message(content, dst_node_id, message_type, ttl=ttl, group_id=group_id)
 
     def get_node_ids(self) -> Iterable[int]:  # noqa: D102
@@ -47,8 +61,9 @@ class DirectGrid(Grid):
     def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:  # noqa: D102
         raise NotImplementedError("DirectGrid only supports send_and_receive")
 
-    def send_and_receive(self, messages: Iterable[Message], *, timeout: float | None = None
-                         ) -> Iterable[Message]:
+    def send_and_receive(
+        self, messages: Iterable[Message], *, timeout: float | None = None
+    ) -> Iterable[Message]:
         """Call the client app on each message, in order; return the replies."""
         replies = []
         for msg in messages:

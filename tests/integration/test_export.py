@@ -1,4 +1,6 @@
-"""``smartfed export --merged``: PEFT loads the folded LoRA, which equals the run under its average routing."""
+"""``smartfed export --merged``: PEFT loads the folded LoRA, which equals the run under its average
+routing.
+"""
 
 from __future__ import annotations
 
@@ -23,19 +25,25 @@ IDS = torch.tensor([[1, 5, 9, 20, 33, 41, 7, 2], [3, 3, 8, 60, 12, 4, 5, 6]])
 
 
 @pytest.fixture(scope="module")
-def run(tiny_model_dir: Path, tiny_pool: list[Path], tmp_path_factory: pytest.TempPathFactory) -> Any:
+def run(
+    tiny_model_dir: Path, tiny_pool: list[Path], tmp_path_factory: pytest.TempPathFactory
+) -> Any:
     """A 1-round smartfed run with DENSE routing (K = M on every matrix, topk 14 >= every M_m)."""
     mp = pytest.MonkeyPatch()
     for name, value in (("_run_id", 1), ("_task_id", 1), ("_node_id", 0)):
         mp.setattr(TaskIdentity, name, value)
     root = tmp_path_factory.mktemp("export")
-    out = run_one_round(tiny_model_dir, tiny_pool, root, "smartfed", topk_experts=14, enable_eeqa=False)
+    out = run_one_round(
+        tiny_model_dir, tiny_pool, root, "smartfed", topk_experts=14, enable_eeqa=False
+    )
     mp.undo()
     return out["cfg"]
 
 
 def _model(cfg: Any) -> Any:
-    return load_base_model(ModelConfig(model_name_or_path=cfg.model.model_name_or_path, dtype="float32"))[0]
+    return load_base_model(
+        ModelConfig(model_name_or_path=cfg.model.model_name_or_path, dtype="float32")
+    )[0]
 
 
 def test_export_loads_with_peft_and_equals_fixed_average_routing(run: Any, tmp_path: Path) -> None:
@@ -51,13 +59,18 @@ def test_export_loads_with_peft_and_equals_fixed_average_routing(run: Any, tmp_p
     for name, layer in more_layers(routed).items():  # the routed model under fixed average routing
         layer.router = FixedRouter(torch.arange(layer.num_experts), gates[name])
     with torch.no_grad():
-        torch.testing.assert_close(exported(input_ids=IDS).logits, routed(input_ids=IDS).logits,
-                                   atol=2e-5, rtol=1e-4)
-    assert report["loss_exported"] == pytest.approx(report["loss_routed"], abs=0.5)  # measured, close
+        torch.testing.assert_close(
+            exported(input_ids=IDS).logits, routed(input_ids=IDS).logits, atol=2e-5, rtol=1e-4
+        )
+    assert report["loss_exported"] == pytest.approx(
+        report["loss_routed"], abs=0.5
+    )  # measured, close
     assert report["loss_on"] == "heldout" and report["eval_rows"] > 0
 
 
-def test_export_cli_refuses_bad_input(run: Any, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_export_cli_refuses_bad_input(
+    run: Any, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     with pytest.raises(SystemExit) as err:
         main(["export", run.output_dir, "--output_dir", str(tmp_path / "x")])
     assert err.value.code == 2 and "--merged" in capsys.readouterr().err
@@ -69,8 +82,9 @@ def test_export_cli_refuses_bad_input(run: Any, tmp_path: Path, capsys: pytest.C
     assert (tmp_path / "full" / "keep.txt").read_text() == "mine"
 
 
-def test_lora_baseline_run_exports_as_is(tiny_model_dir: Path, tiny_pool: list[Path], tmp_path: Path,
-                                         monkeypatch: pytest.MonkeyPatch) -> None:
+def test_lora_baseline_run_exports_as_is(
+    tiny_model_dir: Path, tiny_pool: list[Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """ffa_lora: A is not in the checkpoint (never sent) and comes back from the seeded init."""
     from smartfed.io.export import load_run_model
 
@@ -79,10 +93,12 @@ def test_lora_baseline_run_exports_as_is(tiny_model_dir: Path, tiny_pool: list[P
     cfg = run_one_round(tiny_model_dir, tiny_pool, tmp_path, "ffa_lora")["cfg"]
     report = export_merged(cfg.output_dir, tmp_path / "lora")
     assert report["method"] == "ffa_lora" and report["gates"] == {} and report["total_rank"] > 0
-    trained, _, _ = load_run_model(cfg.output_dir, cfg, ModelConfig(model_name_or_path=str(tiny_model_dir),
-                                                                     dtype="float32"))
+    trained, _, _ = load_run_model(
+        cfg.output_dir, cfg, ModelConfig(model_name_or_path=str(tiny_model_dir), dtype="float32")
+    )
     exported = load_adapter(_model(cfg), tmp_path / "lora")
     with torch.no_grad():
-        torch.testing.assert_close(exported(input_ids=IDS).logits, trained(input_ids=IDS).logits,
-                                   atol=2e-5, rtol=1e-4)
+        torch.testing.assert_close(
+            exported(input_ids=IDS).logits, trained(input_ids=IDS).logits, atol=2e-5, rtol=1e-4
+        )
     assert report["loss_exported"] == pytest.approx(report["loss_routed"], abs=1e-4)

@@ -1,4 +1,6 @@
-"""Baseline methods: what each sends, and that every pool start equals PEFT's own merge of the pool."""
+"""Baseline methods: what each sends, and that every pool start equals PEFT's own merge of the
+pool.
+"""
 
 from __future__ import annotations
 
@@ -34,8 +36,9 @@ def _logits(model: torch.nn.Module) -> torch.Tensor:
 
 
 @torch.no_grad()
-def _peft_reference(model_dir: Path, pool_dirs: list[Path], weights: list[float] | None = None
-                    ) -> torch.Tensor:
+def _peft_reference(
+    model_dir: Path, pool_dirs: list[Path], weights: list[float] | None = None
+) -> torch.Tensor:
     """Logits of W0 + sum_n w_n delta_W_n, every delta_W_n computed by PEFT (get_delta_weight).
 
     ``weights=None``: per matrix, 1 / (number of pool adapters that target it).
@@ -55,7 +58,9 @@ def _peft_reference(model_dir: Path, pool_dirs: list[Path], weights: list[float]
     return _logits(ref)
 
 
-def test_fedit_sends_a_and_b_and_starts_at_the_base_model(tiny_model_dir: Path, tiny_pool: list[Path]) -> None:
+def test_fedit_sends_a_and_b_and_starts_at_the_base_model(
+    tiny_model_dir: Path, tiny_pool: list[Path]
+) -> None:
     model, method = _prepared("fedit", tiny_model_dir, tiny_pool)
     state = method.trainable_state(model)
     pool = resolve_pool([str(p) for p in tiny_pool])
@@ -84,9 +89,12 @@ def test_ffa_lora_sends_and_trains_only_b(tiny_model_dir: Path, tiny_pool: list[
     assert trainable and all(".lora_B." in n for n in trainable) and len(trainable) == len(params)
 
 
-@pytest.mark.parametrize(("name", "mean"), [("pool_fedit", False), ("merge_fedit", True), ("merge", True)])
-def test_pool_starts_reproduce_peft_sum_or_mean(name: str, mean: bool, tiny_model_dir: Path,
-                                                tiny_pool: list[Path]) -> None:
+@pytest.mark.parametrize(
+    ("name", "mean"), [("pool_fedit", False), ("merge_fedit", True), ("merge", True)]
+)
+def test_pool_starts_reproduce_peft_sum_or_mean(
+    name: str, mean: bool, tiny_model_dir: Path, tiny_pool: list[Path]
+) -> None:
     model, method = _prepared(name, tiny_model_dir, tiny_pool)
     w = 1 / len(tiny_pool) if mean else 1.0
     ref = _peft_reference(tiny_model_dir, tiny_pool, [w] * len(tiny_pool))
@@ -96,7 +104,9 @@ def test_pool_starts_reproduce_peft_sum_or_mean(name: str, mean: bool, tiny_mode
         assert method.trainable_state(model) == {} and method.trainable_parameters(model) == []
 
 
-def test_pool_fedit_rank_is_the_sum_of_the_pool_ranks(tiny_model_dir: Path, tiny_pool: list[Path]) -> None:
+def test_pool_fedit_rank_is_the_sum_of_the_pool_ranks(
+    tiny_model_dir: Path, tiny_pool: list[Path]
+) -> None:
     model, method = _prepared("pool_fedit", tiny_model_dir, tiny_pool)
     state = method.trainable_state(model)
     assert state["model.layers.0.self_attn.v_proj.lora_A.weight"].shape[0] == 4 + 8 + 2
@@ -105,7 +115,9 @@ def test_pool_fedit_rank_is_the_sum_of_the_pool_ranks(tiny_model_dir: Path, tiny
         method.load_trainable_state(model, {"x.lora_A.weight": torch.zeros(1)})
 
 
-def test_lorahub_weights_are_exact_and_the_search_is_seeded(tiny_model_dir: Path, tiny_pool: list[Path]) -> None:
+def test_lorahub_weights_are_exact_and_the_search_is_seeded(
+    tiny_model_dir: Path, tiny_pool: list[Path]
+) -> None:
     model, method = _prepared("lorahub", tiny_model_dir, tiny_pool)
     weights = torch.tensor([0.7, -0.3, 1.2])
     method.load_trainable_state(model, {"weights": weights, "sigma": torch.tensor([0.2])})
@@ -113,18 +125,30 @@ def test_lorahub_weights_are_exact_and_the_search_is_seeded(tiny_model_dir: Path
     torch.testing.assert_close(_logits(model), ref, atol=2e-5, rtol=1e-4)
     state = {k: v.numpy() for k, v in method.trainable_state(model).items()}
     sent = method.server_propose(state, 4, seed=1)
-    assert sent["candidates"].shape == (5, 3) and np.array_equal(sent["candidates"][0], weights.numpy())
+    assert sent["candidates"].shape == (5, 3) and np.array_equal(
+        sent["candidates"][0], weights.numpy()
+    )
     assert np.array_equal(sent["candidates"], method.server_propose(state, 4, seed=1)["candidates"])
-    assert not np.array_equal(sent["candidates"], method.server_propose(state, 5, seed=1)["candidates"])
+    assert not np.array_equal(
+        sent["candidates"], method.server_propose(state, 5, seed=1)["candidates"]
+    )
     losses = np.array([3.0, 2.0, 1.0, 4.0, 5.0], np.float32)
     new = method.server_update(state, sent, {"losses": losses})
     np.testing.assert_array_equal(new["weights"], sent["candidates"][2])
     assert new["sigma"][0] == pytest.approx(0.3)  # success: sigma x 1.5
     kept = method.server_update(state, sent, {"losses": np.array([0.0, 2, 2, 2, 2], np.float32)})
     np.testing.assert_array_equal(kept["weights"], weights.numpy())
-    out, metrics = method.local_update(model, [{"input_ids": IDS, "attention_mask": torch.ones_like(IDS),
-                                                "labels": IDS}], CFG, {"candidates": torch.from_numpy(sent["candidates"])})
-    assert out["losses"].shape == (5,) and metrics["steps"] == 0 and len(set(out["losses"].tolist())) > 1
+    out, metrics = method.local_update(
+        model,
+        [{"input_ids": IDS, "attention_mask": torch.ones_like(IDS), "labels": IDS}],
+        CFG,
+        {"candidates": torch.from_numpy(sent["candidates"])},
+    )
+    assert (
+        out["losses"].shape == (5,)
+        and metrics["steps"] == 0
+        and len(set(out["losses"].tolist())) > 1
+    )
 
 
 def test_mole_routes_whole_loras(tiny_model_dir: Path, tiny_pool: list[Path]) -> None:
@@ -140,7 +164,11 @@ def test_mole_routes_whole_loras(tiny_model_dir: Path, tiny_pool: list[Path]) ->
     gates = routing.weights[0]
     groups = layer.bank.adapter_index
     for g in groups.unique():  # every expert of one LoRA shares its LoRA's gate
-        assert torch.allclose(gates[groups == g], gates[groups == g][0].expand(int((groups == g).sum())))
+        assert torch.allclose(
+            gates[groups == g], gates[groups == g][0].expand(int((groups == g).sum()))
+        )
     # zero router = uniform gates over the LoRAs of each matrix, c = 1: the per-matrix mean merge
     method.load_trainable_state(model, {k: torch.zeros_like(t) for k, t in state.items()})
-    torch.testing.assert_close(_logits(model), _peft_reference(tiny_model_dir, tiny_pool), atol=2e-5, rtol=1e-4)
+    torch.testing.assert_close(
+        _logits(model), _peft_reference(tiny_model_dir, tiny_pool), atol=2e-5, rtol=1e-4
+    )

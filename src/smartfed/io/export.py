@@ -5,14 +5,16 @@ For deployment without MoRE [D]. Per routed matrix ``m`` with experts ``i = 1..M
 1. Average routing on a calibration set (the run's own training rows, seeded order, first N):
    ``g_bar_i = mean over real (non-padding) tokens of the gate of expert i`` exactly as the forward
    uses it (top-K_m of the softmax, renormalised when the run renormalises; 0 when not selected).
-2. Fold: ``delta_W_m = c_m sum_i g_bar_i s_i B[:, i] A[i]`` (``c_m`` the layer's output scale), which is
+2. Fold: ``delta_W_m = c_m sum_i g_bar_i s_i B[:, i] A[i]`` (``c_m`` the layer's output scale),
+which is
    exactly a LoRA of rank ``r'_m = #{i: g_bar_i > 0}``: ``A' = A[keep]`` ``(r'_m, d_in)``,
    ``B' = B[:, keep] * (c_m g_bar_i s_i)`` ``(d_out, r'_m)`` (no SVD).
 3. Write PEFT's format: ``adapter_config.json`` (``r``, ``lora_alpha = r`` so scaling 1, per-matrix
    ``rank_pattern``/``alpha_pattern``, ``target_modules``) and ``adapter_model.safetensors`` (keys
    ``base_model.model.<matrix>.lora_A.weight`` / ``.lora_B.weight``), loadable by
    ``PeftModel.from_pretrained``.
-4. Measure what folding loses: held-out loss (the run's held-out rows, or calibration rows when the run
+4. Measure what folding loses: held-out loss (the run's held-out rows, or calibration rows when the
+run
    held none out) of the routed model vs the exported LoRA, and optionally task accuracy; written to
    ``export_report.json``.
 """
@@ -100,7 +102,8 @@ def fold_to_lora(
     """Fold experts with fixed weights into a LoRA per matrix (exact; see the module docstring).
 
     Returns:
-        matrix -> ``(A' (r'_m, d_in), B' (d_out, r'_m))`` float32, ``B' A' = c sum_i g_i s_i B_i A_i``.
+        matrix -> ``(A' (r'_m, d_in), B' (d_out, r'_m))`` float32, ``B' A' = c sum_i g_i s_i B_i
+        A_i``.
     """
     from smartfed.model.state import more_layers
 
@@ -118,7 +121,9 @@ def fold_to_lora(
 def write_peft_adapter(
     factors: dict[str, tuple[torch.Tensor, torch.Tensor]], out_dir: Path, base_model: str
 ) -> dict[str, int]:
-    """Write ``adapter_config.json`` + ``adapter_model.safetensors`` (PEFT's layout); return ranks."""
+    """Write ``adapter_config.json`` + ``adapter_model.safetensors`` (PEFT's layout); return
+    ranks.
+    """
     from safetensors.torch import save_file
 
     from smartfed.methods.lora import peft_adapter_config
@@ -143,7 +148,9 @@ def write_peft_adapter(
 
 
 def _data_rows(cfg: RunConfig, tok: Any, limit: int) -> tuple[list[Any], list[Any]]:
-    """(calibration rows: the run's training rows, first ``limit`` in seeded order; held-out rows)."""
+    """(calibration rows: the run's training rows, first ``limit`` in seeded order; held-out
+    rows).
+    """
     import random
 
     from smartfed.data.formatting import encode_for_training
@@ -166,7 +173,8 @@ def _check_output(out_dir: Path) -> None:
 
 
 def load_run_model(run_dir: str | Path, cfg: RunConfig, mcfg: ModelConfig) -> tuple[Any, Any, Any]:
-    """Rebuild any method's final model from its run dir: base + ``method.prepare`` + last checkpoint.
+    """Rebuild any method's final model from its run dir: base + ``method.prepare`` + last
+    checkpoint.
 
     Returns:
         ``(model, tokenizer, method)``.
@@ -186,14 +194,22 @@ def load_run_model(run_dir: str | Path, cfg: RunConfig, mcfg: ModelConfig) -> tu
     model, tok = load_base_model(mcfg)
     method = get_method(cfg.train.method)
     method.prepare(model, resolve_pool(cfg.pool.sources, cfg.pool.registry), cfg)
-    method.load_trainable_state(model, {k: torch.from_numpy(v.copy()) for k, v in ckpt.routers.items()})
+    method.load_trainable_state(
+        model, {k: torch.from_numpy(v.copy()) for k, v in ckpt.routers.items()}
+    )
     if more_layers(model):
         set_quotas(model, ckpt.quotas)
     return model, tok, method
 
 
-def export_merged(run_dir: str | Path, output_dir: str | Path, *, calibration_limit: int = 64,
-                  eval_limit: int = 0, batch_size: int = 8) -> dict[str, Any]:
+def export_merged(
+    run_dir: str | Path,
+    output_dir: str | Path,
+    *,
+    calibration_limit: int = 64,
+    eval_limit: int = 0,
+    batch_size: int = 8,
+) -> dict[str, Any]:
     """Export a run as one PEFT LoRA; return the report (also ``export_report.json``).
 
     Routing methods (smartfed, smartfed_no_eeqa, mole) are folded with their average routing over
@@ -232,16 +248,26 @@ def export_merged(run_dir: str | Path, output_dir: str | Path, *, calibration_li
         factors = fold_to_lora(routed, gates)
     else:
         params = lora_parameters(routed)
-        factors = {k.removesuffix(".lora_A.weight"): (p.detach().float().cpu(),
-                                                     params[k.replace(".lora_A.", ".lora_B.")].detach().float().cpu())
-                   for k, p in params.items() if k.endswith(".lora_A.weight")}
+        factors = {
+            k.removesuffix(".lora_A.weight"): (
+                p.detach().float().cpu(),
+                params[k.replace(".lora_A.", ".lora_B.")].detach().float().cpu(),
+            )
+            for k, p in params.items()
+            if k.endswith(".lora_A.weight")
+        }
     ranks = write_peft_adapter(factors, out, cfg.model.model_name_or_path)
     exported = load_adapter(load_base_model(mcfg)[0], out)
     eval_rows, eval_on = (held, "heldout") if held else (calib, "calibration")
     report: dict[str, Any] = {
-        "run_dir": str(run_dir), "method": method.name, "output_dir": str(out),
-        "calibration_examples": len(calib) if gates else 0, "eval_rows": len(eval_rows), "loss_on": eval_on,
-        "ranks": ranks, "total_rank": sum(ranks.values()),
+        "run_dir": str(run_dir),
+        "method": method.name,
+        "output_dir": str(out),
+        "calibration_examples": len(calib) if gates else 0,
+        "eval_rows": len(eval_rows),
+        "loss_on": eval_on,
+        "ranks": ranks,
+        "total_rank": sum(ranks.values()),
         "experts_total": sum(int(g.numel()) for g in gates.values()),
         "lora_params": sum(int(a.numel() + b.numel()) for a, b in factors.values()),
         "loss_routed": evaluate_loss(routed, eval_rows, batch_size, pad),
@@ -250,11 +276,19 @@ def export_merged(run_dir: str | Path, output_dir: str | Path, *, calibration_li
     report["loss_increase"] = report["loss_exported"] - report["loss_routed"]
     report["gates"] = {m: [round(float(x), 8) for x in g] for m, g in gates.items()}
     if eval_limit > 0:
-        report.update(_accuracy(cfg, {"routed": routed, "exported": exported}, tok, eval_limit, batch_size))
+        report.update(
+            _accuracy(cfg, {"routed": routed, "exported": exported}, tok, eval_limit, batch_size)
+        )
     report["seconds"] = round(time.perf_counter() - t0, 2)
     atomic_write_json(out / REPORT_FILE, report)
-    log.info("exported %s -> %s (rank %d, loss %.4f run model vs %.4f exported)", run_dir, out,
-             report["total_rank"], report["loss_routed"], report["loss_exported"])
+    log.info(
+        "exported %s -> %s (rank %d, loss %.4f run model vs %.4f exported)",
+        run_dir,
+        out,
+        report["total_rank"],
+        report["loss_routed"],
+        report["loss_exported"],
+    )
     return report
 
 

@@ -6,7 +6,8 @@ its LoRA's gate. Per matrix ``m`` with ``N_m`` pool LoRAs targeting it:
 
 ``h = W0 x + sum_n g_n(x) s_n B_n A_n x``, ``g(x) = softmax(W_g x)``, ``W_g: (N_m, d_in)`` [P MoLE:
 softmax gate per LoRA, per token; dense, all LoRAs kept]. The MoRE output scale is the constant 1
-[D], so uniform gates (the init, std ``router_init_std``) start at the linear merge of the LoRAs that
+[D], so uniform gates (the init, std ``router_init_std``) start at the linear merge of the LoRAs
+that
 target ``m`` (mean over ``N_m``). MoLE's auxiliary balancing loss is not used [D].
 
 Sent per round (each direction, per sampled client): the gate weights, ``sum_m N_m * d_in`` float32
@@ -44,8 +45,9 @@ class GroupRouter(nn.Module):
         weight: ``W_g``, shape ``(N, d_in)``, float32, the only trainable tensor.
     """
 
-    def __init__(self, d_in: int, groups: torch.Tensor, init_std: float,
-                 generator: torch.Generator) -> None:
+    def __init__(
+        self, d_in: int, groups: torch.Tensor, init_std: float, generator: torch.Generator
+    ) -> None:
         super().__init__()
         n = int(groups.max()) + 1
         self.weight = nn.Parameter(torch.randn(n, d_in, generator=generator) * init_std)
@@ -69,16 +71,20 @@ class MoLE(SmartFed):
     uses_eeqa = False
 
     def prepare(self, model: nn.Module, pool: LoraPool, cfg: RunConfig) -> dict[str, int]:
-        """Inject MoRE layers, then swap each router for a seeded :class:`GroupRouter` (K = M, c = 1)."""
-        router_cfg = dataclasses.replace(cfg.router, topk_experts=1, output_scale_mode="constant",
-                                         output_scale=1.0)
+        """Inject MoRE layers, then swap each router for a seeded :class:`GroupRouter` (K = M, c =
+        1).
+        """
+        router_cfg = dataclasses.replace(
+            cfg.router, topk_experts=1, output_scale_mode="constant", output_scale=1.0
+        )
         inject_more(model, pool, router_cfg, seed=cfg.train.seed)
         gen = torch.Generator().manual_seed(cfg.train.seed)
         out: dict[str, int] = {}
         for name, layer in more_layers(model).items():
             groups = torch.unique(layer.bank.adapter_index.cpu(), return_inverse=True)[1]
-            layer.router = GroupRouter(layer.in_features, groups, cfg.router.router_init_std, gen).to(
-                layer.base_layer.weight.device)
+            layer.router = GroupRouter(
+                layer.in_features, groups, cfg.router.router_init_std, gen
+            ).to(layer.base_layer.weight.device)
             layer.set_quota(layer.num_experts)
             out[name] = layer.num_experts
         return out

@@ -118,9 +118,11 @@ def _local_update(
     local_steps: int,
     batch_size: int,
 ) -> ClientUpdate:
-    """Call ``method.local_update(model, batches, cfg, payload) -> (state, {loss, steps})`` instead of SGD.
+    """Call ``method.local_update(model, batches, cfg, payload) -> (state, {loss, steps})`` instead
+    of SGD.
 
-    Same seeded batches as training; ``payload`` is whatever the server sent (e.g. LoRAHub candidates).
+    Same seeded batches as training; ``payload`` is whatever the server sent (e.g. LoRAHub
+    candidates).
     """
     gen = round_generator(cfg.train.seed, server_round, partition_id)
     batches = list(
