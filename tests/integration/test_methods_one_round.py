@@ -53,17 +53,13 @@ def run_one_round(
     data = root / "data.jsonl"
     if not data.exists():
         write_dataset(data)
-    cfg = tiny_config(
-        model_dir,
-        pool,
-        data,
-        root / method,
-        method=method,
-        num_rounds=1,
-        track_energy=False,
-        eval_every=0,
-        **kw,
-    )
+    settings: dict[str, Any] = {
+        "method": method,
+        "num_rounds": 1,
+        "track_energy": False,
+        "eval_every": 0,
+    }
+    cfg = tiny_config(model_dir, pool, data, root / method, **{**settings, **kw})
     RunDir.open(cfg, run_meta(engine="direct"))
     run_server(DirectGrid(make_client_app(cfg), cfg.fed.num_clients), cfg)
     bundle = get_bundle(BundleSpec.from_config(cfg))

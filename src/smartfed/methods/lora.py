@@ -2,13 +2,12 @@
 ``pool_fedit``.
 
 Every baseline injects ONE PEFT LoRA (``peft.inject_adapter_in_model``, adapter ``default``) into
-the
-frozen base model, on exactly the matrices the pool adapts (the union of the pool's targets, by full
-module path) [D]. PEFT's ``lora_alpha`` is set equal to the rank on every matrix, so PEFT's scaling
-is 1 and any source LoRA's own scaling ``s_n = alpha_n / r_n`` (or rsLoRA's) is folded into ``B``
-[D]; the state is then a plain PEFT state dict (``get_peft_model_state_dict`` keys,
-``<matrix>.lora_A.weight``: ``(r_m, d_in)``, ``<matrix>.lora_B.weight``: ``(d_out, r_m)``), which is
-what travels and what PEFT loads (:func:`peft_adapter_config`).
+the frozen base model, on exactly the matrices the pool adapts (the union of the pool's targets, by
+full module path) [D]. PEFT's ``lora_alpha`` is set equal to the rank on every matrix, so PEFT's
+scaling is 1 and any source LoRA's own scaling ``s_n = alpha_n / r_n`` (or rsLoRA's) is folded into
+``B`` [D]; the state is then a plain PEFT state dict (``get_peft_model_state_dict`` keys,
+``<matrix>.lora_A.weight``: ``(r_m, d_in)``, ``<matrix>.lora_B.weight``: ``(d_out, r_m)``), which
+is what travels and what PEFT loads (:func:`peft_adapter_config`).
 
 Starts (per matrix ``m``; the pool's adapters that target ``m`` are ``n = 1..N_m``, the pool has
 ``N``):
