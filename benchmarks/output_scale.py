@@ -216,7 +216,8 @@ def ensure_skill_lora(
 
     from peft import LoraConfig, get_peft_model
 
-    out = work / f"skill_{name}_r{args.skill_rank}_s{args.skill_steps}_seed{args.seed}"
+    steps = args.french_steps if name == "french" and args.french_steps else args.skill_steps
+    out = work / f"skill_{name}_r{args.skill_rank}_s{steps}_seed{args.seed}"
     info_file = out / "skill_info.json"
     if info_file.is_file() and (out / "adapter_model.safetensors").is_file():
         return out, {**json.loads(info_file.read_text()), "reused_from_cache": True}
@@ -236,12 +237,12 @@ def ensure_skill_lora(
     held = [examples[i] for i in order[:60]]
     train_set = [examples[i] for i in order[60:]]
     params = [p for p in peft_model.parameters() if p.requires_grad]
-    losses = train(peft_model, params, train_set, tok, args.skill_steps, args.skill_lr, args.seed)
+    losses = train(peft_model, params, train_set, tok, steps, args.skill_lr, args.seed)
     record = {
         "skill": name,
         "rank": args.skill_rank,
         "alpha": 2 * args.skill_rank,
-        "steps": args.skill_steps,
+        "steps": steps,
         "lr": args.skill_lr,
         "seed": args.seed,
         "train_examples": len(train_set),
@@ -359,6 +360,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--k", type=int, default=8, help="top-K of M = 2 x skill_rank experts")
     p.add_argument("--skill_rank", type=int, default=8)
     p.add_argument("--skill_steps", type=int, default=80)
+    p.add_argument(
+        "--french_steps", type=int, default=0, help="French skill steps (0 = skill_steps)"
+    )
     p.add_argument("--skill_lr", type=float, default=2e-3)
     p.add_argument("--n_test", type=int, default=100)
     p.add_argument("--seed", type=int, default=0)
