@@ -43,6 +43,12 @@ def register(actions: Any) -> None:
     )
     p.add_argument("--resume", action="store_true", help="continue from OUTPUT_DIR/.resume")
     p.add_argument("--no_progress", action="store_true", help="no progress bar")
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=0,
+        help="torch CPU threads (0: torch default; 1 on a shared box)",
+    )
     p.set_defaults(handler=_cmd_train)
 
 
@@ -63,6 +69,14 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
     if args.name:  # fail on a bad name or registry before spending minutes on training
         _check_name(args.name, args.registry)
+    if args.threads < 0:
+        from smartfed.errors import ConfigError
+
+        raise ConfigError(f"--threads must be >= 0, got {args.threads}")
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
     targets = tuple(t.strip() for t in args.target_modules.split(",") if t.strip())
     recipe = SkillLoraRecipe(
         dataset=args.dataset,
