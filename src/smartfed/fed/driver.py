@@ -238,6 +238,9 @@ def _make_strategy(
     if hasattr(bundle.method, "server_propose"):  # the server runs the method's search (lorahub)
         from smartfed.fed.search import SearchStrategy
 
+        if cfg.fed.dp_noise_multiplier > 0:
+            raise FederationError(f"--method {cfg.train.method} sends losses, not model updates: "
+                                  "server-side DP does not apply; set --dp_noise_multiplier 0")
         return SearchStrategy(bundle.method, cfg, nodes, round_offset=ckpt.round if ckpt else 0)
     eeqa = None
     if bundle.method.uses_eeqa and cfg.quota.enable_eeqa:
