@@ -2,6 +2,11 @@
 
 A method prepares the frozen base model for local training and names exactly the tensors that
 travel between clients and server. Register a method with ONE line in :data:`METHODS`.
+
+Optional hooks (docs/baselines.md): ``local_update(model, batches, cfg, payload) -> (state,
+{"loss", "steps"})`` replaces local SGD on clients (merge, lorahub); ``server_propose``,
+``reply_template`` and ``server_update`` make the server run the method's own search
+(:class:`smartfed.fed.search.SearchStrategy`, lorahub).
 """
 
 from __future__ import annotations
