@@ -57,10 +57,8 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "peft_r32_bf16": {"kind": "peft", "autocast_adapter_dtype": False},
     "more_k32": {"kind": "more", "k": 32},
     "more_k64": {"kind": "more", "k": 64},
-    # generation only: MoRE K=32 with MoRELinear's no-grad fast path switched off (reference path)
-    "more_k32_ref": {"kind": "more", "k": 32, "fast_path": False, "gen_only": True},
 }
-GEN_VARIANTS = ("base", "more_k32", "more_k32_ref")
+GEN_VARIANTS = ("base", "more_k32")
 PROMPTS = (
     "What is 47 plus 38?",
     "Write a short poem about the sea.",
@@ -153,17 +151,12 @@ def _wrap_peft(model: Any, rank: int, autocast_adapter_dtype: bool) -> Any:
     return get_peft_model(model, cfg, autocast_adapter_dtype=autocast_adapter_dtype)
 
 
-def _inject_more(
-    model: Any, adapter_dirs: list[str], k: int, seed: int, fast_path: bool = True
-) -> dict[str, Any]:
+def _inject_more(model: Any, adapter_dirs: list[str], k: int, seed: int) -> dict[str, Any]:
     from smartfed.model.inject import inject_more
     from smartfed.pool.pool import resolve_pool
 
     pool = resolve_pool(adapter_dirs)
     report = inject_more(model, pool, RouterConfig(topk_experts=k), seed)
-    for module in model.modules():
-        if hasattr(module, "no_grad_fast_path"):
-            module.no_grad_fast_path = fast_path
     return {
         "router_params": report.router_params,
         "router_bytes_fp32": report.router_bytes_fp32,
@@ -190,7 +183,7 @@ def build_variant(spec: dict[str, Any], adapter_dirs: list[str], rank: int, seed
         model = _wrap_peft(model, rank, spec["autocast_adapter_dtype"])
         params = [p for p in model.parameters() if p.requires_grad]
     else:
-        info = _inject_more(model, adapter_dirs, spec["k"], seed, spec.get("fast_path", True))
+        info = _inject_more(model, adapter_dirs, spec["k"], seed)
         params = [p for p in model.parameters() if p.requires_grad]
     info["trainable_params"] = sum(p.numel() for p in params)
     info["trainable_dtypes"] = sorted({str(p.dtype) for p in params})
@@ -332,10 +325,6 @@ def _gen_ratios(variants: dict[str, Any], key: str) -> dict[str, float]:
         for n, v in variants.items()
         if n.startswith("more") and key in v
     }
-    if key in variants.get("more_k32", {}) and key in variants.get("more_k32_ref", {}):
-        out["gen_more_k32_over_more_k32_ref"] = (
-            variants["more_k32"][key] / variants["more_k32_ref"][key]
-        )
     return out
 
 

@@ -28,7 +28,7 @@ from torch.utils.hooks import RemovableHandle
 from smartfed.errors import ConfigError
 from smartfed.experts.bank import ExpertBank
 from smartfed.experts.decompose import recompose
-from smartfed.routing.router import RoutingOutput, TopKRouter
+from smartfed.routing.router import RoutingOutput
 
 OUTPUT_SCALE_MODES = ("rank", "topk", "constant")
 
@@ -91,9 +91,6 @@ class MoRELinear(nn.Module):
         self.output_scale_mode = output_scale_mode
         self.constant_scale = float(output_scale)
         self._observers: OrderedDict[int, Observer] = OrderedDict()
-        self._no_grad_cache: tuple[tuple[object, ...], torch.Tensor, torch.Tensor] | None = None
-        self.no_grad_fast_path = True
-        """Use :meth:`_forward_no_grad` when autograd is off (False: always the reference path)."""
         self.k = 0
         self.set_quota(k)
 
@@ -179,14 +176,7 @@ class MoRELinear(nn.Module):
         return nn.functional.linear(z * coef, self.bank.B.to(z.dtype))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Return ``W0 x + apply_experts(x, route(x))``, shape ``(..., d_out)``.
-
-        Without autograd (generation, evaluation), no observer and a :class:`TopKRouter`, the same
-        function is computed by :meth:`_forward_no_grad` with fewer kernels.
-        """
-        fast = self.no_grad_fast_path and not torch.is_grad_enabled() and not self._observers
-        if fast and isinstance(self.router, TopKRouter):
-            return self._forward_no_grad(x)
+        """Return ``W0 x + apply_experts(x, route(x))``, shape ``(..., d_out)``."""
         base_out = self.base_layer(x)
         routing = self.route(x)
         z = self.bank.project(x)
@@ -194,48 +184,6 @@ class MoRELinear(nn.Module):
         if self._observers:
             self._notify(x, base_out, z, routing)
         return out
-
-    def _no_grad_weights(self, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
-        """Return ``[W_router; A]`` (``(2M, d_in)``) and ``c s_i B`` (``(d_out, M)``) in ``dtype``.
-
-        Cached until the router weight changes (an optimizer step or ``load_state_dict`` bumps
-        its version counter; a new tensor has a new address), the quota/scale changes, or the
-        experts move. [D] Measured in benchmarks/more_layer.py: decoding spends most of the MoRE
-        overhead on per-call casts, the second GEMM and the small elementwise kernels.
-        """
-        w = self.router.weight
-        c = self.output_scale
-        key = (w.data_ptr(), w._version, dtype, c, self.bank.A.data_ptr(), self.bank.B.data_ptr())
-        if self._no_grad_cache is None or self._no_grad_cache[0] != key:
-            fused = torch.cat([w.detach().to(dtype), self.bank.A.to(dtype)])
-            b_scaled = (self.bank.B.float() * (self.bank.scaling * c)).to(dtype)
-            self._no_grad_cache = (key, fused, b_scaled)
-        return self._no_grad_cache[1], self._no_grad_cache[2]
-
-    def _forward_no_grad(self, x: torch.Tensor) -> torch.Tensor:
-        """Compute :meth:`forward` without autograd for a :class:`TopKRouter`, in fewer kernels.
-
-        Router logits and ``z = A x`` come from one GEMM, ``c * s_i`` is folded into ``B`` and
-        the base output is added by ``addmm``; with ``K = M`` no top-K is taken.
-        """
-        router = self.router
-        fused, b_scaled = self._no_grad_weights(x.dtype)
-        logits, z = nn.functional.linear(x, fused).split(self.num_experts, dim=-1)
-        logits = logits.float()
-        if router.temperature != 1.0:
-            logits = logits / router.temperature
-        probs = torch.softmax(logits, dim=-1)
-        if self.k == self.num_experts:  # every expert kept: the gates are the softmax itself
-            gates = probs
-        else:
-            weights, indices = torch.topk(probs, self.k, dim=-1)
-            if router.renormalize:
-                weights = weights / weights.sum(-1, keepdim=True)
-            gates = torch.zeros_like(probs).scatter_(-1, indices, weights)
-        gates = gates.to(x.dtype)
-        base_out = self.base_layer(x).reshape(-1, self.out_features)
-        out = torch.addmm(base_out, (z * gates).reshape(-1, self.num_experts), b_scaled.t())
-        return out.view(*x.shape[:-1], self.out_features)
 
     def _notify(
         self, x: torch.Tensor, base_out: torch.Tensor, z: torch.Tensor, routing: RoutingOutput
