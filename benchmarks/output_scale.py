@@ -290,14 +290,13 @@ def run_variant(
         renormalize_topk=spec["renormalize_topk"],
         router_init_std=0.01,
     )
-    report = inject_more(model, resolve_pool(adapter_dirs), router_cfg, args.seed)
+    rseed = args.seed if args.router_seed < 0 else args.router_seed
+    report = inject_more(model, resolve_pool(adapter_dirs), router_cfg, rseed)
     params = [p for p in model.parameters() if p.requires_grad]
     test = data["composite_test"]
     loss_init = held_out_loss(model, tok, test)
     t_train = time.perf_counter()
-    losses = train(
-        model, params, data["composite_train"], tok, args.steps, args.router_lr, args.seed
-    )
+    losses = train(model, params, data["composite_train"], tok, args.steps, args.router_lr, rseed)
     train_s = time.perf_counter() - t_train
     out = {
         "spec": spec,
@@ -365,6 +364,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--skill_lr", type=float, default=2e-3)
     p.add_argument("--n_test", type=int, default=100)
+    p.add_argument(
+        "--router_seed", type=int, default=-1, help="router init + batch order (-1 = --seed)"
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no_em", dest="em", action="store_false", help="skip greedy exact match")
     p.add_argument(
