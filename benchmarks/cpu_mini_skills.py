@@ -61,7 +61,7 @@ class Adapters:
     def merged(self, a: str, b: str, weight: float) -> Any:
         self.use(a)
         self.use(b)
-        name = f"merge_{_short(a)}_{_short(b)}_{weight:g}"
+        name = f"merge_{_short(a)}_{_short(b)}_w{round(weight * 100)}"
         if name not in self.model.peft_config:
             self.model.add_weighted_adapter(
                 [_short(a), _short(b)], [weight, weight], name, combination_type="cat"
