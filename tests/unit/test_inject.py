@@ -70,7 +70,8 @@ def test_qwen_and_mistral_naming(arch: str, tmp_path: Path) -> None:
 
 def test_report_and_clamped_quotas(tiny_model_dir: Path, pool) -> None:  # type: ignore[no-untyped-def]
     model = _load(tiny_model_dir)
-    report = inject_more(model, pool, RouterConfig(topk_experts=8), seed=0)
+    cfg = RouterConfig(topk_experts=8, output_scale_mode="rank")  # c = mean source rank
+    report = inject_more(model, pool, cfg, seed=0)
     assert report.replaced == pool.matrices() == list(more_layers(model))
     assert report.experts_per_matrix == pool.experts_per_matrix()
     assert report.quotas["model.layers.0.self_attn.q_proj"] == 8
