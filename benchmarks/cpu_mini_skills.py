@@ -86,6 +86,9 @@ def _measure(model: Any, tok: Any, task: str, limit: int) -> dict[str, Any]:
 
 
 def _save(result: dict[str, Any]) -> None:
+    command = " ".join([".venv/bin/python", *sys.argv])
+    if command not in result.setdefault("commands", []):
+        result["commands"].append(command)
     result["meta"] = run_meta(
         command=" ".join([".venv/bin/python", *sys.argv]), torch_threads=torch.get_num_threads()
     )
