@@ -79,7 +79,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
         model, batch, report = build(args, Path(tmp))
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=5e-4)
-    tracker = ImportanceTracker(model)
+    tracker = ImportanceTracker(model, single_thread=args.single_thread)
     for _ in range(args.warmup):
         timed_step(model, opt, batch)
         with tracker:
@@ -113,6 +113,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
             "step": "forward + backward + AdamW on routers",
             "warmup_pairs": args.warmup,
             "pairs": args.pairs,
+            "tracker_single_thread": args.single_thread,
             "injection": str(type(report).__name__),
         },
         "results": {
@@ -142,6 +143,7 @@ def main() -> int:
     parser.add_argument("--rank", type=int, default=32)
     parser.add_argument("--adapters", type=int, default=2)
     parser.add_argument("--topk", type=int, default=32)
+    parser.add_argument("--single-thread", action="store_true", help="tracker single_thread=True")
     parser.add_argument("--out", default=str(ROOT / "benchmarks/results/importance_overhead.json"))
     args = parser.parse_args()
     torch.manual_seed(0)

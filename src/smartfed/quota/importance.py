@@ -168,11 +168,11 @@ class ImportanceTracker:
         reference: ``auto`` [D], ``input`` or ``output`` (see :func:`token_importance`).
         num_adapters: pool size, the length of every :meth:`usage` list; ``None`` = the highest
             adapter index any matrix uses, plus one.
-        single_thread: run the observer's small kernels on one intra-op thread [D]. On the shared
-            2-core reference machine, a 2-thread ``(1024, 576) @ (576, 64)`` product took 68 ms
-            (OpenMP waits on descheduled threads) against 1.4 ms on one thread; the previous
-            thread count is restored after every call.
-
+        single_thread: run the observer's small kernels on one intra-op thread, restoring the
+            count afterwards. Off by default [D]: under heavy contention it made the observer
+            itself cheaper (a 2-thread ``(1024, 576) @ (576, 64)`` took 68 ms vs 1.4 ms on one
+            thread), but with the machine quieter the toggle slowed the rest of the SmolLM2
+            forward (1.71 s vs 1.48 s without it, 1.36 s with no tracker); docs/method.md.
     Raises:
         ValueError: ``model`` has no MoRE layer, or an unknown ``reference``.
     """
@@ -182,7 +182,7 @@ class ImportanceTracker:
         model: nn.Module,
         reference: Reference = "auto",
         num_adapters: int | None = None,
-        single_thread: bool = True,
+        single_thread: bool = False,
     ) -> None:
         if reference not in REFERENCES:
             raise ValueError(f"reference={reference!r}: choose one of {REFERENCES}")
