@@ -25,6 +25,8 @@ COMMANDS: dict[str, str] = {
     "train": "smartfed.cli.train",
     "deploy-local": "smartfed.cli.deploy_local",
     "export": "smartfed.cli.export",
+    "bench": "smartfed.cli.bench",
+    "demo": "smartfed.cli.demo",
 }
 
 EXIT_USER_ERROR = 2

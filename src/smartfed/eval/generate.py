@@ -2,10 +2,11 @@
 
 The model is opaque: a plain base model, a PEFT model or one whose linear layers were replaced by
 MoRE layers all go through ``model.generate`` (greedy, ``use_cache=True``). Prompts are rendered
-with
-:func:`smartfed.data.formatting.render_prompt` (the one format shared with training), sorted by
-length
-so each left-padded batch wastes little, and returned in the input order.
+with :func:`smartfed.data.formatting.render_prompt` (the one format shared with training), sorted
+by length so each left-padded batch wastes little, and returned in the input order.
+
+Stop strings are checked on the generated text only ([D]; HF's ``stop_strings`` also match across
+the prompt boundary, so a chat prompt ending in a newline stopped ``"\n\n"`` after one token).
 """
 
 from __future__ import annotations
@@ -32,6 +33,25 @@ def truncate_at_stop(text: str, stop: Sequence[str]) -> str:
     return text[:cut]
 
 
+class NewTextStop:
+    """Stopping criterion: a row is done once its *generated* text contains a stop string.
+
+    Args:
+        tok: the tokenizer (decodes the new tokens of each row).
+        prompt_len: columns of the (left-padded) prompt in ``input_ids``.
+        stop: stop strings (empty ones ignored).
+    """
+
+    def __init__(self, tok: Any, prompt_len: int, stop: Sequence[str]) -> None:
+        self.tok, self.prompt_len, self.stop = tok, prompt_len, [s for s in stop if s]
+
+    def __call__(self, input_ids: torch.Tensor, scores: Any, **kwargs: Any) -> torch.Tensor:
+        """``input_ids: (batch, prompt_len + new)`` -> ``(batch,)`` bool, True = stop this row."""
+        texts = self.tok.batch_decode(input_ids[:, self.prompt_len :], skip_special_tokens=False)
+        done = [any(s in t for s in self.stop) for t in texts]
+        return torch.tensor(done, dtype=torch.bool, device=input_ids.device)
+
+
 def _batches(order: list[int], size: int) -> list[list[int]]:
     return [order[i : i + size] for i in range(0, len(order), size)]
 
@@ -47,7 +67,10 @@ def _generate_batch(
     kwargs: dict[str, Any] = {}
     stop_strings = [s for s in stop if s and s != tok.eos_token]
     if stop_strings:
-        kwargs.update(stop_strings=stop_strings, tokenizer=tok)
+        from transformers import StoppingCriteriaList
+
+        criterion = NewTextStop(tok, input_ids.shape[1], stop_strings)
+        kwargs["stopping_criteria"] = StoppingCriteriaList([criterion])
     out = model.generate(
         input_ids=input_ids,
         attention_mask=attention,

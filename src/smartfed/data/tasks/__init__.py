@@ -81,3 +81,7 @@ def _register_builtin() -> None:
 
 
 _register_builtin()
+
+# The generated cpu-mini suite (docs/cpu-mini.md) registers itself on import; importing it here
+# makes `--task cpu_mini.*` work from every entry point (train, eval, pool train, Flower apps).
+import smartfed.data.tasks.cpu_mini  # noqa: E402, F401

@@ -1,0 +1,370 @@
+"""``smartfed bench``: every method on the same splits, seeds, evaluator and byte counter.
+
+A bench is a grid of runs (task x variant x method x seed). Every run is an ordinary ``smartfed
+train`` run directory under ``<output_dir>/<task>/<variant>/<method>/seed<k>``, started in its own
+process (a fresh Flower simulation, no model cache shared between methods). A finished run is
+reused and an interrupted one resumed, so an interrupted bench continues where it stopped. The
+results JSON is rebuilt from the run directories after every run.
+
+Variants [D] (docs/cpu-mini.md): ``main`` (the relevant pool), ``irrelevant`` (a pool of
+irrelevant LoRAs), ``random`` (the relevant LoRAs' shapes and norms, random weights) and
+``data10`` (10% of the training rows [P: the paper's data-efficiency runs]).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from smartfed.config import ModelConfig, RunConfig, Scalar
+from smartfed.errors import ConfigError, SmartFedError
+from smartfed.log import get_logger
+
+log = get_logger(__name__)
+
+VARIANTS = ("main", "irrelevant", "random", "data10")
+ROUTER_METHODS = ("smartfed", "smartfed_no_eeqa", "mole")
+
+COMMON: dict[str, Scalar] = {
+    "num_clients": 8,
+    "sample_clients": 2,
+    "num_rounds": 10,
+    "local_steps": 5,
+    "batch_size": 8,
+    "topk_experts": 8,
+    "heldout_examples": 64,
+    "eval_every": 5,
+    "eval_limit": 50,
+    "max_new_tokens": 40,
+    "eval_batch_size": 25,
+    "max_seq_len": 128,
+    "partitioner": "iid",
+}
+"""[D] The CPU-scale protocol: the paper's shape (2 sampled clients, FedAvg, local AdamW steps,
+K of M experts) at a size 2 cores finish (paper: 20 clients, 20 rounds, 10 steps, batch 16)."""
+
+METHOD_LR: dict[str, float] = {
+    "smartfed": 5e-3,
+    "smartfed_no_eeqa": 5e-3,
+    "mole": 5e-3,
+    "lorahub": 5e-2,
+    "fedit": 2e-3,
+    "ffa_lora": 2e-3,
+    "merge_fedit": 2e-3,
+    "pool_fedit": 2e-3,
+    "merge": 2e-3,
+}
+"""[D] Learning rate per method family: routers 5e-3, LoRAs 2e-3 (the rates that learned in
+cpu-scale-findings.md: a router at 1e-3 lagged far behind 5e-3 at 60 steps); lorahub's value is
+its search step. The paper uses 5e-4 for all at 7B; at 135M x 50 steps that learns nothing."""
+
+
+@dataclass(frozen=True)
+class Preset:
+    """A named bench grid."""
+
+    tasks: tuple[str, ...]
+    methods: tuple[str, ...]
+    seeds: int
+    variants: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    """variant -> the methods run in it (``main`` runs ``methods``)."""
+    overrides: dict[str, Scalar] = field(default_factory=dict)
+
+
+PRESETS: dict[str, Preset] = {
+    "quick": Preset(
+        tasks=("cpu_mini.hard_math",),
+        methods=(
+            "smartfed",
+            "smartfed_no_eeqa",
+            "fedit",
+            "ffa_lora",
+            "merge",
+            "pool_fedit",
+            "mole",
+        ),
+        seeds=3,
+        variants={
+            "irrelevant": ("smartfed",),
+            "random": ("smartfed",),
+            "data10": ("smartfed", "fedit"),
+        },
+    ),
+    "demo": Preset(
+        tasks=("cpu_mini.hard_math",),
+        methods=("smartfed", "fedit", "merge"),
+        seeds=1,
+        overrides={"num_rounds": 4, "eval_every": 0, "eval_limit": 25},
+    ),
+    "full": Preset(
+        tasks=("cpu_mini.hard_math", "cpu_mini.zh_math", "cpu_mini.zh_code"),
+        methods=(
+            "smartfed",
+            "smartfed_no_eeqa",
+            "fedit",
+            "ffa_lora",
+            "merge",
+            "merge_fedit",
+            "pool_fedit",
+            "lorahub",
+            "mole",
+        ),
+        seeds=3,
+        variants={
+            "irrelevant": ROUTER_METHODS,
+            "random": ("smartfed",),
+            "data10": ("smartfed", "fedit"),
+        },
+        overrides={"num_rounds": 20, "eval_limit": 100},
+    ),
+}
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """One cell of the grid."""
+
+    task: str
+    variant: str
+    method: str
+    seed: int
+
+    def subdir(self) -> Path:
+        """Where its run directory lives under the bench output dir."""
+        return Path(self.task) / self.variant / self.method / f"seed{self.seed}"
+
+
+def plan(
+    preset: Preset,
+    methods: Sequence[str] = (),
+    tasks: Sequence[str] = (),
+    seeds: int = 0,
+    variants: Sequence[str] | None = None,
+) -> list[RunSpec]:
+    """The runs of a preset, optionally narrowed; seeds outermost so every method gets seed 0 first.
+
+    Raises:
+        ConfigError: an unknown method, task or variant.
+    """
+    from smartfed.data.tasks.cpu_mini import SUITE
+    from smartfed.methods import METHODS
+
+    for m in methods:
+        if m not in METHODS:
+            raise ConfigError(f"--methods: {m!r} is not a method; choose from {sorted(METHODS)}")
+    for t in tasks:
+        if t not in SUITE:
+            raise ConfigError(
+                f"--tasks: {t!r} is not a cpu-mini composite; choose from {sorted(SUITE)}"
+            )
+    chosen_variants = ("main", *preset.variants) if variants is None else tuple(variants)
+    for v in chosen_variants:
+        if v not in VARIANTS:
+            raise ConfigError(f"--variants: {v!r} is unknown; choose from {', '.join(VARIANTS)}")
+    out: list[RunSpec] = []
+    for seed in range(seeds or preset.seeds):
+        for task in tasks or preset.tasks:
+            for variant in chosen_variants:
+                pool = preset.methods if variant == "main" else preset.variants.get(variant, ())
+                out += [
+                    RunSpec(task, variant, m, seed) for m in pool if not methods or m in methods
+                ]
+    return out
+
+
+def needed_skills(specs: Sequence[RunSpec]) -> list[str]:
+    """The skill LoRAs the grid routes over (controls only if a control variant runs)."""
+    from smartfed.data.tasks.cpu_mini import SUITE
+
+    out: list[str] = []
+    for spec in specs:
+        comp = SUITE[spec.task]
+        for skill in comp.irrelevant if spec.variant == "irrelevant" else comp.skills:
+            if skill not in out:
+                out.append(skill)
+    return out
+
+
+def pool_sources(spec: RunSpec, skill_dirs: Mapping[str, Path], work: Path) -> list[str]:
+    """The LoRA pool of a run: relevant skills, control skills, or random-like copies."""
+    from smartfed.data.tasks.cpu_mini import SUITE
+    from smartfed.pool.synthetic import random_like_adapter
+
+    comp = SUITE[spec.task]
+    if spec.variant == "irrelevant":
+        return [str(skill_dirs[s]) for s in comp.irrelevant]
+    relevant = [skill_dirs[s] for s in comp.skills]
+    if spec.variant == "random":
+        return [
+            str(
+                random_like_adapter(
+                    d,
+                    work / "random_pools" / f"{d.name}-seed{spec.seed}",
+                    seed=1000 + 17 * spec.seed + i,
+                )
+            )
+            for i, d in enumerate(relevant)
+        ]
+    return [str(d) for d in relevant]
+
+
+def run_config(
+    spec: RunSpec,
+    model_cfg: ModelConfig,
+    pool: Sequence[str],
+    run_dir: Path,
+    overrides: Mapping[str, Scalar] = {},  # noqa: B006 - read only
+) -> RunConfig:
+    """The ``smartfed train`` config of one grid cell."""
+    flat: dict[str, Scalar] = {
+        **COMMON,
+        "learning_rate": METHOD_LR.get(spec.method, 2e-3),
+        **overrides,
+        "model_name_or_path": model_cfg.model_name_or_path,
+        "dtype": model_cfg.dtype,
+        "cache_dir": model_cfg.cache_dir,
+        "method": spec.method,
+        "seed": spec.seed,
+        "task": spec.task,
+        "lora_pool": ",".join(pool),
+        "output_dir": str(run_dir),
+    }
+    if spec.variant == "data10":
+        from smartfed.data.tasks.cpu_mini import DATA_FRACTION_VARIANT
+
+        flat["data_fraction"] = DATA_FRACTION_VARIANT
+    return RunConfig.from_flat(flat)
+
+
+def run_one(cfg: RunConfig, timeout_s: float | None = None) -> None:
+    """Run (or finish) one grid cell in a child process; a finished one is left as it is.
+
+    Raises:
+        SmartFedError: the child failed (its log is in ``<run_dir>.log``).
+    """
+    run_dir = Path(cfg.output_dir)
+    state = run_state(run_dir, cfg.fed.num_rounds)
+    if state == "done":
+        return
+    if state == "empty" and run_dir.exists():
+        shutil.rmtree(run_dir)  # started, but no round checkpointed: nothing to keep
+    cfg = dataclasses.replace(cfg, resume=state == "partial")
+    run_dir.parent.mkdir(parents=True, exist_ok=True)
+    request = run_dir.parent / f".{run_dir.name}.request.json"
+    request.write_text(cfg.to_json(), encoding="utf-8")
+    logfile = run_dir.parent / f"{run_dir.name}.log"
+    with open(logfile, "a", encoding="utf-8") as fh:
+        proc = subprocess.run(
+            [sys.executable, "-m", "smartfed.recipes.bench", str(request)],
+            stdout=fh,
+            stderr=subprocess.STDOUT,
+            timeout=timeout_s,
+            check=False,
+        )
+    if proc.returncode != 0 or run_state(run_dir, cfg.fed.num_rounds) != "done":
+        raise SmartFedError(f"bench run {run_dir} failed (exit {proc.returncode}); see {logfile}")
+
+
+def run_state(run_dir: Path, num_rounds: int) -> str:
+    """``done`` (summary with every round), ``partial`` (a checkpoint to resume) or ``empty``."""
+    summary = run_dir / "summary.json"
+    if summary.is_file():
+        rounds = json.loads(summary.read_text(encoding="utf-8")).get("rounds", 0)
+        if rounds >= num_rounds:
+            return "done"
+    if (run_dir / "checkpoint" / "latest.json").is_file():
+        return "partial"
+    return "empty"
+
+
+@dataclass
+class BenchResult:
+    """What :func:`run_bench` did."""
+
+    results_path: Path
+    ran: list[RunSpec]
+    failed: list[tuple[RunSpec, str]]
+    seconds: float
+
+
+def run_bench(
+    preset_name: str,
+    output_dir: str | Path,
+    results_path: str | Path,
+    model_cfg: ModelConfig | None = None,
+    *,
+    methods: Sequence[str] = (),
+    tasks: Sequence[str] = (),
+    seeds: int = 0,
+    variants: Sequence[str] | None = None,
+    overrides: Mapping[str, Scalar] | None = None,
+    on_run: Callable[[int, int, RunSpec], None] | None = None,
+    progress: bool = True,
+) -> BenchResult:
+    """Build the pool (cached), run every grid cell, write the results JSON, table and plots.
+
+    A failed run is logged and recorded (``failed`` in the JSON); the others go on.
+
+    Raises:
+        ConfigError: unknown preset, method, task or variant.
+    """
+    from smartfed.recipes.pool_train import ensure_cpu_mini_pool
+    from smartfed.report.bench import write_bench_outputs
+
+    if preset_name not in PRESETS:
+        raise ConfigError(
+            f"--preset {preset_name!r} is unknown; choose one of {', '.join(PRESETS)}"
+        )
+    preset = PRESETS[preset_name]
+    model_cfg = model_cfg or ModelConfig()
+    over = {**preset.overrides, **(overrides or {})}
+    specs = plan(preset, methods, tasks, seeds, variants)
+    out = Path(output_dir)
+    t0 = time.perf_counter()
+    skill_dirs = ensure_cpu_mini_pool(
+        model_cfg, cache_dir=model_cfg.cache_dir, skills=needed_skills(specs), progress=progress
+    )
+    failed: list[tuple[RunSpec, str]] = []
+    cells: list[tuple[RunSpec, Path]] = []
+    for i, spec in enumerate(specs):
+        if on_run:
+            on_run(i, len(specs), spec)
+        run_dir = out / spec.subdir()
+        cfg = run_config(spec, model_cfg, pool_sources(spec, skill_dirs, out), run_dir, over)
+        try:
+            run_one(cfg)
+        except SmartFedError as err:
+            log.error("%s", err)
+            failed.append((spec, str(err)))
+        cells.append((spec, run_dir))
+        write_bench_outputs(Path(results_path), preset_name, cells, failed, skill_dirs)
+    return BenchResult(Path(results_path), specs, failed, time.perf_counter() - t0)
+
+
+def _child(request: str) -> int:
+    """Child-process entry: run one ``smartfed train`` config from a JSON request file."""
+    import os
+
+    from smartfed.log import configure_logging
+    from smartfed.recipes.train import run_train
+
+    configure_logging()
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    cfg = RunConfig.load_json(request)
+    try:
+        run_train(cfg)
+    except SmartFedError as err:
+        print(f"smartfed: error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover - the child process of run_one
+    sys.exit(_child(sys.argv[1]))

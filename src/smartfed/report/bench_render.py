@@ -1,0 +1,189 @@
+"""Markdown tables and PNG plots of a bench's results JSON (see :mod:`smartfed.report.bench`)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from smartfed.report.plots import _figure, _save, plot_quota_heatmap, plot_usage
+
+if TYPE_CHECKING:
+    from smartfed.recipes.bench import RunSpec
+
+VARIANT_TITLES = {
+    "main": "the relevant pool",
+    "irrelevant": "control: a pool of irrelevant LoRAs",
+    "random": "control: random experts with the relevant LoRAs' shapes and norms",
+    "data10": "10% of the training rows",
+}
+
+
+def _ms(stat: Mapping[str, Any] | None, scale: float = 1.0, digits: int = 3) -> str:
+    if not stat or stat.get("mean") is None:
+        return "—"
+    mean, std = stat["mean"] * scale, (stat.get("std") or 0.0) * scale
+    return f"{mean:.{digits}f} ± {std:.{digits}f}" if stat.get("n", 0) > 1 else f"{mean:.{digits}f}"
+
+
+def _ratio(value: float | None) -> str:
+    return "—" if value is None else f"{value:.2f}x"
+
+
+def method_table(task: str, entry: Mapping[str, Any], derived: Mapping[str, Any]) -> list[str]:
+    """One Markdown table per variant of a task: quality, bytes, time, energy, to-target."""
+    metric = entry["metric"]
+    lines: list[str] = []
+    tt_loss = derived.get("to_target_loss", {})
+    tt_acc = derived.get(f"to_target_{metric}", {})
+    for variant, ventry in entry["variants"].items():
+        lines += [f"**{task}** — {VARIANT_TITLES.get(variant, variant)}", ""]
+        head = [
+            "method",
+            "seeds",
+            f"{metric} (final)",
+            "held-out loss (final)",
+            "MB / round",
+            "MB total",
+            "wall s",
+            "energy Wh",
+        ]
+        if variant == "main":
+            head += ["rounds to FedIT loss", "MB to FedIT loss", f"rounds to FedIT {metric}"]
+        lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+        for name, m in ventry["methods"].items():
+            cells = [
+                f"`{name}`",
+                str(len(m["seeds"])),
+                _ms(m["final"][metric]),
+                _ms(m["final"]["eval_loss"]),
+                _ms(m["bytes_per_round"], 1e-6, 2),
+                _ms(m["bytes_total"], 1e-6, 1),
+                _ms(m["wall_s"], 1.0, 0),
+                _ms(m["energy_kwh"], 1e3, 2),
+            ]
+            if variant == "main":
+                lo, ac = tt_loss.get(name, {}), tt_acc.get(name, {})
+                cells += [
+                    str(lo.get("round") or "never"),
+                    f"{lo['bytes'] * 1e-6:.1f}" if lo.get("bytes") else "—",
+                    str(ac.get("round") or "never"),
+                ]
+            lines.append("| " + " | ".join(cells) + " |")
+        lines.append("")
+    return lines
+
+
+def ratio_lines(task: str, derived: Mapping[str, Any], metric: str) -> list[str]:
+    """The paper's ratios (FedIT / method) to FedIT's final held-out loss and accuracy."""
+    lines = [
+        f"To-target ratios on **{task}** (FedIT's cost / the method's; > 1 = cheaper than FedIT):",
+        "",
+    ]
+    lines += ["| method | target | rounds | bytes | energy | wall |", "|---|---|---|---|---|---|"]
+    for key, label in (("to_target_loss", "held-out loss"), (f"to_target_{metric}", metric)):
+        for name, item in derived.get(key, {}).items():
+            if name == derived.get("reference"):
+                continue
+            lines.append(
+                f"| `{name}` | FedIT's {label} {item['target']:.3f} | "
+                f"{_ratio(item['ratio_rounds'])} | "
+                f"{_ratio(item['ratio_bytes'])} | {_ratio(item['ratio_energy'])} | "
+                f"{_ratio(item['ratio_wall'])} |"
+            )
+    return [*lines, ""]
+
+
+def render_markdown(results: Mapping[str, Any], images: Sequence[Path], json_path: Path) -> str:
+    """The bench's Markdown report (the README's results section is generated from this)."""
+    meta = results.get("meta", {})
+    machine = meta.get("machine", {})
+    lines = [
+        f"# `{results['suite']}` bench, preset `{results['preset']}`",
+        "",
+        f"Generated from `{json_path.name}` on {meta.get('date', '?')} "
+        f"(git {meta.get('git_commit', '?')}); "
+        f"machine: {machine.get('cpu', '?')}, {machine.get('cores', '?')} cores, "
+        f"{machine.get('memory_gb', '?')} GB; seeds {meta.get('seeds')}. Mean ± std over seeds.",
+        "",
+    ]
+    for task, entry in results.get("tasks", {}).items():
+        derived = results.get("derived", {}).get(task, {})
+        lines += method_table(task, entry, derived)
+        lines += ratio_lines(task, derived, entry["metric"])
+    if results.get("failed"):
+        lines += ["Failed runs:", ""] + [f"- `{f['run']}`: {f['error']}" for f in results["failed"]]
+        lines.append("")
+    lines += [f"![{p.stem}]({p.name})" for p in images]
+    return "\n".join(lines) + "\n"
+
+
+def _curve(ax: Any, rounds: Sequence[Mapping[str, Any]], key: str, x_key: str, label: str) -> None:
+    pts = [
+        (r[x_key] if x_key != "round" else r["round"], r[key])
+        for r in rounds
+        if r.get(key) and r[key].get("mean") is not None
+    ]
+    if not pts:
+        return
+    xs = [p[0] * (1e-6 if x_key == "bytes_cum" else 1) for p in pts]
+    mean = [p[1]["mean"] for p in pts]
+    std = [p[1]["std"] or 0.0 for p in pts]
+    ax.plot(xs, mean, marker="o", markersize=3, label=label)
+    ax.fill_between(
+        xs,
+        [m - s for m, s in zip(mean, std, strict=True)],
+        [m + s for m, s in zip(mean, std, strict=True)],
+        alpha=0.15,
+    )
+
+
+def plot_curves(task: str, entry: Mapping[str, Any], path: Path) -> Path | None:
+    """Held-out loss and accuracy vs round and vs cumulative MB, every method of ``main``."""
+    methods = entry["variants"].get("main", {}).get("methods", {})
+    if not methods:
+        return None
+    metric = entry["metric"]
+    fig = _figure(13.0, 7.0)
+    axes = fig.subplots(2, 2)
+    for row, key in enumerate(("eval_loss", f"eval_{metric}")):
+        for col, x_key in enumerate(("round", "bytes_cum")):
+            ax = axes[row][col]
+            for name, m in methods.items():
+                _curve(ax, m["per_round"], key, x_key, name)
+            ax.set(
+                xlabel="round" if x_key == "round" else "MB sent and received (cumulative)",
+                ylabel=key,
+                title=f"{task}: {key}",
+            )
+            if x_key == "bytes_cum":
+                ax.set_xscale("log")
+    axes[0][0].legend(fontsize="x-small")
+    return _save(fig, path)
+
+
+def render_plots(
+    results: Mapping[str, Any], stem: Path, cells: Sequence[tuple[RunSpec, Path]]
+) -> list[Path]:
+    """Curves per task, plus the EEQA heatmap and expert usage of each task's first SmartFed run."""
+    from smartfed.report.run import load_run
+
+    images: list[Path] = []
+    for task, entry in results.get("tasks", {}).items():
+        short = task.removeprefix("cpu_mini.")
+        if p := plot_curves(task, entry, Path(f"{stem}_{short}_curves.png")):
+            images.append(p)
+        runs = [
+            d
+            for s, d in cells
+            if s.task == task
+            and s.variant == "main"
+            and s.method == "smartfed"
+            and (d / "metrics.jsonl").is_file()
+        ]
+        if runs:
+            record = load_run(runs[0])
+            for fn, suffix in ((plot_quota_heatmap, "eeqa_quotas"), (plot_usage, "expert_usage")):
+                if p := fn(record, Path(f"{stem}_{short}_{suffix}.png")):
+                    images.append(p)
+    return images

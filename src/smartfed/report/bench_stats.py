@@ -1,0 +1,160 @@
+"""Pure statistics of a bench: per-round means over seeds and the to-target figures.
+
+Everything here takes plain dicts and lists (the ``metrics.jsonl`` rows of each seed, or the
+results JSON) and returns plain dicts: no torch, no I/O, so the derived figures of the README can be
+recomputed from the committed JSON alone (``benchmarks/derived_figures.py``).
+
+To-target [P: the paper's convergence / communication / energy ratios compare each method with
+FedIT's quality after its last round]: ``target`` = the reference method's mean over seeds at its
+last round; a method reaches it at the first round whose mean over seeds is at least as good.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+LOWER_IS_BETTER = ("eval_loss", "train_loss")
+PER_ROUND_KEYS = ("train_loss", "eval_loss", "bytes_up", "bytes_down", "wall_s", "energy_kwh")
+
+
+def mean_std(values: Sequence[float]) -> dict[str, float | int | None]:
+    """``{"mean", "std", "n"}`` of the finite values (sample std; 0 for one value)."""
+    xs = [float(v) for v in values if isinstance(v, int | float) and math.isfinite(v)]
+    if not xs:
+        return {"mean": None, "std": None, "n": 0}
+    return {
+        "mean": statistics.fmean(xs),
+        "std": statistics.stdev(xs) if len(xs) > 1 else 0.0,
+        "n": len(xs),
+    }
+
+
+def row_energy(row: Mapping[str, Any]) -> float:
+    """Clients' plus server's kWh of one metrics row (0 when energy was not tracked)."""
+    return float(row.get("energy_kwh_clients") or 0.0) + float(row.get("energy_kwh_server") or 0.0)
+
+
+def per_round(
+    seed_rows: Sequence[Sequence[Mapping[str, Any]]], metric: str
+) -> list[dict[str, Any]]:
+    """Mean and std over seeds per round of every per-round key and ``eval_<metric>``.
+
+    Args:
+        seed_rows: one list of ``metrics.jsonl`` rows per seed.
+        metric: the task metric (``accuracy``, ``execution_accuracy``, ...).
+
+    Returns:
+        One dict per round present in every seed: ``round``, ``<key>: {mean, std, n}``, and
+        ``bytes_cum`` (mean cumulative bytes up + down through that round).
+    """
+    if not seed_rows:
+        return []
+    by_round = [{int(r["round"]): r for r in rows} for rows in seed_rows]
+    rounds = sorted(set.intersection(*(set(b) for b in by_round)))
+    out: list[dict[str, Any]] = []
+    cum = [0.0] * len(by_round)
+    for rnd in rounds:
+        rows = [b[rnd] for b in by_round]
+        item: dict[str, Any] = {"round": rnd}
+        for key in PER_ROUND_KEYS:
+            vals = [row_energy(r) if key == "energy_kwh" else r.get(key) for r in rows]
+            item[key] = mean_std(vals)  # type: ignore[arg-type]
+        acc = [r.get(f"eval_{metric}") for r in rows]
+        if any(a is not None for a in acc):
+            item[f"eval_{metric}"] = mean_std(acc)  # type: ignore[arg-type]
+        cum = [
+            c + float(r["bytes_up"]) + float(r["bytes_down"])
+            for c, r in zip(cum, rows, strict=True)
+        ]
+        item["bytes_cum"] = statistics.fmean(cum)
+        out.append(item)
+    return out
+
+
+def _better(value: float, target: float, key: str) -> bool:
+    return value <= target if key in LOWER_IS_BETTER else value >= target
+
+
+def first_reaching(rounds: Sequence[Mapping[str, Any]], key: str, target: float) -> int | None:
+    """Index of the first item of ``rounds`` whose mean ``key`` is as good as ``target``."""
+    for i, item in enumerate(rounds):
+        stat = item.get(key)
+        if stat and stat.get("mean") is not None and _better(stat["mean"], target, key):
+            return i
+    return None
+
+
+def last_value(rounds: Sequence[Mapping[str, Any]], key: str) -> float | None:
+    """Mean of ``key`` at the last round that has it."""
+    for item in reversed(rounds):
+        stat = item.get(key)
+        if stat and stat.get("mean") is not None:
+            return float(stat["mean"])
+    return None
+
+
+def to_target(
+    methods: Mapping[str, Mapping[str, Any]], reference: str, key: str
+) -> dict[str, dict[str, Any]]:
+    """Rounds, bytes, energy and wall time for each method to reach ``reference``'s final ``key``.
+
+    Args:
+        methods: ``{name: {"per_round": [...]}}`` as in the results JSON.
+        reference: the method whose last-round mean is the target (FedIT in the paper).
+        key: ``eval_loss`` or ``eval_<metric>``.
+
+    Returns:
+        ``{name: {"target", "reached", "round", "bytes", "energy_kwh", "wall_s", "ratio_rounds",
+        "ratio_bytes", "ratio_energy"}}``; ratios are reference / method (> 1: the method needs
+        less), ``None`` where either never reaches the target. Empty when the reference is
+        missing, or when its final accuracy is 0 (every method "reaches" 0: no target to speak of).
+    """
+    ref = methods.get(reference)
+    target = last_value(ref["per_round"], key) if ref else None
+    if target is None or (key not in LOWER_IS_BETTER and target <= 0):
+        return {}
+    costs = {name: _cost_at(m["per_round"], key, target) for name, m in methods.items()}
+    base = costs[reference]
+    out: dict[str, dict[str, Any]] = {}
+    for name, cost in costs.items():
+        item: dict[str, Any] = {"target": target, **cost}
+        for field, ratio in (
+            ("round", "ratio_rounds"),
+            ("bytes", "ratio_bytes"),
+            ("energy_kwh", "ratio_energy"),
+            ("wall_s", "ratio_wall"),
+        ):
+            a, b = base.get(field), cost.get(field)
+            item[ratio] = a / b if cost["reached"] and base["reached"] and a and b else None
+        out[name] = item
+    return out
+
+
+def _cost_at(rounds: Sequence[Mapping[str, Any]], key: str, target: float) -> dict[str, Any]:
+    i = first_reaching(rounds, key, target)
+    if i is None:
+        return {"reached": False, "round": None, "bytes": None, "energy_kwh": None, "wall_s": None}
+    upto = rounds[: i + 1]
+    return {
+        "reached": True,
+        "round": int(rounds[i]["round"]),
+        "bytes": float(rounds[i]["bytes_cum"]),
+        "energy_kwh": math.fsum(float(r["energy_kwh"]["mean"] or 0.0) for r in upto),
+        "wall_s": math.fsum(float(r["wall_s"]["mean"] or 0.0) for r in upto),
+    }
+
+
+def deltas(
+    methods: Mapping[str, Mapping[str, Any]], key: str, against: str
+) -> dict[str, float | None]:
+    """Final mean ``key`` of each method minus ``against``'s (points of accuracy, or loss)."""
+    ref = methods.get(against)
+    base = last_value(ref["per_round"], key) if ref else None
+    out: dict[str, float | None] = {}
+    for name, m in methods.items():
+        value = last_value(m["per_round"], key)
+        out[name] = value - base if value is not None and base is not None else None
+    return out

@@ -1,0 +1,110 @@
+"""``smartfed bench`` on the tiny model: the grid runs through the real runtime, the results JSON
+aggregates it, a rerun reuses finished runs, and bad flags fail with one line."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from smartfed.cli.main import main
+from smartfed.config import ModelConfig
+from smartfed.recipes.bench import PRESETS, RunSpec, needed_skills, plan
+
+TINY_RUN = {
+    "num_clients": 2,
+    "num_rounds": 2,
+    "local_steps": 1,
+    "batch_size": 2,
+    "heldout_examples": 4,
+    "eval_every": 1,
+    "eval_limit": 3,
+    "max_new_tokens": 4,
+    "track_energy": False,
+}
+
+
+def test_plan_orders_seeds_outermost_and_narrows() -> None:
+    specs = plan(PRESETS["quick"])
+    assert {s.seed for s in specs} == {0, 1, 2}
+    assert [s.seed for s in specs] == sorted(s.seed for s in specs)
+    first = [s for s in specs if s.seed == 0]
+    assert {s.method for s in first if s.variant == "main"} == set(PRESETS["quick"].methods)
+    assert {s.variant for s in first} == {"main", "irrelevant", "random", "data10"}
+    only = plan(PRESETS["quick"], methods=["fedit"], seeds=1, variants=["main", "data10"])
+    assert only == [RunSpec("cpu_mini.hard_math", v, "fedit", 0) for v in ("main", "data10")]
+    assert needed_skills(only) == ["cpu_mini.skill.math", "cpu_mini.skill.code"]
+    assert set(needed_skills(specs)) >= {"cpu_mini.skill.reverse", "cpu_mini.skill.sort"}
+
+
+def test_bench_runs_grid_writes_results_and_reuses_runs(
+    tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    from smartfed.recipes.bench import run_bench
+
+    model = ModelConfig(
+        model_name_or_path=str(tiny_model_dir), dtype="float32", cache_dir=str(tmp_path / "cache")
+    )
+    results = tmp_path / "res" / "cpu-mini.json"
+    kwargs = {
+        "methods": ["smartfed", "fedit"],
+        "seeds": 1,
+        "variants": ["main", "random"],
+        "overrides": TINY_RUN,
+        "progress": False,
+    }
+    out = run_bench("quick", tmp_path / "runs", results, model, **kwargs)
+    assert not out.failed, out.failed
+    data = json.loads(results.read_text())
+    task = data["tasks"]["cpu_mini.hard_math"]
+    assert task["metric"] == "execution_accuracy"
+    main_methods = task["variants"]["main"]["methods"]
+    assert set(main_methods) == {"smartfed", "fedit"}
+    assert set(task["variants"]["random"]["methods"]) == {"smartfed"}
+    for m in main_methods.values():
+        assert [r["round"] for r in m["per_round"]] == [1, 2]
+        assert m["bytes_total"]["mean"] > 0 and m["per_round"][1]["eval_loss"]["mean"] > 0
+        assert m["final"]["execution_accuracy"]["n"] == 1
+    # smartfed sends routers, fedit a LoRA: counted, and different
+    assert (
+        main_methods["smartfed"]["bytes_per_round"]["mean"]
+        != main_methods["fedit"]["bytes_per_round"]["mean"]
+    )
+    assert data["derived"]["cpu_mini.hard_math"]["to_target_loss"]["fedit"]["reached"]
+    assert data["meta"]["seeds"] == [0] and "git_commit" in data["meta"]
+    md = results.with_suffix(".md").read_text()
+    assert "| `smartfed` |" in md and "random experts" in md
+    assert (results.parent / "cpu-mini_hard_math_curves.png").is_file()
+    # a random-expert pool is not the relevant pool
+    cfg_main = json.loads(
+        (tmp_path / "runs/cpu_mini.hard_math/main/smartfed/seed0/config.json").read_text()
+    )
+    cfg_rand = json.loads(
+        (tmp_path / "runs/cpu_mini.hard_math/random/smartfed/seed0/config.json").read_text()
+    )
+    assert cfg_main["pool"]["lora_pool"] != cfg_rand["pool"]["lora_pool"]
+    summary = tmp_path / "runs/cpu_mini.hard_math/main/fedit/seed0/summary.json"
+    stamp = summary.stat().st_mtime_ns
+    again = run_bench("quick", tmp_path / "runs", results, model, **kwargs)
+    assert not again.failed and summary.stat().st_mtime_ns == stamp  # reused, not rerun
+
+
+@pytest.mark.parametrize(
+    "argv, fragment",
+    [
+        (["bench", "--methods", "nope"], "not a method"),
+        (["bench", "--tasks", "gsm8k"], "not a cpu-mini composite"),
+        (["bench", "--variants", "main,odd"], "unknown"),
+        (["bench", "--set", "num_rounds"], "KEY=VALUE"),
+        (["bench", "--set", "no_such_key=1"], "unknown config key"),
+    ],
+)
+def test_bench_bad_flags_exit_2(
+    argv: list[str], fragment: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exc:
+        main(["-q", *argv])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("smartfed: error:") and fragment in err[0]
