@@ -26,15 +26,29 @@ TINY_RUN = {
 
 
 def test_plan_orders_seeds_outermost_and_narrows() -> None:
-    specs = plan(PRESETS["quick"])
-    assert {s.seed for s in specs} == {0, 1, 2}
+    quick = PRESETS["quick"]
+    specs = plan(quick)
     assert [s.seed for s in specs] == sorted(s.seed for s in specs)
-    first = [s for s in specs if s.seed == 0]
-    assert {s.method for s in first if s.variant == "main"} == set(PRESETS["quick"].methods)
-    assert {s.variant for s in first} == {"main", "irrelevant", "random", "data10"}
-    only = plan(PRESETS["quick"], methods=["fedit"], seeds=1, variants=["main", "data10"])
-    assert only == [RunSpec("cpu_mini.hard_math", v, "fedit", 0) for v in ("main", "data10")]
-    assert needed_skills(only) == ["cpu_mini.skill.math", "cpu_mini.skill.code"]
+    for cell in quick.cells:
+        runs = [s for s in specs if (s.task, s.variant) == (cell.task, cell.variant)]
+        assert len(runs) == cell.seeds * len(cell.methods)
+    main = next(c for c in quick.cells if c.variant == "main")
+    assert {s.seed for s in specs if s.variant == "main" and s.task == main.task} == {0, 1, 2}
+    assert {"smartfed", "smartfed_no_eeqa", "fedit", "pool_fedit"} <= set(main.methods)
+    assert {s.variant for s in specs} == {"main", "irrelevant", "random", "data10"}
+    only = plan(
+        quick,
+        methods=["fedit"],
+        seeds=1,
+        variants=["main", "data10"],
+        tasks=["cpu_mini.zh_code_gap"],
+    )
+    assert only == [RunSpec("cpu_mini.zh_code_gap", v, "fedit", 0) for v in ("main", "data10")]
+    assert needed_skills(only) == ["cpu_mini.skill.zh", "cpu_mini.skill.code"]
+    other = plan(quick, tasks=["cpu_mini.zh_math"], seeds=1, variants=["main"])
+    assert {s.method for s in other} == set(main.methods) and {s.task for s in other} == {
+        "cpu_mini.zh_math"
+    }
     assert set(needed_skills(specs)) >= {"cpu_mini.skill.reverse", "cpu_mini.skill.sort"}
 
 
@@ -49,6 +63,7 @@ def test_bench_runs_grid_writes_results_and_reuses_runs(
     results = tmp_path / "res" / "cpu-mini.json"
     kwargs = {
         "methods": ["smartfed", "fedit"],
+        "tasks": ["cpu_mini.zh_code_gap"],
         "seeds": 1,
         "variants": ["main", "random"],
         "overrides": TINY_RUN,
@@ -57,7 +72,7 @@ def test_bench_runs_grid_writes_results_and_reuses_runs(
     out = run_bench("quick", tmp_path / "runs", results, model, **kwargs)
     assert not out.failed, out.failed
     data = json.loads(results.read_text())
-    task = data["tasks"]["cpu_mini.hard_math"]
+    task = data["tasks"]["cpu_mini.zh_code_gap"]
     assert task["metric"] == "execution_accuracy"
     main_methods = task["variants"]["main"]["methods"]
     assert set(main_methods) == {"smartfed", "fedit"}
@@ -71,20 +86,20 @@ def test_bench_runs_grid_writes_results_and_reuses_runs(
         main_methods["smartfed"]["bytes_per_round"]["mean"]
         != main_methods["fedit"]["bytes_per_round"]["mean"]
     )
-    assert data["derived"]["cpu_mini.hard_math"]["to_target_loss"]["fedit"]["reached"]
+    assert data["derived"]["cpu_mini.zh_code_gap"]["to_target_loss"]["fedit"]["reached"]
     assert data["meta"]["seeds"] == [0] and "git_commit" in data["meta"]
     md = results.with_suffix(".md").read_text()
     assert "| `smartfed` |" in md and "random experts" in md
-    assert (results.parent / "cpu-mini_hard_math_curves.png").is_file()
+    assert (results.parent / "cpu-mini_zh_code_gap_curves.png").is_file()
     # a random-expert pool is not the relevant pool
     cfg_main = json.loads(
-        (tmp_path / "runs/cpu_mini.hard_math/main/smartfed/seed0/config.json").read_text()
+        (tmp_path / "runs/cpu_mini.zh_code_gap/main/smartfed/seed0/config.json").read_text()
     )
     cfg_rand = json.loads(
-        (tmp_path / "runs/cpu_mini.hard_math/random/smartfed/seed0/config.json").read_text()
+        (tmp_path / "runs/cpu_mini.zh_code_gap/random/smartfed/seed0/config.json").read_text()
     )
     assert cfg_main["pool"]["lora_pool"] != cfg_rand["pool"]["lora_pool"]
-    summary = tmp_path / "runs/cpu_mini.hard_math/main/fedit/seed0/summary.json"
+    summary = tmp_path / "runs/cpu_mini.zh_code_gap/main/fedit/seed0/summary.json"
     stamp = summary.stat().st_mtime_ns
     again = run_bench("quick", tmp_path / "runs", results, model, **kwargs)
     assert not again.failed and summary.stat().st_mtime_ns == stamp  # reused, not rerun

@@ -83,11 +83,16 @@ def test_registered_task_gold_scores_correct_and_wrong_scores_wrong(name: str) -
 
 
 def test_suite_compositions_and_chinese_prompts_hide_the_digits() -> None:
-    assert len(SUITE) == 3
+    assert len(SUITE) == 5  # three paper tasks + the two skill-gap variants
     for comp in SUITE.values():
         assert comp.composite in TASKS and set(comp.skills) <= set(SKILLS)
         assert not set(comp.irrelevant) & set(comp.skills)
-    for name in ("cpu_mini.zh_math", "cpu_mini.zh_code"):
+    for name in (
+        "cpu_mini.zh_math",
+        "cpu_mini.zh_code",
+        "cpu_mini.zh_code_gap",
+        "cpu_mini.zh_math_gap",
+    ):
         for ex in TASKS[name].eval_examples():
             assert not any(ch.isdigit() for ch in ex.prompt), ex.prompt
     ex = TASKS["cpu_mini.zh_math"].eval_examples()[0]
@@ -101,3 +106,20 @@ def test_too_many_rows_is_a_one_line_data_error() -> None:
         TASKS["cpu_mini.zh_math"].examples("eval", 5000)
     with pytest.raises(DataError, match="split"):
         TASKS["cpu_mini.skill.sort"].examples("test", 5)
+
+
+@pytest.mark.parametrize("name", ["cpu_mini.zh_code_gap", "cpu_mini.zh_math_gap"])
+def test_gap_composites_hide_digits_7_to_9_from_training(name: str) -> None:
+    from smartfed.data.tasks import get_task
+    from smartfed.data.tasks.cpu_mini import SUITE
+
+    task = get_task(name)
+    train, held = task.train_examples(), task.eval_examples()
+    assert len(train) == 2000 and len(held) == 200
+    gap = set("七八九")
+    assert not any(gap & set(e.prompt) for e in train)
+    assert all(gap & set(e.prompt) for e in held)
+    assert not any(set("789") & set("".join(map(str, e.meta["key"]))) for e in train)
+    # the skill LoRA that the gap composite needs has seen the hidden digits
+    zh = get_task(SUITE[name].skills[0]).train_examples()
+    assert all(any(d in e.prompt for e in zh) for d in gap)

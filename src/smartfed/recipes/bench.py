@@ -35,12 +35,12 @@ ROUTER_METHODS = ("smartfed", "smartfed_no_eeqa", "mole")
 COMMON: dict[str, Scalar] = {
     "num_clients": 8,
     "sample_clients": 2,
-    "num_rounds": 10,
+    "num_rounds": 8,
     "local_steps": 5,
     "batch_size": 8,
     "topk_experts": 8,
     "heldout_examples": 64,
-    "eval_every": 5,
+    "eval_every": 4,
     "eval_limit": 50,
     "max_new_tokens": 40,
     "eval_batch_size": 25,
@@ -54,7 +54,6 @@ METHOD_LR: dict[str, float] = {
     "smartfed": 5e-3,
     "smartfed_no_eeqa": 5e-3,
     "mole": 5e-3,
-    "lorahub": 5e-2,
     "fedit": 2e-3,
     "ffa_lora": 2e-3,
     "merge_fedit": 2e-3,
@@ -62,69 +61,65 @@ METHOD_LR: dict[str, float] = {
     "merge": 2e-3,
 }
 """[D] Learning rate per method family: routers 5e-3, LoRAs 2e-3 (the rates that learned in
-cpu-scale-findings.md: a router at 1e-3 lagged far behind 5e-3 at 60 steps); lorahub's value is
-its search step. The paper uses 5e-4 for all at 7B; at 135M x 50 steps that learns nothing."""
+cpu-scale-findings.md: a router at 1e-3 lagged far behind 5e-3 at 60 steps); merge and lorahub
+train nothing (lorahub's search has its own step size). The paper uses 5e-4 for all at 7B."""
+
+
+@dataclass(frozen=True)
+class Cell:
+    """Methods run on one task in one variant, for seeds ``0 .. seeds-1``."""
+
+    task: str
+    variant: str
+    methods: tuple[str, ...]
+    seeds: int
 
 
 @dataclass(frozen=True)
 class Preset:
-    """A named bench grid."""
+    """A named bench grid: cells plus run-config overrides shared by every run."""
 
-    tasks: tuple[str, ...]
-    methods: tuple[str, ...]
-    seeds: int
-    variants: dict[str, tuple[str, ...]] = field(default_factory=dict)
-    """variant -> the methods run in it (``main`` runs ``methods``)."""
+    cells: tuple[Cell, ...]
     overrides: dict[str, Scalar] = field(default_factory=dict)
 
+    @property
+    def tasks(self) -> tuple[str, ...]:
+        """The preset's tasks in order (the first is its primary task)."""
+        return tuple(dict.fromkeys(c.task for c in self.cells))
 
+
+ALL_ROUTED = ("smartfed", "smartfed_no_eeqa", "fedit", "pool_fedit", "merge", "lorahub", "mole")
+PRIMARY = "cpu_mini.zh_code_gap"
 PRESETS: dict[str, Preset] = {
     "quick": Preset(
-        tasks=("cpu_mini.hard_math",),
-        methods=(
-            "smartfed",
-            "smartfed_no_eeqa",
-            "fedit",
-            "ffa_lora",
-            "merge",
-            "pool_fedit",
-            "mole",
+        cells=(
+            Cell(PRIMARY, "main", ALL_ROUTED, 3),
+            Cell(PRIMARY, "irrelevant", ("smartfed",), 2),
+            Cell(PRIMARY, "random", ("smartfed",), 2),
+            Cell(PRIMARY, "data10", ("smartfed", "fedit"), 2),
+            Cell("cpu_mini.hard_math", "main", ("smartfed", "fedit", "pool_fedit"), 2),
         ),
-        seeds=3,
-        variants={
-            "irrelevant": ("smartfed",),
-            "random": ("smartfed",),
-            "data10": ("smartfed", "fedit"),
-        },
     ),
     "demo": Preset(
-        tasks=("cpu_mini.hard_math",),
-        methods=("smartfed", "fedit", "merge"),
-        seeds=1,
+        cells=(Cell(PRIMARY, "main", ("smartfed", "fedit", "merge"), 1),),
         overrides={"num_rounds": 4, "eval_every": 0, "eval_limit": 25},
     ),
     "full": Preset(
-        tasks=("cpu_mini.hard_math", "cpu_mini.zh_math", "cpu_mini.zh_code"),
-        methods=(
-            "smartfed",
-            "smartfed_no_eeqa",
-            "fedit",
-            "ffa_lora",
-            "merge",
-            "merge_fedit",
-            "pool_fedit",
-            "lorahub",
-            "mole",
+        cells=tuple(
+            Cell(task, variant, methods, 3)
+            for task in (PRIMARY, "cpu_mini.zh_code", "cpu_mini.zh_math_gap", "cpu_mini.hard_math")
+            for variant, methods in (
+                ("main", (*ALL_ROUTED, "ffa_lora", "merge_fedit")),
+                ("irrelevant", ROUTER_METHODS),
+                ("random", ("smartfed",)),
+                ("data10", ("smartfed", "fedit")),
+            )
         ),
-        seeds=3,
-        variants={
-            "irrelevant": ROUTER_METHODS,
-            "random": ("smartfed",),
-            "data10": ("smartfed", "fedit"),
-        },
         overrides={"num_rounds": 20, "eval_limit": 100},
     ),
 }
+"""[D] ``quick``: the committed ``benchmarks/results/cpu-mini.json``; ``demo``: ``make demo``;
+``full``: every method, task and control with the paper's 20 rounds (hours on 2 cores)."""
 
 
 @dataclass(frozen=True)
@@ -148,7 +143,10 @@ def plan(
     seeds: int = 0,
     variants: Sequence[str] | None = None,
 ) -> list[RunSpec]:
-    """The runs of a preset, optionally narrowed; seeds outermost so every method gets seed 0 first.
+    """The runs of a preset, optionally narrowed; seeds outermost so every cell gets seed 0 first.
+
+    ``tasks`` not in the preset get the cells of its primary task; ``seeds`` > 0 replaces every
+    cell's seed count.
 
     Raises:
         ConfigError: an unknown method, task or variant.
@@ -164,17 +162,23 @@ def plan(
             raise ConfigError(
                 f"--tasks: {t!r} is not a cpu-mini composite; choose from {sorted(SUITE)}"
             )
-    chosen_variants = ("main", *preset.variants) if variants is None else tuple(variants)
-    for v in chosen_variants:
+    for v in variants or ():
         if v not in VARIANTS:
             raise ConfigError(f"--variants: {v!r} is unknown; choose from {', '.join(VARIANTS)}")
+    cells: list[Cell] = []
+    for task in tasks or preset.tasks:
+        own = [c for c in preset.cells if c.task == task]
+        template = own or [c for c in preset.cells if c.task == preset.tasks[0]]
+        cells += [dataclasses.replace(c, task=task) for c in template]
+    cells = [c for c in cells if variants is None or c.variant in variants]
     out: list[RunSpec] = []
-    for seed in range(seeds or preset.seeds):
-        for task in tasks or preset.tasks:
-            for variant in chosen_variants:
-                pool = preset.methods if variant == "main" else preset.variants.get(variant, ())
+    for seed in range(max(seeds or c.seeds for c in cells) if cells else 0):
+        for c in cells:
+            if seed < (seeds or c.seeds):
                 out += [
-                    RunSpec(task, variant, m, seed) for m in pool if not methods or m in methods
+                    RunSpec(c.task, c.variant, m, seed)
+                    for m in c.methods
+                    if not methods or m in methods
                 ]
     return out
 
@@ -272,6 +276,26 @@ def run_one(cfg: RunConfig, timeout_s: float | None = None) -> None:
         raise SmartFedError(f"bench run {run_dir} failed (exit {proc.returncode}); see {logfile}")
 
 
+def discover(output_dir: Path) -> list[tuple[RunSpec, Path]]:
+    """Every run directory under a bench output dir (``<task>/<variant>/<method>/seed<k>``).
+
+    The results are rebuilt from all of them, so benches run separately into one output dir
+    (e.g. more seeds later) add up in one results JSON.
+    """
+    found: list[tuple[RunSpec, Path]] = []
+    for cfg in sorted(Path(output_dir).glob("*/*/*/seed*/config.json")):
+        run_dir = cfg.parent
+        method, variant, task = (
+            run_dir.parent.name,
+            run_dir.parent.parent.name,
+            run_dir.parents[2].name,
+        )
+        seed = run_dir.name.removeprefix("seed")
+        if variant in VARIANTS and seed.isdigit():
+            found.append((RunSpec(task, variant, method, int(seed)), run_dir))
+    return found
+
+
 def run_state(run_dir: Path, num_rounds: int) -> str:
     """``done`` (summary with every round), ``partial`` (a checkpoint to resume) or ``empty``."""
     summary = run_dir / "summary.json"
@@ -332,7 +356,6 @@ def run_bench(
         model_cfg, cache_dir=model_cfg.cache_dir, skills=needed_skills(specs), progress=progress
     )
     failed: list[tuple[RunSpec, str]] = []
-    cells: list[tuple[RunSpec, Path]] = []
     for i, spec in enumerate(specs):
         if on_run:
             on_run(i, len(specs), spec)
@@ -343,8 +366,7 @@ def run_bench(
         except SmartFedError as err:
             log.error("%s", err)
             failed.append((spec, str(err)))
-        cells.append((spec, run_dir))
-        write_bench_outputs(Path(results_path), preset_name, cells, failed, skill_dirs)
+        write_bench_outputs(Path(results_path), preset_name, discover(out), failed, skill_dirs)
     return BenchResult(Path(results_path), specs, failed, time.perf_counter() - t0)
 
 

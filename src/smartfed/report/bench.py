@@ -3,7 +3,8 @@
 Layout of ``<suite>.json`` (``benchmarks/results/cpu-mini.json``)::
 
     {"suite", "preset", "meta": {machine, versions, git commit, date, seeds},
-     "protocol": {flat run config shared by all runs, learning rate per method},
+     "protocol": {the preset's run-config defaults, learning rate per method} (each method's
+                  "config" holds what its runs actually used),
      "pool": {skill: {"path", "steps", "heldout_loss_after"}},
      "tasks": {task: {"metric", "variants": {variant: {"methods": {method: {
          "seeds", "per_round": [{round, eval_loss: {mean, std, n}, eval_<metric>, bytes_up, ...}],
@@ -76,8 +77,30 @@ def method_entry(runs: Sequence[tuple[int, Path]], metric: str) -> dict[str, Any
             },
         },
         "runs": [str(d) for _, d in runs],
+        "config": _run_config(runs[0][1]) if runs else {},
     }
     return entry
+
+
+CONFIG_KEYS = (
+    ("fed", ("num_clients", "sample_clients", "num_rounds", "data_fraction", "partitioner")),
+    ("train", ("method", "local_steps", "batch_size", "learning_rate")),
+    ("router", ("topk_experts", "output_scale_mode", "renormalize_topk")),
+    ("quota", ("enable_eeqa",)),
+    ("eval", ("eval_limit", "eval_every", "heldout_examples")),
+    ("model", ("model_name_or_path", "dtype")),
+)
+
+
+def _run_config(run_dir: Path) -> dict[str, Any]:
+    """The protocol keys of a run's resolved ``config.json`` plus its pool's adapter dir names."""
+    path = run_dir / "config.json"
+    if not path.is_file():
+        return {}
+    cfg = json.loads(path.read_text(encoding="utf-8"))
+    out = {k: cfg[sec][k] for sec, keys in CONFIG_KEYS for k in keys if k in cfg.get(sec, {})}
+    out["lora_pool"] = [Path(p).name for p in cfg["pool"]["lora_pool"].split(",") if p]
+    return out
 
 
 def _last(rows: Sequence[Mapping[str, Any]], key: str) -> float | None:

@@ -34,6 +34,7 @@ class Row:
 
 
 Generator = Callable[[random.Random], Row]
+RowFilter = Callable[[Row, str], bool]
 
 OPS: dict[str, tuple[str, str]] = {
     "plus": ("+", "加"),
@@ -187,8 +188,32 @@ def skill_sort(rng: random.Random) -> Row:
     )
 
 
-def sample_rows(gen: Generator, name: str, split: str, n: int, seed: int) -> list[Row]:
+GAP_DIGITS = frozenset("789")
+"""[D] The skill gap of the ``*_gap`` composites: digits whose Chinese numerals (七八九) never occur
+in their training rows, and at least once in every one of their eval rows."""
+
+
+def uses_gap_digit(row: Row) -> bool:
+    """Whether any operand of ``row`` contains a gap digit (7, 8 or 9)."""
+    return any(ch in GAP_DIGITS for k in row.key for ch in str(k))
+
+
+def gap_accept(row: Row, split: str) -> bool:
+    """Row filter of a ``*_gap`` composite: train rows avoid the gap digits, eval rows need one."""
+    return uses_gap_digit(row) == (split == "eval")
+
+
+def sample_rows(
+    gen: Generator,
+    name: str,
+    split: str,
+    n: int,
+    seed: int,
+    accept: RowFilter | None = None,
+) -> list[Row]:
     """Draw ``n`` distinct rows of ``split`` ("train" | "eval"), seeded by (name, split, seed).
+
+    ``accept(row, split)`` optionally filters the rows further (the skill-gap composites).
 
     Raises:
         ValueError: the partition cannot supply ``n`` distinct rows (asked for too many).
@@ -204,6 +229,8 @@ def sample_rows(gen: Generator, name: str, split: str, n: int, seed: int) -> lis
             raise ValueError(f"{name}: cannot draw {n} distinct {split} rows; ask for fewer")
         row = gen(rng)
         if is_heldout(row.key) != want_heldout or (row.prompt, row.response) in seen:
+            continue
+        if accept is not None and not accept(row, split):
             continue
         seen.add((row.prompt, row.response))
         rows.append(row)

@@ -62,7 +62,13 @@ class CpuMiniTask(Task):
     stop: Sequence[str] = STOP
 
     def __init__(
-        self, short: str, gen: g.Generator, kind: str, description: str, max_new_tokens: int
+        self,
+        short: str,
+        gen: g.Generator,
+        kind: str,
+        description: str,
+        max_new_tokens: int,
+        accept: g.RowFilter | None = None,
     ) -> None:
         self.name = PREFIX + short
         self.gen = gen
@@ -70,6 +76,7 @@ class CpuMiniTask(Task):
         self.description = description
         self.max_new_tokens = max_new_tokens
         self.metric = "execution_accuracy" if kind == "program" else "accuracy"
+        self.accept = accept
 
     def examples(self, split: str, n: int, seed: int = DATA_SEED) -> list[Example]:
         """Return ``n`` rows of ``split`` ("train" | "eval") drawn with ``seed`` (deterministic).
@@ -80,7 +87,7 @@ class CpuMiniTask(Task):
         if split not in ("train", "eval"):
             raise DataError(f"{self.name}: split must be 'train' or 'eval', got {split!r}")
         try:
-            rows = g.sample_rows(self.gen, self.name, split, n, seed)
+            rows = g.sample_rows(self.gen, self.name, split, n, seed, self.accept)
         except ValueError as err:
             raise DataError(str(err)) from err
         return [
@@ -173,7 +180,17 @@ def _tasks() -> dict[str, CpuMiniTask]:
             "composite hard math (PAL): two-step 3-digit story -> program, execution accuracy",
         ),
     ]
-    return {PREFIX + s: CpuMiniTask(s, gen, kind, desc, mnt) for s, gen, kind, mnt, desc in specs}
+    tasks = {PREFIX + s: CpuMiniTask(s, gen, kind, desc, mnt) for s, gen, kind, mnt, desc in specs}
+    for short in ("zh_code", "zh_math"):
+        base = tasks[PREFIX + short]
+        gap = CpuMiniTask(
+            f"{short}_gap", base.gen, base.kind,
+            f"{base.description}; skill gap: no 七/八/九 digit in training rows, one in every "
+            "eval row (only skill.zh's LoRA has seen them)",
+            base.max_new_tokens, accept=g.gap_accept,
+        )
+        tasks[gap.name] = gap
+    return tasks
 
 
 TASKS: dict[str, CpuMiniTask] = _tasks()
@@ -212,6 +229,18 @@ SUITE: dict[str, Composition] = {
             (PREFIX + "skill.zh", PREFIX + "skill.code"),
             CONTROL_SKILLS,
             "Chinese code (DoIT)",
+        ),
+        Composition(
+            PREFIX + "zh_code_gap",
+            (PREFIX + "skill.zh", PREFIX + "skill.code"),
+            CONTROL_SKILLS,
+            "Chinese code (DoIT), skill gap: the digits 7-9 only in skill.zh's data",
+        ),
+        Composition(
+            PREFIX + "zh_math_gap",
+            (PREFIX + "skill.zh", PREFIX + "skill.math"),
+            CONTROL_SKILLS,
+            "Chinese math (Math23K -> MGSM-zh), skill gap: the digits 7-9 only in skill.zh's data",
         ),
         Composition(
             PREFIX + "hard_math",
