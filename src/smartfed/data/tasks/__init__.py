@@ -2,7 +2,9 @@
 
 Benchmarks (eval): ``mgsm_<lang>`` (11 languages), ``gsm8k``, ``math23k``, ``gsm_hard`` (PAL),
 ``humaneval``, ``mbpp``, ``code_zh`` (stand-in for DoIT). Skill sets for source LoRAs (train):
-``chinese_chat``, ``english_chat``, ``math_en``, ``code_en``. See docs/tasks.md.
+``chinese_chat``, ``english_chat``, ``math_en``, ``code_en``, ``gsm8k_pal``. The upstream README's
+task names ``cn_math``, ``cn_code``, ``math_code`` pair a train and an eval task
+(:mod:`smartfed.data.tasks.paper`). The generated CPU-scale suite: ``cpu_mini.*``.
 """
 
 from __future__ import annotations
@@ -81,6 +83,17 @@ def _register_builtin() -> None:
 
 
 _register_builtin()
+
+
+def _register_paper_tasks() -> None:
+    from smartfed.data.tasks.paper import PAPER_TASKS, Gsm8kPalTask, PairedTask
+
+    register_task(Gsm8kPalTask())
+    for name, (train, evaluate, description) in PAPER_TASKS.items():
+        register_task(PairedTask(name, get_task(train), get_task(evaluate), description))
+
+
+_register_paper_tasks()
 
 # The generated cpu-mini suite (docs/cpu-mini.md) registers itself on import; importing it here
 # makes `--task cpu_mini.*` work from every entry point (train, eval, pool train, Flower apps).
