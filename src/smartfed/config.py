@@ -26,6 +26,7 @@ DTYPES = ("bfloat16", "float32", "float16")
 OUTPUT_SCALE_MODES = ("rank", "topk", "constant")
 PARTITIONERS = ("iid", "dirichlet")
 ENGINES = ("simulation", "deployment")
+WIRE_DTYPES = ("float32", "bfloat16", "int8")
 
 
 def _require(cond: bool, field_name: str, value: object, rule: str) -> None:
@@ -92,6 +93,12 @@ class RouterConfig:
     """[D] Normal init std of W_router (M x d_in)."""
     load_balance_coef: float = 0.0
     """[D] Weight of an optional load-balancing loss (0 = off)."""
+    router_proj_dim: int = 0
+    """[D] 0 = off: full routers ``W_router: (M x d_in)``. ``h > 0``: logits = ``W_r (P x)`` with a
+    fixed random projection ``P: (h x d_in)``, entries N(0, 1/h), seeded from ``seed`` and the
+    matrix name, rebuilt on every client and never sent; only ``W_r: (M x h)`` trains and travels.
+    Must be below every routed matrix's d_in. Not the paper's router; quality not yet measured
+    (docs/method.md, "Router size")."""
 
     def __post_init__(self) -> None:
         _require(self.topk_experts >= 1, "topk_experts", self.topk_experts, "must be >= 1")
@@ -105,6 +112,10 @@ class RouterConfig:
         _require(self.router_temperature > 0, "router_temperature", self.router_temperature, "> 0")
         _require(self.router_init_std >= 0, "router_init_std", self.router_init_std, "must be >= 0")
         _require(self.load_balance_coef >= 0, "load_balance_coef", self.load_balance_coef, ">= 0")
+        _require(
+            not isinstance(self.router_proj_dim, bool) and self.router_proj_dim >= 0,
+            "router_proj_dim", self.router_proj_dim, "must be >= 0 (0 = full router)",
+        )
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -177,6 +188,12 @@ class FedConfig:
     start a SuperLink and ``num_clients`` SuperNodes on loopback (``smartfed deploy-local``)."""
     root_certificates: str = ""
     """CA certificate (PEM) of a TLS SuperLink; empty = insecure (loopback/testing only)."""
+    wire_dtype: Literal["float32", "bfloat16", "int8"] = "float32"
+    """[D] How the trainable state (routers) is encoded on the wire: ``float32`` (exact),
+    ``bfloat16`` (rounded both ways, upcast to float32 on receipt), ``int8`` (client -> server:
+    the update vs the received state, symmetric per-tensor int8 + a float32 scale; server ->
+    client: bfloat16). Server state, aggregation and checkpoints stay float32. Not the paper's;
+    quality not yet measured (docs/method.md, "Router size")."""
 
     def __post_init__(self) -> None:
         _require(self.num_clients >= 1, "num_clients", self.num_clients, "must be >= 1")
@@ -204,6 +221,13 @@ class FedConfig:
         _require(
             self.dp_noise_multiplier == 0 or self.dp_clipping_norm > 0,
             "dp_clipping_norm", self.dp_clipping_norm, "must be > 0 when dp_noise_multiplier > 0",
+        )
+        _require(self.wire_dtype in WIRE_DTYPES, "wire_dtype", self.wire_dtype,
+                 f"choose one of {WIRE_DTYPES}")
+        _require(
+            self.wire_dtype == "float32" or self.dp_noise_multiplier == 0,
+            "wire_dtype", self.wire_dtype,
+            "server-side DP clips the raw float32 replies: use float32 when dp_noise_multiplier > 0",
         )
         _require(len(self.country_iso_code) == 3, "country_iso_code", self.country_iso_code,
                  "use an ISO 3166 alpha-3 code such as USA or DEU")
