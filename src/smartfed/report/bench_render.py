@@ -16,6 +16,10 @@ VARIANT_TITLES = {
     "irrelevant": "control: a pool of irrelevant LoRAs",
     "random": "control: random experts with the relevant LoRAs' shapes and norms",
     "data10": "10% of the training rows",
+    "eeqa_warmup3": "EEQA from round 4 (3 warm-up rounds) instead of round 2",
+    "topk_all": "no sparsity: K = all 16 experts per matrix",
+    "scale_rank": "output scale c = source rank, no top-K renormalisation",
+    "router_init0": "routers initialised at 0 (uniform gates) instead of N(0, 0.01)",
 }
 
 
