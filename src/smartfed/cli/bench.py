@@ -57,6 +57,11 @@ def register(subparsers: Any) -> None:
         metavar="KEY=VALUE",
         help="override a run-config key for every run (e.g. num_rounds=20)",
     )
+    bench.add_argument(
+        "--report_only",
+        action="store_true",
+        help="run nothing: rebuild the results JSON, table and plots from --output_dir",
+    )
     bench.set_defaults(handler=run_bench_cli, preset_fixed=None)
 
 
@@ -85,11 +90,19 @@ def run_bench_cli(args: argparse.Namespace) -> int:
 
     over = _overrides(args.set)
     RunConfig.from_flat(over)  # bad keys/values fail here, before any work
+    model_cfg = ModelConfig(model_name_or_path=args.model_name_or_path, dtype=args.dtype)
+    if args.report_only:
+        from smartfed.recipes.bench import rebuild_results
+
+        path = rebuild_results(args.preset, args.output_dir, args.results, model_cfg)
+        print(path.with_suffix(".md").read_text(encoding="utf-8"))
+        print(f"results: {path}")
+        return 0
     result = run_bench(
         args.preset,
         args.output_dir,
         args.results,
-        ModelConfig(model_name_or_path=args.model_name_or_path, dtype=args.dtype),
+        model_cfg,
         methods=args.methods,
         tasks=args.tasks,
         seeds=args.seeds,

@@ -388,6 +388,30 @@ def run_bench(
     return BenchResult(Path(results_path), specs, failed, time.perf_counter() - t0)
 
 
+def rebuild_results(
+    preset_name: str, output_dir: str | Path, results_path: str | Path, model_cfg: ModelConfig
+) -> Path:
+    """Rewrite the results JSON, table and plots from the run dirs already in ``output_dir``.
+
+    Raises:
+        ConfigError: unknown preset, or no run directory under ``output_dir``.
+    """
+    from smartfed.recipes.pool_train import ensure_cpu_mini_pool
+    from smartfed.report.bench import write_bench_outputs
+
+    if preset_name not in PRESETS:
+        raise ConfigError(
+            f"--preset {preset_name!r} is unknown; choose one of {', '.join(PRESETS)}"
+        )
+    cells = discover(Path(output_dir))
+    if not cells:
+        raise ConfigError(f"--output_dir {output_dir}: no bench run directories to report on")
+    skills = needed_skills([spec for spec, _ in cells])
+    skill_dirs = ensure_cpu_mini_pool(model_cfg, cache_dir=model_cfg.cache_dir, skills=skills)
+    write_bench_outputs(Path(results_path), preset_name, cells, [], skill_dirs)
+    return Path(results_path)
+
+
 def _child(request: str) -> int:
     """Child-process entry: run one ``smartfed train`` config from a JSON request file."""
     import os

@@ -30,6 +30,13 @@ def _ms(stat: Mapping[str, Any] | None, scale: float = 1.0, digits: int = 3) -> 
     return f"{mean:.{digits}f} ± {std:.{digits}f}" if stat.get("n", 0) > 1 else f"{mean:.{digits}f}"
 
 
+def _reached(item: Mapping[str, Any] | None) -> str:
+    """Round at which the target was reached, ``never``, or ``—`` when there is no target."""
+    if not item:
+        return "—"
+    return str(item["round"]) if item.get("reached") else "never"
+
+
 def _ratio(value: float | None) -> str:
     return "—" if value is None else f"{value:.2f}x"
 
@@ -60,18 +67,18 @@ def method_table(task: str, entry: Mapping[str, Any], derived: Mapping[str, Any]
                 f"`{name}`",
                 str(len(m["seeds"])),
                 _ms(m["final"][metric]),
-                _ms(m["final"]["eval_loss"]),
+                _ms(m["final"]["eval_loss"], 1.0, 4),
                 _ms(m["bytes_per_round"], 1e-6, 2),
                 _ms(m["bytes_total"], 1e-6, 1),
                 _ms(m["wall_s"], 1.0, 0),
                 _ms(m["energy_kwh"], 1e3, 2),
             ]
             if variant == "main":
-                lo, ac = tt_loss.get(name, {}), tt_acc.get(name, {})
+                lo, ac = tt_loss.get(name), tt_acc.get(name)
                 cells += [
-                    str(lo.get("round") or "never"),
-                    f"{lo['bytes'] * 1e-6:.1f}" if lo.get("bytes") else "—",
-                    str(ac.get("round") or "never"),
+                    _reached(lo),
+                    f"{lo['bytes'] * 1e-6:.1f}" if lo and lo.get("bytes") else "—",
+                    _reached(ac),
                 ]
             lines.append("| " + " | ".join(cells) + " |")
         lines.append("")
