@@ -42,13 +42,17 @@ def main() -> None:
                 continue
             target = next(iter(items.values()))["target"]
             print(f"{key}: target {target:.4f}")
-            print(f"  {'method':18} {'round':>6} {'MB':>9} {'x rounds':>9} {'x bytes':>9} "
-                  f"{'x energy':>9} {'x wall':>8}")
+            print(
+                f"  {'method':18} {'round':>6} {'MB':>9} {'x rounds':>9} {'x bytes':>9} "
+                f"{'x energy':>9} {'x wall':>8}"
+            )
             for name, it in items.items():
                 mb = f"{it['bytes'] / 1e6:.2f}" if it["bytes"] else "-"
-                print(f"  {name:18} {it['round'] or 'never':>6} {mb:>9} "
-                      f"{_fmt(it['ratio_rounds']):>9} {_fmt(it['ratio_bytes']):>9} "
-                      f"{_fmt(it['ratio_energy']):>9} {_fmt(it['ratio_wall']):>8}")
+                print(
+                    f"  {name:18} {it['round'] or 'never':>6} {mb:>9} "
+                    f"{_fmt(it['ratio_rounds']):>9} {_fmt(it['ratio_bytes']):>9} "
+                    f"{_fmt(it['ratio_energy']):>9} {_fmt(it['ratio_wall']):>8}"
+                )
         delta = d.get(f"delta_{metric}_vs_{d['reference']}", {})
         print(f"final {metric} minus FedIT's (points):")
         for name, v in delta.items():

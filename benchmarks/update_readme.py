@@ -11,28 +11,10 @@ from __future__ import annotations
 
 import argparse
 import os
-import re
 from pathlib import Path
 
 from smartfed.files import atomic_write_text
-
-BEGIN, END = "<!-- results:begin -->", "<!-- results:end -->"
-
-
-def splice(readme: str, generated: str, rel_dir: str) -> str:
-    """Return ``readme`` with the block between the markers replaced by ``generated``.
-
-    Raises:
-        SystemExit: the markers are missing.
-    """
-    if BEGIN not in readme or END not in readme:
-        raise SystemExit(f"README has no {BEGIN} ... {END} block")
-    body = re.sub(r"!\[([^\]]*)\]\(([^)/]+\.png)\)", rf"![\1]({rel_dir}/\2)", generated)
-    body = body.replace("\n# ", "\n### ", 1) if body.startswith("#") else body
-    body = re.sub(r"^# ", "### ", body)
-    head, _, rest = readme.partition(BEGIN)
-    _, _, tail = rest.partition(END)
-    return f"{head}{BEGIN}\n{body.strip()}\n{END}{tail}"
+from smartfed.report.bench_render import splice_readme
 
 
 def main() -> None:
@@ -42,7 +24,9 @@ def main() -> None:
     p.add_argument("--readme", default="README.md", type=Path)
     args = p.parse_args()
     rel = os.path.relpath(args.markdown.parent, args.readme.parent)
-    text = splice(args.readme.read_text(encoding="utf-8"), args.markdown.read_text("utf-8"), rel)
+    text = splice_readme(
+        args.readme.read_text(encoding="utf-8"), args.markdown.read_text("utf-8"), rel
+    )
     atomic_write_text(args.readme, text)
     print(f"updated {args.readme}")
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as hst
 
@@ -79,3 +80,16 @@ def test_no_accuracy_target_when_reference_scores_zero() -> None:
     assert st.to_target({"fedit": zero, "smartfed": some}, "fedit", "eval_loss")["smartfed"][
         "reached"
     ]
+
+
+def test_splice_readme_replaces_only_the_marked_block() -> None:
+    from smartfed.report.bench_render import splice_readme
+
+    readme = "intro\n<!-- results:begin -->\nold\n<!-- results:end -->\nreading\n"
+    gen = "# `cpu-mini` bench\n\n| a |\n\n![curves](cpu-mini_x_curves.png)\n"
+    out = splice_readme(readme, gen, "benchmarks/results")
+    assert out.startswith("intro\n<!-- results:begin -->\n### `cpu-mini` bench")
+    assert "![curves](benchmarks/results/cpu-mini_x_curves.png)" in out and "old" not in out
+    assert out.endswith("<!-- results:end -->\nreading\n")
+    with pytest.raises(ValueError, match="results:begin"):
+        splice_readme("no markers", gen, ".")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -198,3 +199,24 @@ def render_plots(
                 if p := fn(record, Path(f"{stem}_{short}_{suffix}.png")):
                     images.append(p)
     return images
+
+
+README_BEGIN, README_END = "<!-- results:begin -->", "<!-- results:end -->"
+
+
+def splice_readme(readme: str, generated: str, rel_dir: str) -> str:
+    """Return ``readme`` with the block between the results markers replaced by ``generated``.
+
+    Image links of ``generated`` (PNG names beside its JSON) are made relative to the README via
+    ``rel_dir``; its level-1 title becomes a level-3 heading.
+
+    Raises:
+        ValueError: the markers are missing.
+    """
+    if README_BEGIN not in readme or README_END not in readme:
+        raise ValueError(f"README has no {README_BEGIN} ... {README_END} block")
+    body = re.sub(r"!\[([^\]]*)\]\(([^)/]+\.png)\)", rf"![\1]({rel_dir}/\2)", generated)
+    body = re.sub(r"^# ", "### ", body.strip())
+    head, _, rest = readme.partition(README_BEGIN)
+    _, _, tail = rest.partition(README_END)
+    return f"{head}{README_BEGIN}\n{body}\n{README_END}{tail}"
