@@ -2,8 +2,8 @@
 
 Usage: python benchmarks/derived_figures.py [benchmarks/results/cpu-mini.json] [--json]
 
-For every task (``main`` variant): the rounds, bytes, energy and wall time each method needs to reach
-FedIT's final held-out loss and final task metric [P: the paper's 3.95x convergence, 31.47x
+For every task (``main`` variant): the rounds, bytes, energy and wall time each method needs to
+reach FedIT's final held-out loss and final task metric [P: the paper's 3.95x convergence, 31.47x
 communication and 3.61x energy figures are ratios of this kind, FedIT's round-20 quality as the
 target], the ratios FedIT / method, and each method's final metric minus FedIT's.
 """
