@@ -227,7 +227,7 @@ class FedConfig:
         _require(
             self.wire_dtype == "float32" or self.dp_noise_multiplier == 0,
             "wire_dtype", self.wire_dtype,
-            "server-side DP clips the raw float32 replies: use float32 when dp_noise_multiplier > 0",
+            "server-side DP clips raw float32 replies: use float32 when dp_noise_multiplier > 0",
         )
         _require(len(self.country_iso_code) == 3, "country_iso_code", self.country_iso_code,
                  "use an ISO 3166 alpha-3 code such as USA or DEU")

@@ -9,8 +9,10 @@ from smartfed.pool.pool import LoraPool
 def format_pool(pool: LoraPool, router: RouterConfig) -> list[str]:
     """Describe adapters, matrices, experts, and router size/bytes per round.
 
-    Router parameters are ``sum_m M_m * d_in_m`` (one ``W_router`` per matrix); they travel once
-    per direction per sampled client per round.
+    Router parameters are ``sum_m M_m * d_in_m`` (one ``W_router`` per matrix), or ``sum_m M_m * h``
+    with ``router_proj_dim = h`` (the fixed projections never travel); they travel once per
+    direction per sampled client per round. Bytes are the values alone (``fed.wire_dtype``:
+    4 / 2 / 1 per value, int8 up only; Flower adds ~200 bytes of headers per matrix).
     """
     lines = [f"pool: {len(pool.adapters)} adapters, {len(pool.matrices())} matrices, "
              f"{sum(pool.experts_per_matrix().values())} experts"]
@@ -30,15 +32,18 @@ def format_pool(pool: LoraPool, router: RouterConfig) -> list[str]:
     for matrix, m in pool.experts_per_matrix().items():
         mods = pool.modules_for(matrix)
         d_in, d_out = mods[0][1].d_in, mods[0][1].d_out
-        params += m * d_in
+        params += m * (router.router_proj_dim or d_in)
         k = min(router.topk_experts, m)
         c = _scale(router, [mod.rank for _, mod in mods], k)
         src = ", ".join(f"{pool.adapters[i].name}({mod.rank})" for i, mod in mods)
         lines.append(f"{matrix:<{mwidth}}  {d_in:<4}  {d_out:<5}  {m:>3}  {k:>3}  {c:<5.3g}  {src}")
-    lines.append(f"router parameters: {params:,} (sum over matrices of M_m x d_in)")
+    h = router.router_proj_dim
+    width_name = f"h (router_proj_dim={h})" if h else "d_in"
+    lines.append(f"router parameters: {params:,} (sum over matrices of M_m x {width_name})")
     lines.append(
         f"router bytes per round, each direction per client: fp32 {4 * params:,} "
-        f"({4 * params / 1e6:.2f} MB), bf16 {2 * params:,} ({2 * params / 1e6:.2f} MB)"
+        f"({4 * params / 1e6:.2f} MB), bf16 {2 * params:,} ({2 * params / 1e6:.2f} MB), "
+        f"int8 update (client -> server) {params:,} ({params / 1e6:.2f} MB)"
     )
     return lines
 

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING
 import torch
 from torch import nn
 
+from smartfed.errors import ConfigError
 from smartfed.methods.smartfed import SmartFed
 from smartfed.model.inject import inject_more
 from smartfed.model.state import more_layers
@@ -74,6 +75,11 @@ class MoLE(SmartFed):
         """Inject MoRE layers, then swap each router for a seeded :class:`GroupRouter` (K = M, c =
         1).
         """
+        if cfg.router.router_proj_dim:
+            raise ConfigError(
+                f"router_proj_dim={cfg.router.router_proj_dim}: mole's per-LoRA gates have no "
+                "projected variant; use router_proj_dim 0 with --method mole"
+            )
         router_cfg = dataclasses.replace(
             cfg.router, topk_experts=1, output_scale_mode="constant", output_scale=1.0
         )

@@ -27,14 +27,16 @@ class SmartFed:
         return dict(report.experts_per_matrix)
 
     def trainable_parameters(self, model: nn.Module) -> list[nn.Parameter]:
-        """Router weights ``W_router: (M_m, d_in)`` of every MoRE layer, in model order."""
+        """Router weights ``W_router: (M_m, d_in)`` (``(M_m, h)`` when projected) of every MoRE
+        layer, in model order; a router projection is a buffer and never trains."""
         params = [layer.router.weight for layer in more_layers(model).values()]
         for p in params:
             p.requires_grad_(True)
         return params
 
     def trainable_state(self, model: nn.Module) -> dict[str, torch.Tensor]:
-        """Router weights, float32 on CPU (``<matrix>.router.weight``: ``(M_m, d_in)``)."""
+        """Router weights, float32 on CPU (``<matrix>.router.weight``: ``(M_m, d_in)``, or
+        ``(M_m, h)`` with ``router_proj_dim = h``; the projections never travel)."""
         return router_state_dict(model)
 
     def load_trainable_state(self, model: nn.Module, state: dict[str, torch.Tensor]) -> None:

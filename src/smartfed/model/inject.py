@@ -18,13 +18,13 @@ import torch
 from torch import nn
 
 from smartfed.config import RouterConfig
-from smartfed.errors import PoolCompatibilityError
+from smartfed.errors import ConfigError, PoolCompatibilityError
 from smartfed.experts.bank import ExpertBank
 from smartfed.log import get_logger
 from smartfed.pool.pool import LoraPool
 from smartfed.pool.validate import validate_pool
 from smartfed.routing.layer import MoRELinear
-from smartfed.routing.router import TopKRouter
+from smartfed.routing.router import TopKRouter, projection_seed, random_projection
 
 log = get_logger(__name__)
 
@@ -39,7 +39,9 @@ class InjectionReport:
         quotas: K_m per matrix.
         output_scales: c per matrix.
         clamped: matrices whose K_m was lowered to M_m.
-        router_params: trainable router parameters in total.
+        router_params: trainable router parameters in total (``sum_m M_m * d_in_m``, or
+            ``sum_m M_m * h`` with a projection): what travels.
+        router_proj_dim: h of the projected routers; 0 = full routers.
     """
 
     replaced: list[str]
@@ -48,6 +50,7 @@ class InjectionReport:
     output_scales: dict[str, float]
     clamped: list[str] = field(default_factory=list)
     router_params: int = 0
+    router_proj_dim: int = 0
 
     @property
     def router_bytes_fp32(self) -> int:
@@ -68,15 +71,17 @@ def inject_more(
     Args:
         model: a Hugging Face causal LM (any module tree whose targets are ``nn.Linear``).
         pool: the LoRA pool; checked against ``model`` first.
-        router_cfg: top-K, output scale, temperature, init and renormalisation.
-        seed: seeds the router initialisation (routers drawn in model order).
+        router_cfg: top-K, output scale, temperature, init, renormalisation, projection.
+        seed: seeds the router initialisation (routers drawn in model order) and, with
+            ``router_proj_dim > 0``, each matrix's projection (from ``(seed, matrix name)``).
 
     Returns:
         The injection report.
 
     Raises:
         PoolCompatibilityError: a target absent from the model, not linear, or of another shape.
-        ConfigError: ``topk_experts`` larger than every matrix's M_m (impossible top-K).
+        ConfigError: ``topk_experts`` larger than every matrix's M_m (impossible top-K), or
+            ``router_proj_dim`` not below some routed matrix's d_in.
     """
     matrices = validate_pool(pool, model)
     if not matrices:
@@ -85,11 +90,12 @@ def inject_more(
             "use adapters made for this base model"
         )
     pool.check_topk(router_cfg.topk_experts)
+    _check_proj_dim(model, matrices, router_cfg.router_proj_dim)
     model.requires_grad_(False)
     generator = torch.Generator().manual_seed(seed)
-    report = InjectionReport([], {}, {}, {})
+    report = InjectionReport([], {}, {}, {}, router_proj_dim=router_cfg.router_proj_dim)
     for name in matrices:
-        layer = _build_layer(model.get_submodule(name), pool, name, router_cfg, generator)
+        layer = _build_layer(model.get_submodule(name), pool, name, router_cfg, generator, seed)
         model.set_submodule(name, layer)
         report.replaced.append(name)
         report.experts_per_matrix[name] = layer.num_experts
@@ -99,24 +105,41 @@ def inject_more(
         if layer.k < router_cfg.topk_experts:
             report.clamped.append(name)
     log.info(
-        "MoRE: %d matrices, %d experts, %d router parameters (%.2f MB/round fp32)",
+        "MoRE: %d matrices, %d experts, %d router parameters (%.2f MB/round fp32, proj_dim %d)",
         len(report.replaced), sum(report.experts_per_matrix.values()), report.router_params,
-        report.router_bytes_fp32 / 1e6,
+        report.router_bytes_fp32 / 1e6, report.router_proj_dim,
     )
     return report
 
 
+def _check_proj_dim(model: nn.Module, matrices: list[str], proj_dim: int) -> None:
+    """A projection must be narrower than every routed matrix's input (else it saves nothing)."""
+    if proj_dim <= 0:
+        return
+    d_in, name = min((model.get_submodule(m).in_features, m) for m in matrices)
+    if proj_dim >= d_in:
+        raise ConfigError(
+            f"router_proj_dim={proj_dim} is not below d_in={d_in} of {name}; choose "
+            f"1 <= router_proj_dim < {d_in} or 0 (full routers)"
+        )
+
+
 def _build_layer(
-    base: nn.Module, pool: LoraPool, name: str, cfg: RouterConfig, generator: torch.Generator
+    base: nn.Module, pool: LoraPool, name: str, cfg: RouterConfig, generator: torch.Generator,
+    seed: int = 0,
 ) -> MoRELinear:
     """Build the routed layer of one matrix; experts in the base weight's dtype and device."""
     if not isinstance(base, nn.Linear):  # validate_pool already checked; kept for direct callers
         raise PoolCompatibilityError(f"{name} is a {type(base).__name__}, not an nn.Linear")
     weight = base.weight
     bank = ExpertBank.from_adapters(pool.adapters, name, dtype=weight.dtype, device=weight.device)
+    proj = None
+    if cfg.router_proj_dim > 0:
+        proj = random_projection(bank.d_in, cfg.router_proj_dim, projection_seed(seed, name))
     router = TopKRouter(
         bank.d_in, bank.num_experts, init_std=cfg.router_init_std,
         temperature=cfg.router_temperature, renormalize=cfg.renormalize_topk, generator=generator,
+        projection=proj,
     ).to(weight.device)
     k = min(cfg.topk_experts, bank.num_experts)
     return MoRELinear.from_linear(

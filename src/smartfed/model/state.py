@@ -5,10 +5,16 @@ Keys are the MoRE layer's module path plus ``.router.weight``
 processes for the same base model and pool. A checkpoint directory holds ``routers.safetensors``
 (metadata: ``{adapter name: sha256}`` plus the pool order) and ``quotas.json``; both are written
 atomically and refused against another pool.
+
+Projected routers (``router_proj_dim = h > 0``) hold ``W_r: (M_m, h)``; the fixed projection ``P``
+is a buffer rebuilt from the seed and never saved. Their checkpoint metadata also holds
+``__router_proj__ = {"dim": h, "digest": sha256 of every P}``, and loading refuses a projected
+checkpoint into full routers, full routers into projected ones, and another projection.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Mapping
 from pathlib import Path
@@ -24,6 +30,7 @@ from smartfed.routing.layer import MoRELinear
 ROUTERS_FILE = "routers.safetensors"
 QUOTAS_FILE = "quotas.json"
 POOL_ORDER_KEY = "__pool_order__"
+ROUTER_PROJ_KEY = "__router_proj__"
 _SUFFIX = ".router.weight"
 
 
@@ -38,6 +45,27 @@ def router_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
         name + _SUFFIX: layer.router.weight.detach().to("cpu", torch.float32).clone()
         for name, layer in more_layers(model).items()
     }
+
+
+def router_projection(model: nn.Module) -> dict[str, int | str]:
+    """``{"dim": h, "digest": ...}`` of the model's projected routers; ``{}`` for full routers.
+
+    The digest (sha256 over every projection ``P`` in model order, float32 bytes, first 16 hex)
+    tells routers built with another seed apart.
+
+    Raises:
+        CheckpointError: some layers are projected and others are not, or with different h.
+    """
+    projs = [getattr(layer.router, "proj", None) for layer in more_layers(model).values()]
+    dims = {0 if p is None else int(p.shape[0]) for p in projs}
+    if len(dims) > 1:
+        raise CheckpointError(f"MoRE layers mix router projection widths {sorted(dims)}")
+    if dims in (set(), {0}):
+        return {}
+    digest = hashlib.sha256()
+    for p in projs:
+        digest.update(p.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
+    return {"dim": dims.pop(), "digest": digest.hexdigest()[:16]}
 
 
 def load_router_state_dict(model: nn.Module, state: Mapping[str, torch.Tensor]) -> None:
@@ -60,7 +88,7 @@ def load_router_state_dict(model: nn.Module, state: Mapping[str, torch.Tensor]) 
         if tuple(tensor.shape) != tuple(layer.router.weight.shape):
             raise CheckpointError(
                 f"router {name}: shape {tuple(tensor.shape)} != {tuple(layer.router.weight.shape)} "
-                "in this model; use routers trained with the same pool"
+                "in this model; use routers trained with the same pool and router_proj_dim"
             )
     with torch.no_grad():
         for name, layer in layers.items():
@@ -108,6 +136,9 @@ def save_routers(
     out = Path(out_dir)
     metadata = dict(pool.fingerprint())
     metadata[POOL_ORDER_KEY] = json.dumps(pool.names)
+    proj = router_projection(model)
+    if proj:  # full routers keep the metadata they always had
+        metadata[ROUTER_PROJ_KEY] = json.dumps(proj, sort_keys=True)
     state = router_state_dict(model)
     path = atomic_write(out / ROUTERS_FILE, lambda p: save_file(state, str(p), metadata=metadata))
     atomic_write_json(out / QUOTAS_FILE, dict(quotas if quotas is not None else get_quotas(model)))
@@ -137,6 +168,7 @@ def load_routers(in_dir: str | Path, model: nn.Module, pool: LoraPool) -> dict[s
             f"{path} is corrupt or truncated ({err}); use another checkpoint"
         ) from err
     _check_pool(metadata, pool, path)
+    _check_projection(metadata, model, path)
     load_router_state_dict(model, state)
     quotas = _read_quotas(Path(in_dir) / QUOTAS_FILE)
     set_quotas(model, quotas)
@@ -144,7 +176,9 @@ def load_routers(in_dir: str | Path, model: nn.Module, pool: LoraPool) -> dict[s
 
 
 def _check_pool(metadata: dict[str, str], pool: LoraPool, path: Path) -> None:
-    saved = {k: v for k, v in metadata.items() if k != POOL_ORDER_KEY and k != "format"}
+    saved = {
+        k: v for k, v in metadata.items() if k not in (POOL_ORDER_KEY, ROUTER_PROJ_KEY, "format")
+    }
     current = pool.fingerprint()
     for name in sorted(set(saved) | set(current)):
         if name not in current:
@@ -164,6 +198,27 @@ def _check_pool(metadata: dict[str, str], pool: LoraPool, path: Path) -> None:
         raise CheckpointError(
             f"{path}: pool order {order} differs from {pool.names}; expert ids depend on it: "
             f"pass --lora_pool {','.join(order)}"
+        )
+
+
+def _check_projection(metadata: dict[str, str], model: nn.Module, path: Path) -> None:
+    """Refuse routers saved with another router projection than the model's."""
+    try:
+        saved = json.loads(metadata[ROUTER_PROJ_KEY]) if ROUTER_PROJ_KEY in metadata else {}
+        saved_dim = int(saved.get("dim", 0))
+    except (ValueError, TypeError, AttributeError) as err:
+        raise CheckpointError(f"{path}: unreadable {ROUTER_PROJ_KEY} metadata ({err})") from err
+    current = router_projection(model)
+    dim = int(current.get("dim", 0))
+    if saved_dim != dim:
+        raise CheckpointError(
+            f"{path}: routers saved with router_proj_dim={saved_dim}, this model has "
+            f"router_proj_dim={dim}; build the model with --router_proj_dim {saved_dim}"
+        )
+    if dim and saved.get("digest") != current["digest"]:
+        raise CheckpointError(
+            f"{path}: router projections differ from the saved ones (another seed); build the "
+            "model with the seed these routers were trained with"
         )
 
 

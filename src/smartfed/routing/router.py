@@ -1,7 +1,14 @@
-"""The per-matrix MoRE router: ``g = softmax(W x / T)``, top-K per token (SPEC.md §1.2 [P])."""
+"""The per-matrix MoRE router: ``g = softmax(W x / T)``, top-K per token (SPEC.md §1.2 [P]).
+
+Optional projected router [D] (``router_proj_dim = h > 0``): ``g = softmax(W_r (P x) / T)`` with a
+fixed random ``P: (h, d_in)`` (:func:`random_projection`), a non-trainable, non-persistent buffer
+rebuilt from ``(seed, matrix name)`` wherever the model is built; only ``W_r: (M, h)`` trains.
+"""
 
 from __future__ import annotations
 
+import hashlib
+import math
 from typing import NamedTuple
 
 import torch
@@ -24,6 +31,34 @@ class RoutingOutput(NamedTuple):
         return RoutingOutput(self.weights.detach(), self.indices.detach())
 
 
+def projection_seed(seed: int, matrix: str) -> int:
+    """The seed of ``matrix``'s projection: a hash of the run seed and the module path [D].
+
+    Independent of the order in which routers are built, and of the router-init generator (so
+    turning the projection on does not move the draws of anything else).
+    """
+    digest = hashlib.sha256(f"smartfed.router_proj:{int(seed)}:{matrix}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
+
+
+def random_projection(d_in: int, proj_dim: int, seed: int) -> torch.Tensor:
+    """A fixed Gaussian projection ``P: (h, d_in)``, float32, entries N(0, 1/h) [D].
+
+    Johnson-Lindenstrauss scaling: ``E ||P x||^2 = ||x||^2``, so the logits ``W_r (P x)`` of a
+    router initialised with std ``s`` have the same spread as those of a full router ``W x`` with
+    the same ``s`` (variance ``s^2 ||x||^2``), and ``router_init_std`` keeps its meaning.
+
+    Args:
+        d_in: input features of the routed matrix.
+        proj_dim: h, ``1 <= h``.
+        seed: e.g. :func:`projection_seed` of the run seed and the matrix name.
+    """
+    if d_in < 1 or proj_dim < 1:
+        raise ValueError(f"random_projection: d_in={d_in}, proj_dim={proj_dim} must be >= 1")
+    gen = torch.Generator().manual_seed(int(seed))
+    return torch.randn(proj_dim, d_in, generator=gen, dtype=torch.float32) / math.sqrt(proj_dim)
+
+
 class TopKRouter(nn.Module):
     """A linear router over ``M`` experts with softmax gating and top-K selection.
 
@@ -36,14 +71,21 @@ class TopKRouter(nn.Module):
         temperature: softmax temperature ``T`` [D: 1].
         renormalize: renormalise the kept K weights to sum to 1 [D: off].
         generator: the random source of the init (every random choice takes one).
+        projection: optional fixed ``P: (h, d_in)`` [D]; then ``weight`` is ``(M, h)`` and the
+            logits are ``weight @ (P x)``. Kept as a non-persistent buffer (never in a state dict).
 
     Attributes:
-        weight: ``W_router``, shape ``(M, d_in)``, float32, the only trainable tensor of MoRE.
+        weight: ``W_router``, shape ``(M, d_in)`` (or ``(M, h)`` with a projection), float32,
+            the only trainable tensor of MoRE.
+        proj: the projection ``(h, d_in)`` or ``None``.
     """
+
+    proj: torch.Tensor | None
 
     def __init__(
         self, d_in: int, num_experts: int, init_std: float = 0.01, temperature: float = 1.0,
         renormalize: bool = False, generator: torch.Generator | None = None,
+        projection: torch.Tensor | None = None,
     ) -> None:
         super().__init__()
         if d_in < 1 or num_experts < 1 or temperature <= 0 or init_std < 0:
@@ -51,8 +93,13 @@ class TopKRouter(nn.Module):
                 f"TopKRouter: d_in={d_in}, num_experts={num_experts}, temperature={temperature}, "
                 f"init_std={init_std} out of range"
             )
-        init = torch.randn(num_experts, d_in, generator=generator, dtype=torch.float32) * init_std
+        if projection is not None and (projection.dim() != 2 or projection.shape[1] != d_in):
+            raise ValueError(f"TopKRouter: projection {tuple(projection.shape)} is not (h, {d_in})")
+        width = d_in if projection is None else int(projection.shape[0])
+        init = torch.randn(num_experts, width, generator=generator, dtype=torch.float32) * init_std
         self.weight = nn.Parameter(init)
+        proj = None if projection is None else projection.detach().float().clone()
+        self.register_buffer("proj", proj, persistent=False)
         self.temperature = float(temperature)
         self.renormalize = bool(renormalize)
 
@@ -61,11 +108,19 @@ class TopKRouter(nn.Module):
         """M."""
         return int(self.weight.shape[0])
 
+    @property
+    def proj_dim(self) -> int:
+        """h of the projection; 0 = a full router."""
+        return 0 if self.proj is None else int(self.proj.shape[0])
+
     def probs(self, x: torch.Tensor) -> torch.Tensor:
         """Return the softmax over all experts, shape ``(..., M)``, float32.
 
-        Logits are computed in the input dtype (fast in bf16); softmax runs in float32.
+        Logits are computed in the input dtype (fast in bf16); softmax runs in float32. With a
+        projection, ``x (..., d_in)`` is first mapped to ``P x (..., h)``.
         """
+        if self.proj is not None:
+            x = nn.functional.linear(x, self.proj.to(x.dtype))
         logits = nn.functional.linear(x, self.weight.to(x.dtype)).float()
         return torch.softmax(logits / self.temperature, dim=-1)
 
@@ -82,8 +137,10 @@ class TopKRouter(nn.Module):
         return RoutingOutput(weights, indices)
 
     def extra_repr(self) -> str:  # noqa: D102
+        d_in = self.weight.shape[1] if self.proj is None else self.proj.shape[1]
+        proj = f", proj_dim={self.proj_dim}" if self.proj is not None else ""
         return (
-            f"d_in={self.weight.shape[1]}, M={self.num_experts}, T={self.temperature}, "
+            f"d_in={d_in}, M={self.num_experts}{proj}, T={self.temperature}, "
             f"renormalize={self.renormalize}"
         )
 
