@@ -48,7 +48,8 @@ def _train(cfg: RunConfig | None, msg: Message, context: Context) -> Message:
             learning_rate=ins.learning_rate,
         )
     update.load_s, update.energy_kwh = load_s, kwh[0]
-    return Message(wire.pack_train_res(update), reply_to=msg)
+    received = {k: v.numpy() for k, v in ins.routers.items()}  # int8: the update is vs this
+    return Message(wire.pack_train_res(update, run_cfg.fed.wire_dtype, received), reply_to=msg)
 
 
 def make_client_app(

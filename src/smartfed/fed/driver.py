@@ -241,6 +241,9 @@ def _make_strategy(
         if cfg.fed.dp_noise_multiplier > 0:
             raise FederationError(f"--method {cfg.train.method} sends losses, not model updates: "
                                   "server-side DP does not apply; set --dp_noise_multiplier 0")
+        if cfg.fed.wire_dtype != "float32":
+            raise FederationError(f"--method {cfg.train.method} sends candidates and losses, not "
+                                  "its trainable state: set --wire_dtype float32")
         return SearchStrategy(bundle.method, cfg, nodes, round_offset=ckpt.round if ckpt else 0)
     eeqa = None
     if bundle.method.uses_eeqa and cfg.quota.enable_eeqa:

@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
-from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
+from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
 
@@ -100,6 +100,7 @@ class SmartFedStrategy(FedAvg):
         self.max_update_norm, self.aggregate = max_update_norm, aggregate
         self.outcome: RoundOutcome | None = None
         self._global: dict[str, np.ndarray] = {}
+        self._sent: dict[str, np.ndarray] = {}
 
     def configure_train(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
@@ -111,15 +112,13 @@ class SmartFedStrategy(FedAvg):
         out.sampled = sample_partitions(
             list(self.node_of), self.cfg.fed.sample_clients, self.cfg.train.seed, rnd
         )
-        self._global = {k: arrays[k].numpy() for k in arrays}
+        # what the clients will decode (== the global state for float32): int8 replies are
+        # rebuilt against it and update norms are measured from it
+        record, self._sent = wire.pack_state(arrays, self.cfg.fed.wire_dtype)
+        self._global = self._sent
         t = self.cfg.train
-        record = RecordDict(
-            {
-                wire.ARRAYS: arrays,
-                wire.CONFIG: wire.pack_train_config(
-                    self.quotas, t.local_steps, t.batch_size, t.learning_rate
-                ),
-            }
+        record[wire.CONFIG] = wire.pack_train_config(
+            self.quotas, t.local_steps, t.batch_size, t.learning_rate
         )
         record[wire.CONFIG][wire.SERVER_ROUND] = rnd  # type: ignore[index]
         msgs = [
@@ -172,7 +171,7 @@ class SmartFedStrategy(FedAvg):
     def _accept(self, msg: Message, out: RoundOutcome) -> None:
         node = msg.metadata.src_node_id
         try:
-            upd = wire.unpack_train_res(msg.content)
+            upd = wire.unpack_train_res(msg.content, self._sent)
         except SmartFedError as err:
             out.rejected[-1 - len(out.rejected)] = str(err)
             log.warning("round %d: reply from node %d rejected: %s", out.round, node, err)

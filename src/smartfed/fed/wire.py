@@ -5,6 +5,25 @@ What travels (SPEC.md §1.4): down = routers (``ArrayRecord``) + quotas and step
 per-expert importance of every matrix (``MetricRecord``, one list per matrix, same keys from every
 client). Quotas travel as a list of K_m in the sorted order of the router keys, which both sides
 derive from the same pool.
+
+State encoding (``fed.wire_dtype`` [D], numerics in :mod:`smartfed.fed.codec`): ``float32``
+sends the ``ArrayRecord`` of float32 arrays as it always did and adds nothing. Otherwise a
+``ConfigRecord`` under :data:`WIRE` names the encoding (``dtype``; int8 adds ``scales``, one per
+array in record order) and the arrays hold its codes:
+
+============  =====================================  =========================================
+wire_dtype    server -> client                       client -> server
+============  =====================================  =========================================
+float32       float32 state                          float32 state
+bfloat16      bf16 state (uint16 bits)               bf16 state (uint16 bits)
+int8          bf16 state (uint16 bits)               int8 update ``local - received`` + scale
+============  =====================================  =========================================
+
+Downlink int8 is not used [D]: clients are stateless and sampled, so there is no previous state to
+send a delta against, and the state itself spans a wider range than one round's update. The server
+decodes its own downlink to get exactly the state the clients start from (the ``reference``), and
+rebuilds an int8 reply as ``reference + q * scale``. Everything after decoding is float32: NaN/Inf
+checks, the update norm, aggregation and checkpoints.
 """
 
 from __future__ import annotations
@@ -19,6 +38,7 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, Re
 from flwr.common.serde import message_to_proto, recorddict_to_proto
 
 from smartfed.errors import WireFormatError
+from smartfed.fed import codec
 from smartfed.train.client import ClientUpdate
 
 ARRAYS = "arrays"
@@ -38,6 +58,13 @@ LOAD_S = "load_s"
 ENERGY_KWH = "energy_kwh"
 IMPORTANCE_PREFIX = "imp:"
 ROUTER_SUFFIX = ".router.weight"
+WIRE = "wire"  # ConfigRecord naming a non-float32 state encoding; absent = float32
+WIRE_DTYPE = "dtype"
+WIRE_SCALES = "scales"
+WIRE_DTYPES = ("float32", "bfloat16", "int8")
+_CODE_DTYPES = {"bfloat16": np.uint16, "int8": np.int8}
+
+State = Mapping[str, np.ndarray]
 
 
 def matrix_of(router_key: str) -> str:
@@ -67,6 +94,115 @@ def state_from_arrays(rec: ArrayRecord) -> dict[str, torch.Tensor]:
     return {k: torch.from_numpy(np.array(rec[k].numpy(), copy=True)) for k in rec}
 
 
+def downlink_dtype(wire_dtype: str) -> str:
+    """The encoding of the server -> client state for a ``fed.wire_dtype`` (int8 -> bfloat16)."""
+    return "bfloat16" if wire_dtype == "int8" else wire_dtype
+
+
+def encode_state(
+    state: State, wire_dtype: str, reference: State | None = None
+) -> tuple[ArrayRecord, ConfigRecord | None]:
+    """Encode a float32 state as ``(arrays, encoding record)``; ``None`` record = float32.
+
+    Args:
+        state: key -> float32 array, in record order.
+        wire_dtype: ``float32``, ``bfloat16`` or ``int8``.
+        reference: int8 only: the state the sender received; ``state - reference`` is sent.
+
+    Raises:
+        WireFormatError: an unknown dtype, or int8 without a reference of the same keys/shapes.
+    """
+    if wire_dtype == "float32":
+        return arrays_from_numpy(state), None
+    if wire_dtype == "bfloat16":
+        codes = {k: codec.to_bf16_bits(v) for k, v in state.items()}
+        return arrays_from_numpy(codes), ConfigRecord({WIRE_DTYPE: "bfloat16"})
+    if wire_dtype != "int8":
+        raise WireFormatError(f"wire_dtype={wire_dtype!r}: choose one of {WIRE_DTYPES}")
+    _check_reference(state, reference)
+    assert reference is not None  # _check_reference raised otherwise
+    quantized = {
+        k: codec.quantize_int8(v.astype(np.float64) - reference[k]) for k, v in state.items()
+    }
+    enc = ConfigRecord(
+        {WIRE_DTYPE: "int8", WIRE_SCALES: [scale for _, scale in quantized.values()]}
+    )
+    return arrays_from_numpy({k: q for k, (q, _) in quantized.items()}), enc
+
+
+def decode_state(
+    arrays: ArrayRecord, enc: ConfigRecord | None, reference: State | None = None
+) -> dict[str, np.ndarray]:
+    """Decode :func:`encode_state`'s records back to float32 arrays (record order).
+
+    Raises:
+        WireFormatError: unknown encoding, codes of the wrong dtype, a scale list that does not
+            fit, or an int8 update without the matching reference.
+    """
+    dtype = "float32" if enc is None else str(enc.get(WIRE_DTYPE, ""))
+    if dtype not in WIRE_DTYPES:
+        raise WireFormatError(f"unknown state encoding {dtype!r}; server/client versions differ")
+    codes = {k: arrays[k].numpy() for k in arrays}
+    if dtype == "float32":  # as before the encodings existed: arrays pass through unchecked
+        return {k: np.array(v, copy=True) for k, v in codes.items()}
+    want = np.dtype(_CODE_DTYPES[dtype])
+    bad = [k for k, v in codes.items() if v.dtype != want]
+    if bad:
+        raise WireFormatError(f"{dtype} state: {bad[0]} holds {codes[bad[0]].dtype}, not {want}")
+    if dtype == "bfloat16":
+        return {k: codec.from_bf16_bits(v) for k, v in codes.items()}
+    scales = list(enc.get(WIRE_SCALES, []))  # type: ignore[union-attr]
+    if len(scales) != len(codes):
+        raise WireFormatError(f"int8 state: {len(scales)} scales for {len(codes)} arrays")
+    _check_reference(codes, reference)
+    assert reference is not None
+    return {
+        k: np.asarray(reference[k], dtype=np.float32) + codec.dequantize_int8(q, float(s))
+        for (k, q), s in zip(codes.items(), scales, strict=True)
+    }
+
+
+def _check_reference(state: State, reference: State | None) -> None:
+    """An int8 update needs the received state: same keys, same shapes."""
+    if reference is None:
+        raise WireFormatError("int8 updates need the state they were computed against")
+    if set(state) != set(reference) or any(
+        np.shape(v) != np.shape(reference[k]) for k, v in state.items()
+    ):
+        raise WireFormatError(
+            "int8 update keys/shapes differ from the state sent this round; "
+            "use wire_dtype float32 for methods whose reply is not their trainable state"
+        )
+
+
+def pack_state(arrays: ArrayRecord, wire_dtype: str) -> tuple[RecordDict, dict[str, np.ndarray]]:
+    """The downlink records of the global state, and the float32 state clients will decode.
+
+    Args:
+        arrays: the global float32 state (sent as is for ``float32``).
+        wire_dtype: ``fed.wire_dtype``; the downlink uses :func:`downlink_dtype`.
+
+    Returns:
+        ``(records, reference)``: ``records`` holds :data:`ARRAYS` (+ :data:`WIRE`); add the
+        config record to it. ``reference`` is what int8 replies are rebuilt against.
+    """
+    down = downlink_dtype(wire_dtype)
+    if down == "float32":
+        return RecordDict({ARRAYS: arrays}), {k: arrays[k].numpy() for k in arrays}
+    sent, enc = encode_state({k: arrays[k].numpy() for k in arrays}, down)
+    assert enc is not None
+    return RecordDict({ARRAYS: sent, WIRE: enc}), decode_state(sent, enc)
+
+
+def _wire_record(content: RecordDict) -> ConfigRecord | None:
+    if WIRE not in content:
+        return None
+    rec = content[WIRE]
+    if not isinstance(rec, ConfigRecord):
+        raise WireFormatError(f"record {WIRE!r} is a {type(rec).__name__}, not a ConfigRecord")
+    return rec
+
+
 def pack_train_config(
     quotas: Mapping[str, int], local_steps: int, batch_size: int, learning_rate: float
 ) -> ConfigRecord:
@@ -89,7 +225,9 @@ def unpack_train_ins(content: RecordDict) -> TrainIns:
     """
     try:
         arrays, cfg = content[ARRAYS], content[CONFIG]
-        routers = state_from_arrays(arrays)
+        routers = {
+            k: torch.from_numpy(v) for k, v in decode_state(arrays, _wire_record(content)).items()
+        }
         matrices = sorted(matrix_of(k) for k in routers if k.endswith(ROUTER_SUFFIX))  # routed only
         quotas = list(cfg[QUOTAS])
         if len(quotas) != len(matrices):
@@ -108,8 +246,16 @@ def unpack_train_ins(content: RecordDict) -> TrainIns:
         ) from err
 
 
-def pack_train_res(res: ClientUpdate) -> RecordDict:
-    """Build the reply ``RecordDict`` (one ArrayRecord, one MetricRecord)."""
+def pack_train_res(
+    res: ClientUpdate, wire_dtype: str = "float32", received: State | None = None
+) -> RecordDict:
+    """Build the reply ``RecordDict`` (one ArrayRecord, one MetricRecord, + :data:`WIRE`).
+
+    Args:
+        res: the client's update.
+        wire_dtype: ``fed.wire_dtype`` (how ``res.routers`` is encoded).
+        received: the state the client started from (int8: the update is taken against it).
+    """
     metrics: dict[str, int | float | list[float]] = {
         NUM_EXAMPLES: int(res.num_examples),
         PARTITION_ID: int(res.partition_id),
@@ -121,15 +267,22 @@ def pack_train_res(res: ClientUpdate) -> RecordDict:
     }
     for matrix, values in sorted(res.importance.items()):
         metrics[IMPORTANCE_PREFIX + matrix] = [float(v) for v in values]
-    arrays = ArrayRecord({k: Array(np.ascontiguousarray(v)) for k, v in res.routers.items()})
-    return RecordDict({ARRAYS: arrays, METRICS: MetricRecord(metrics)})
+    arrays, enc = encode_state(res.routers, wire_dtype, received)
+    out = RecordDict({ARRAYS: arrays, METRICS: MetricRecord(metrics)})
+    if enc is not None:
+        out[WIRE] = enc
+    return out
 
 
-def unpack_train_res(content: RecordDict) -> ClientUpdate:
-    """Read a client reply.
+def unpack_train_res(content: RecordDict, reference: State | None = None) -> ClientUpdate:
+    """Read a client reply; its state is decoded to float32 (int8: ``reference + update``).
+
+    Args:
+        content: the reply records.
+        reference: the state sent this round as the clients decoded it (:func:`pack_state`).
 
     Raises:
-        WireFormatError: missing records/keys or wrong value types.
+        WireFormatError: missing records/keys, wrong value types or an undecodable state.
     """
     try:
         m, arrays = content[METRICS], content[ARRAYS]
@@ -142,7 +295,7 @@ def unpack_train_res(content: RecordDict) -> ClientUpdate:
             partition_id=int(m[PARTITION_ID]),
             num_examples=int(m[NUM_EXAMPLES]),
             train_loss=float(m[TRAIN_LOSS]),  # type: ignore[arg-type]
-            routers={k: arrays[k].numpy() for k in arrays},
+            routers=decode_state(arrays, _wire_record(content), reference),
             importance=importance,
             steps=int(m[STEPS]),
             train_s=float(m[TRAIN_S]),  # type: ignore[arg-type]
