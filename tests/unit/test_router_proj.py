@@ -203,3 +203,5 @@ def test_pool_inspect_reports_the_projected_size(pool) -> None:  # type: ignore[
     assert "router parameters: 6,656" in full and "fp32 26,624" in full
     assert f"router parameters: {98 * H:,}" in proj and f"fp32 {4 * 98 * H:,}" in proj
     assert f"router_proj_dim={H}" in proj
+    with pytest.raises(ConfigError, match="router_proj_dim=64 is not below d_in=64"):
+        format_pool(pool, RouterConfig(topk_experts=4, router_proj_dim=64))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from smartfed.config import RouterConfig
+from smartfed.errors import ConfigError
 from smartfed.pool.pool import LoraPool
 
 
@@ -26,6 +27,7 @@ def format_pool(pool: LoraPool, router: RouterConfig) -> list[str]:
             f"{'yes' if a.use_rslora else 'no':<6}  {'/'.join(f'{s:g}' for s in scalings):<8}  "
             f"{len(a.modules):<7}  {','.join(sorted(a.target_modules))}  {a.sha256[:12]}"
         )
+    _check_proj_dim(pool, router.router_proj_dim)
     params = 0
     mwidth = max(len(m) for m in pool.matrices())
     lines.append(f"{'matrix':<{mwidth}}  d_in  d_out    M  K_m  c      experts from (rank)")
@@ -46,6 +48,18 @@ def format_pool(pool: LoraPool, router: RouterConfig) -> list[str]:
         f"int8 update (client -> server) {params:,} ({params / 1e6:.2f} MB)"
     )
     return lines
+
+
+def _check_proj_dim(pool: LoraPool, proj_dim: int) -> None:
+    """The same rule as ``inject_more``: h must be below every routed matrix's d_in."""
+    if proj_dim <= 0:
+        return
+    d_in, name = min((mods[0][1].d_in, m) for m in pool.matrices() if (mods := pool.modules_for(m)))
+    if proj_dim >= d_in:
+        raise ConfigError(
+            f"router_proj_dim={proj_dim} is not below d_in={d_in} of {name}; choose "
+            f"1 <= router_proj_dim < {d_in} or 0 (full routers)"
+        )
 
 
 def _scale(router: RouterConfig, ranks: list[int], k: int) -> float:
