@@ -92,6 +92,8 @@ def _one_round(
         "replies": [m for m in app.replies if wire.ARRAYS in m.content],
         "params": sum(v.size for v in final.values()),
         "packed": packed,
+        "checkpoint": RunDir(cfg.output_dir).load_checkpoint().routers,  # type: ignore[union-attr]
+        "final": final,
     }
 
 
@@ -115,6 +117,9 @@ def test_every_round_completes_without_rejections(rounds: dict[str, dict[str, An
         row = r["row"]
         assert row["round"] == 1 and len(row["clients"]) == 2 and not row["rejected"], name
         assert np.isfinite(row["train_loss"]) and np.isfinite(row["eval_loss"]), name
+        ckpt = r["checkpoint"]  # resume state: the decoded global state, float32, exactly
+        assert all(ckpt[k].dtype == np.float32 for k in ckpt), name
+        assert all(np.array_equal(ckpt[k], r["final"][k]) for k in ckpt), name
     assert rounds["float32"]["params"] == ROUTER_PARAMS
     assert rounds["proj16"]["params"] == PROJ_PARAMS
 
