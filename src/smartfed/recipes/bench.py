@@ -39,6 +39,9 @@ VARIANTS: dict[str, dict[str, Scalar]] = {
     "topk_all": {"topk_experts": 16},
     "scale_rank": {"output_scale_mode": "rank", "renormalize_topk": False},
     "router_init0": {"router_init_std": 0.0},
+    "wire_bf16": {"wire_dtype": "bfloat16"},
+    "wire_int8": {"wire_dtype": "int8"},
+    "router_proj64": {"router_proj_dim": 64},
 }
 """[D] Variant -> run-config overrides. ``irrelevant`` / ``random`` change the pool instead
 (:func:`pool_sources`); ``data10`` is the paper's 10%-data setting [P]; the others are the
@@ -121,7 +124,15 @@ PRESETS: dict[str, Preset] = {
     "tuning": Preset(
         cells=tuple(
             Cell(PRIMARY, v, ("smartfed",), 2)
-            for v in ("eeqa_warmup3", "topk_all", "scale_rank", "router_init0")
+            for v in (
+                "wire_bf16",
+                "wire_int8",
+                "router_proj64",
+                "eeqa_warmup3",
+                "topk_all",
+                "scale_rank",
+                "router_init0",
+            )
         ),
     ),
     "full": Preset(

@@ -21,6 +21,9 @@ VARIANT_TITLES = {
     "topk_all": "no sparsity: K = all 16 experts per matrix",
     "scale_rank": "output scale c = source rank, no top-K renormalisation",
     "router_init0": "routers initialised at 0 (uniform gates) instead of N(0, 0.01)",
+    "wire_bf16": "router transfer in bfloat16 (both directions)",
+    "wire_int8": "int8 router updates up, bfloat16 down",
+    "router_proj64": "router on a fixed seeded 64-dim projection of x (only M x 64 travels)",
 }
 
 
