@@ -133,7 +133,7 @@ def collect(
         tasks[task] = {
             "metric": metric,
             "variants": {
-                v: {"methods": {m: method_entry(runs, metric) for m, runs in ms.items()}}
+                v: {"methods": {m: method_entry(ms[m], metric) for m in _method_order(ms)}}
                 for v, ms in variants.items()
             },
         }
@@ -147,6 +147,14 @@ def collect(
         "tasks": tasks,
         "failed": [{"run": str(spec.subdir()), "error": err} for spec, err in failed],
     }
+
+
+def _method_order(names: Mapping[str, Any]) -> list[str]:
+    """Registry order (smartfed first, then the baselines), unknown names last."""
+    from smartfed.methods import METHODS
+
+    order = list(METHODS)
+    return sorted(names, key=lambda n: (order.index(n) if n in order else len(order), n))
 
 
 def _pool_entry(path: Path) -> dict[str, Any]:

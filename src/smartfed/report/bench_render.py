@@ -72,8 +72,8 @@ def method_table(task: str, entry: Mapping[str, Any], derived: Mapping[str, Any]
                 str(len(m["seeds"])),
                 _ms(m["final"][metric]),
                 _ms(m["final"]["eval_loss"], 1.0, 4),
-                _ms(m["bytes_per_round"], 1e-6, 2),
-                _ms(m["bytes_total"], 1e-6, 1),
+                _ms(m["bytes_per_round"], 1e-6, 3),
+                _ms(m["bytes_total"], 1e-6, 2),
                 _ms(m["wall_s"], 1.0, 0),
                 _ms(m["energy_kwh"], 1e3, 2),
             ]
