@@ -18,12 +18,29 @@ from smartfed.meta import run_meta
 
 def summarize(run_dir: Path) -> dict[str, object]:
     """Per-round timings, bytes and energy of the run's complete rounds."""
-    rows = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines() if x.strip()]
+    rows = [
+        json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines() if x.strip()
+    ]
     cfg = json.loads((run_dir / "config.json").read_text())
     rounds = [
-        {k: r.get(k) for k in ("round", "wall_s", "phases", "client_train_s", "client_load_s",
-                               "train_loss", "eval_loss", "bytes_up", "bytes_down", "payload_up",
-                               "payload_down", "energy_kwh_clients", "energy_kwh_server")}
+        {
+            k: r.get(k)
+            for k in (
+                "round",
+                "wall_s",
+                "phases",
+                "client_train_s",
+                "client_load_s",
+                "train_loss",
+                "eval_loss",
+                "bytes_up",
+                "bytes_down",
+                "payload_up",
+                "payload_down",
+                "energy_kwh_clients",
+                "energy_kwh_server",
+            )
+        }
         for r in rows
     ]
     steps = cfg["train"]["local_steps"]
@@ -45,8 +62,13 @@ def main() -> None:
     p.add_argument("--out", type=Path, default=Path("benchmarks/results/fed_round_smollm2.json"))
     p.add_argument("--note", default="")
     args = p.parse_args()
-    result = {"name": "fed_round_smollm2", "command": args.command, "note": args.note,
-              **summarize(args.run_dir), "meta": run_meta()}
+    result = {
+        "name": "fed_round_smollm2",
+        "command": args.command,
+        "note": args.note,
+        **summarize(args.run_dir),
+        "meta": run_meta(),
+    }
     atomic_write_json(args.out, result)
 
 

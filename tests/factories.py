@@ -24,7 +24,7 @@ _CORPUS = [
 
 
 def make_tokenizer(out_dir: Path | None = None):  # type: ignore[no-untyped-def]
-    """Return a tiny byte-level BPE ``PreTrainedTokenizerFast`` with ChatML specials (vocab < 512)."""
+    """Return a tiny byte-level BPE ``PreTrainedTokenizerFast`` with ChatML specials (< 512)."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
@@ -52,8 +52,15 @@ def make_tokenizer(out_dir: Path | None = None):  # type: ignore[no-untyped-def]
     return fast
 
 
-def make_tiny_llama(out_dir: Path | None = None, *, hidden: int = 64, layers: int = 2, seed: int = 0,
-                    vocab_size: int = 512, kv_heads: int = 2):  # type: ignore[no-untyped-def]
+def make_tiny_llama(
+    out_dir: Path | None = None,
+    *,
+    hidden: int = 64,
+    layers: int = 2,
+    seed: int = 0,
+    vocab_size: int = 512,
+    kv_heads: int = 2,
+):  # type: ignore[no-untyped-def]
     """Return a random-init tiny ``LlamaForCausalLM`` (GQA: k/v are hidden -> hidden/2)."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
@@ -75,10 +82,18 @@ def make_tiny_llama(out_dir: Path | None = None, *, hidden: int = 64, layers: in
     return model
 
 
-def make_peft_adapter(model_dir: Path, out_dir: Path, *, r: int = 4, alpha: float = 8.0,
-                      targets: Sequence[str] = ("q_proj", "v_proj"), use_rslora: bool = False,
-                      seed: int = 0, rank_pattern: dict[str, int] | None = None) -> Path:
-    """Save a PEFT LoRA adapter for the model at ``model_dir`` with random A *and* B (nonzero delta)."""
+def make_peft_adapter(
+    model_dir: Path,
+    out_dir: Path,
+    *,
+    r: int = 4,
+    alpha: float = 8.0,
+    targets: Sequence[str] = ("q_proj", "v_proj"),
+    use_rslora: bool = False,
+    seed: int = 0,
+    rank_pattern: dict[str, int] | None = None,
+) -> Path:
+    """Save a PEFT LoRA adapter for the model at ``model_dir``, random A *and* B (nonzero delta)."""
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 

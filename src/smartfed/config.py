@@ -1,6 +1,7 @@
 """The one typed run configuration, validated at the edge.
 
-Every entry point parses once: the CLI with :meth:`RunConfig.from_toml` / :meth:`RunConfig.from_flat`,
+Every entry point parses once: the CLI with :meth:`RunConfig.from_toml` /
+:meth:`RunConfig.from_flat`,
 the Flower apps with :meth:`RunConfig.from_flat` on ``context.run_config``. Only typed objects cross
 function boundaries after that; defaults live only here.
 
@@ -39,13 +40,14 @@ class ModelConfig:
     """Which base model to load and how."""
 
     model_name_or_path: str = "default"
-    """Hub id, local HF directory, ``.gguf`` file, or ``default`` (embedded SmolLM2-135M-Instruct)."""
+    """Hub id, local HF directory, ``.gguf`` file, or ``default`` (embedded SmolLM2-135M)."""
     dtype: Literal["bfloat16", "float32", "float16"] = "bfloat16"
     """Weights dtype, chosen once. [D] bf16: 1.3-1.7x faster than fp32 on the reference CPU."""
     device: str = "cpu"
     """Torch device string (``cpu``, ``cuda``, ``cuda:1``)."""
     cache_dir: str = ""
-    """Where GGUF models are cached as safetensors; empty = ``$SMARTFED_CACHE`` or ``~/.cache/smartfed``."""
+    """Where GGUF models are cached as safetensors; empty = ``$SMARTFED_CACHE`` or
+    ``~/.cache/smartfed``."""
     max_seq_len: int = 256
     """Training/eval sequences are truncated to this many tokens."""
 
@@ -114,7 +116,9 @@ class RouterConfig:
         _require(self.load_balance_coef >= 0, "load_balance_coef", self.load_balance_coef, ">= 0")
         _require(
             not isinstance(self.router_proj_dim, bool) and self.router_proj_dim >= 0,
-            "router_proj_dim", self.router_proj_dim, "must be >= 0 (0 = full router)",
+            "router_proj_dim",
+            self.router_proj_dim,
+            "must be >= 0 (0 = full router)",
         )
 
 
@@ -141,7 +145,9 @@ class QuotaConfig:
         _require(
             self.k_max == 0 or self.k_max >= self.k_min, "k_max", self.k_max, "must be >= k_min"
         )
-        _require(self.eeqa_warmup_rounds >= 1, "eeqa_warmup_rounds", self.eeqa_warmup_rounds, ">= 1")
+        _require(
+            self.eeqa_warmup_rounds >= 1, "eeqa_warmup_rounds", self.eeqa_warmup_rounds, ">= 1"
+        )
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -211,26 +217,41 @@ class FedConfig:
             f"must be in [1, sample_clients={self.sample_clients}]",
         )
         _require(self.round_timeout_s > 0, "round_timeout_s", self.round_timeout_s, "must be > 0")
-        _require(self.partitioner in PARTITIONERS, "partitioner", self.partitioner, str(PARTITIONERS))
+        _require(
+            self.partitioner in PARTITIONERS, "partitioner", self.partitioner, str(PARTITIONERS)
+        )
         _require(self.dirichlet_alpha > 0, "dirichlet_alpha", self.dirichlet_alpha, "must be > 0")
         _require(0 < self.data_fraction <= 1, "data_fraction", self.data_fraction, "in (0, 1]")
         _require(self.engine in ENGINES, "engine", self.engine, f"choose one of {ENGINES}")
         _require(self.max_update_norm >= 0, "max_update_norm", self.max_update_norm, ">= 0")
         _require(self.client_cpus >= 1, "client_cpus", self.client_cpus, "must be >= 1")
-        _require(self.dp_noise_multiplier >= 0, "dp_noise_multiplier", self.dp_noise_multiplier, ">= 0")
+        _require(
+            self.dp_noise_multiplier >= 0, "dp_noise_multiplier", self.dp_noise_multiplier, ">= 0"
+        )
         _require(
             self.dp_noise_multiplier == 0 or self.dp_clipping_norm > 0,
-            "dp_clipping_norm", self.dp_clipping_norm, "must be > 0 when dp_noise_multiplier > 0",
+            "dp_clipping_norm",
+            self.dp_clipping_norm,
+            "must be > 0 when dp_noise_multiplier > 0",
         )
-        _require(self.wire_dtype in WIRE_DTYPES, "wire_dtype", self.wire_dtype,
-                 f"choose one of {WIRE_DTYPES}")
+        _require(
+            self.wire_dtype in WIRE_DTYPES,
+            "wire_dtype",
+            self.wire_dtype,
+            f"choose one of {WIRE_DTYPES}",
+        )
         _require(
             self.wire_dtype == "float32" or self.dp_noise_multiplier == 0,
-            "wire_dtype", self.wire_dtype,
+            "wire_dtype",
+            self.wire_dtype,
             "server-side DP clips raw float32 replies: use float32 when dp_noise_multiplier > 0",
         )
-        _require(len(self.country_iso_code) == 3, "country_iso_code", self.country_iso_code,
-                 "use an ISO 3166 alpha-3 code such as USA or DEU")
+        _require(
+            len(self.country_iso_code) == 3,
+            "country_iso_code",
+            self.country_iso_code,
+            "use an ISO 3166 alpha-3 code such as USA or DEU",
+        )
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -276,7 +297,9 @@ class DataConfig:
     """Cap on training rows before partitioning; 0 = all."""
 
     def __post_init__(self) -> None:
-        _require(self.max_train_examples >= 0, "max_train_examples", self.max_train_examples, ">= 0")
+        _require(
+            self.max_train_examples >= 0, "max_train_examples", self.max_train_examples, ">= 0"
+        )
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -287,7 +310,7 @@ class EvalConfig:
     """Task scored during/after the run; empty = the training task (the paper trains on Math23K and
     evaluates on MGSM-zh, so paper configs set both)."""
     eval_every: int = 5
-    """Evaluate the global model every this many rounds (and after the last); 0 = only at the end."""
+    """Evaluate the global model every this many rounds (and after the last); 0 = at the end."""
     eval_limit: int = 100
     """Evaluation examples per evaluation; 0 = the whole eval split."""
     max_new_tokens: int = 256
@@ -295,7 +318,8 @@ class EvalConfig:
     eval_batch_size: int = 8
     """Prompts decoded together."""
     heldout_examples: int = 64
-    """Training rows held out (seeded, before partitioning) for the per-round held-out loss; 0 = off."""
+    """Training rows held out (seeded, before partitioning) for the per-round held-out loss;
+    0 = off."""
 
     def __post_init__(self) -> None:
         _require(self.eval_every >= 0, "eval_every", self.eval_every, "must be >= 0")

@@ -1,4 +1,4 @@
-"""Error hierarchy: every user mistake is a ``SmartFedError`` that the CLI prints as one line, exit 2."""
+"""Error hierarchy: every user mistake is a ``SmartFedError``; the CLI prints one line, exit 2."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Logging helpers: one logger namespace (``smartfed``) and one format, configured only by the CLI."""
+"""Logging helpers: one logger namespace (``smartfed``), one format, configured only by the CLI."""
 
 from __future__ import annotations
 

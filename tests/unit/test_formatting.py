@@ -1,7 +1,6 @@
 from __future__ import annotations
 
 from factories import make_tokenizer
-
 from smartfed.data.example import Example
 from smartfed.data.formatting import IGNORE_INDEX, collate, encode_for_training, render_prompt
 
@@ -28,7 +27,7 @@ def test_truncation_keeps_response_and_collate_pads() -> None:
     batch = collate([enc, short], pad_id=tok.pad_token_id)
     assert batch["input_ids"].shape == (2, 32)
     assert int(batch["attention_mask"][1].sum()) == len(short.input_ids)
-    assert (batch["labels"][1, len(short.input_ids):] == IGNORE_INDEX).all()
+    assert (batch["labels"][1, len(short.input_ids) :] == IGNORE_INDEX).all()
 
 
 def test_instruction_template_without_chat_template() -> None:

@@ -28,7 +28,10 @@ def test_truncate_at_stop() -> None:
 def test_batched_equals_one_by_one_and_keeps_order(tiny_model_dir: Path) -> None:
     model, tok = _load(tiny_model_dir)
     batched = generate(model, tok, PROMPTS, max_new_tokens=6, batch_size=4, progress=False)
-    single = [generate(model, tok, [p], max_new_tokens=6, batch_size=1, progress=False)[0] for p in PROMPTS]
+    single = [
+        generate(model, tok, [p], max_new_tokens=6, batch_size=1, progress=False)[0]
+        for p in PROMPTS
+    ]
     assert batched == single and len(batched) == len(PROMPTS)
 
 
@@ -68,16 +71,23 @@ def test_padding_side_is_restored(tiny_model_dir: Path) -> None:
     assert tok.padding_side == "right"
 
 
-def test_more_model_generates_through_the_same_path(tiny_model_dir: Path, tiny_pool: list[Path]) -> None:
+def test_more_model_generates_through_the_same_path(
+    tiny_model_dir: Path, tiny_pool: list[Path]
+) -> None:
     from smartfed.config import RouterConfig
     from smartfed.model.inject import inject_more
     from smartfed.pool.pool import resolve_pool
 
     model, tok = _load(tiny_model_dir)
     base_out = generate(model, tok, PROMPTS, max_new_tokens=4, batch_size=4, progress=False)
-    inject_more(model, resolve_pool([str(p) for p in tiny_pool]), RouterConfig(topk_experts=2), seed=0)
+    inject_more(
+        model, resolve_pool([str(p) for p in tiny_pool]), RouterConfig(topk_experts=2), seed=0
+    )
     batched = generate(model, tok, PROMPTS, max_new_tokens=4, batch_size=4, progress=False)
-    single = [generate(model, tok, [p], max_new_tokens=4, batch_size=1, progress=False)[0] for p in PROMPTS]
+    single = [
+        generate(model, tok, [p], max_new_tokens=4, batch_size=1, progress=False)[0]
+        for p in PROMPTS
+    ]
     assert batched == single and len(batched) == len(base_out)
 
 
@@ -87,5 +97,7 @@ def test_smollm2_answers_in_chat_format() -> None:
     from smartfed.model.base import load_base_model
 
     model, tok = load_base_model(ModelConfig(model_name_or_path="default", dtype="float32"))
-    out = generate(model, tok, ["What is 2 + 3? Answer with a number."], max_new_tokens=12, progress=False)
+    out = generate(
+        model, tok, ["What is 2 + 3? Answer with a number."], max_new_tokens=12, progress=False
+    )
     assert out[0].strip() and "<|im_end|>" not in out[0] and "<|im_start|>" not in out[0]

@@ -35,17 +35,23 @@ def test_sleeping_child_process_group_is_killed() -> None:
 
 
 def test_huge_allocation_fails() -> None:
-    result = run_python("x = bytearray(8 * 1024 ** 3)\nprint('allocated')", timeout_s=10, memory_mb=512)
+    result = run_python(
+        "x = bytearray(8 * 1024 ** 3)\nprint('allocated')", timeout_s=10, memory_mb=512
+    )
     assert not result.ok and "allocated" not in result.stdout
 
 
-@pytest.mark.parametrize("code", [
-    "import os\nwhile True:\n    os.fork()",
-    "import subprocess\nsubprocess.run(['echo', 'escaped'])",
-    "import os\nos.system('echo escaped')",
-    "import os\nos.execv('/bin/echo', ['echo', 'escaped'])",
-    "import multiprocessing as mp\np = mp.Process(target=print, args=('escaped',))\np.start()\np.join()",
-])
+@pytest.mark.parametrize(
+    "code",
+    [
+        "import os\nwhile True:\n    os.fork()",
+        "import subprocess\nsubprocess.run(['echo', 'escaped'])",
+        "import os\nos.system('echo escaped')",
+        "import os\nos.execv('/bin/echo', ['echo', 'escaped'])",
+        "import multiprocessing as mp\n"
+        "p = mp.Process(target=print, args=('escaped',))\np.start()\np.join()",
+    ],
+)
 def test_process_creation_is_refused(code: str) -> None:
     result = run_python(code, timeout_s=10)
     assert not result.ok and "escaped" not in result.stdout
@@ -73,11 +79,14 @@ def test_big_files_are_capped() -> None:
     assert not result.ok
 
 
-@pytest.mark.parametrize("code", [
-    "import socket\ns = socket.socket()\ns.connect(('127.0.0.1', 9))",
-    "import socket\nsocket.create_connection(('example.com', 80), timeout=2)",
-    "import urllib.request\nurllib.request.urlopen('http://example.com', timeout=2)",
-])
+@pytest.mark.parametrize(
+    "code",
+    [
+        "import socket\ns = socket.socket()\ns.connect(('127.0.0.1', 9))",
+        "import socket\nsocket.create_connection(('example.com', 80), timeout=2)",
+        "import urllib.request\nurllib.request.urlopen('http://example.com', timeout=2)",
+    ],
+)
 def test_sockets_are_refused(code: str) -> None:
     result = run_python(code, timeout_s=10)
     assert not result.ok
@@ -99,8 +108,13 @@ def test_network_namespace_when_available() -> None:
 
 def test_hostile_predictions_score_zero_and_evaluation_goes_on() -> None:
     task = get_task("humaneval")
-    meta = {"index": 0, "task_id": "t/0", "prompt_code": "def add(a, b):\n    \"\"\"Add.\"\"\"\n",
-            "entry_point": "add", "test": "def check(f):\n    assert f(1, 2) == 3\n"}
+    meta = {
+        "index": 0,
+        "task_id": "t/0",
+        "prompt_code": 'def add(a, b):\n    """Add."""\n',
+        "entry_point": "add",
+        "test": "def check(f):\n    assert f(1, 2) == 3\n",
+    }
     ex = Example(prompt="p", meta=meta)
     hostile = [
         "```python\ndef add(a, b):\n    while True:\n        pass\n```",

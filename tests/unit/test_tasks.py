@@ -1,4 +1,4 @@
-"""Task registry, data loading errors and answer extraction, checked on real rows of every data set."""
+"""Task registry, data loading errors and answer extraction, on real rows of every data set."""
 
 from __future__ import annotations
 
@@ -14,15 +14,27 @@ from smartfed.data.tasks.math import MGSM_LANGS, extract_number, number_value, n
 from smartfed.errors import DataError
 
 # The shared data folder is passed explicitly (no hidden default inside the library).
-DATA = Path(os.environ.get("SMARTFED_DATA") or Path(__file__).resolve().parents[3] / "shared" / "data")
-needs_data = pytest.mark.skipif(not (DATA / "README.md").is_file(), reason=f"no data folder at {DATA}")
+DATA = Path(
+    os.environ.get("SMARTFED_DATA") or Path(__file__).resolve().parents[3] / "shared" / "data"
+)
+needs_data = pytest.mark.skipif(
+    not (DATA / "README.md").is_file(), reason=f"no data folder at {DATA}"
+)
 
 
 def test_registry_lists_every_paper_task() -> None:
     names = set(list_tasks())
     expected = {f"mgsm_{lang}" for lang in MGSM_LANGS} | {
-        "math23k", "gsm8k", "gsm_hard", "humaneval", "mbpp", "code_zh",
-        "chinese_chat", "english_chat", "math_en", "code_en",
+        "math23k",
+        "gsm8k",
+        "gsm_hard",
+        "humaneval",
+        "mbpp",
+        "code_zh",
+        "chinese_chat",
+        "english_chat",
+        "math_en",
+        "code_en",
     }
     assert expected <= names
     assert len(MGSM_LANGS) == 11
@@ -51,11 +63,17 @@ def test_data_dir_order_flag_env_default(monkeypatch: pytest.MonkeyPatch, tmp_pa
     assert resolve_data_dir("") == Path("data")
 
 
-@pytest.mark.parametrize("name,expected", [
-    ("mgsm_zh", "mgsm/mgsm_zh.tsv"), ("gsm_hard", "gsm_hard/gsmhardv2.jsonl"),
-    ("humaneval", "humaneval/HumanEval.jsonl.gz"), ("math23k", "math23k/test.jsonl"),
-    ("mbpp", "mbpp/mbpp.jsonl"), ("gsm8k", "gsm8k/test.jsonl"),
-])
+@pytest.mark.parametrize(
+    "name,expected",
+    [
+        ("mgsm_zh", "mgsm/mgsm_zh.tsv"),
+        ("gsm_hard", "gsm_hard/gsmhardv2.jsonl"),
+        ("humaneval", "humaneval/HumanEval.jsonl.gz"),
+        ("math23k", "math23k/test.jsonl"),
+        ("mbpp", "mbpp/mbpp.jsonl"),
+        ("gsm8k", "gsm8k/test.jsonl"),
+    ],
+)
 def test_missing_file_names_what_to_put_where(tmp_path: Path, name: str, expected: str) -> None:
     with pytest.raises(DataError) as err:
         get_task(name).eval_examples(tmp_path)
@@ -77,20 +95,34 @@ def test_malformed_rows_name_file_and_line(tmp_path: Path) -> None:
         get_task("mgsm_zh").eval_examples(tmp_path)
     (tmp_path / "gsm_hard").mkdir()
     (tmp_path / "gsm_hard" / "gsmhardv2.jsonl").write_text(
-        json.dumps({"input": "q", "code": "", "target": 1.0}) + "\n{broken\n", encoding="utf-8")
+        json.dumps({"input": "q", "code": "", "target": 1.0}) + "\n{broken\n", encoding="utf-8"
+    )
     with pytest.raises(DataError, match=r"gsmhardv2.jsonl:2: invalid JSON"):
         get_task("gsm_hard").eval_examples(tmp_path)
     (tmp_path / "gsm8k").mkdir()
-    (tmp_path / "gsm8k" / "test.jsonl").write_text(json.dumps({"question": "q"}) + "\n", encoding="utf-8")
+    (tmp_path / "gsm8k" / "test.jsonl").write_text(
+        json.dumps({"question": "q"}) + "\n", encoding="utf-8"
+    )
     with pytest.raises(DataError, match=r"test.jsonl:1: missing field 'answer'"):
         get_task("gsm8k").eval_examples(tmp_path)
 
 
-@pytest.mark.parametrize("text,value", [
-    ("答案是 18 元。", 18), ("The answer is 2,125.", 2125), ("#### 72", 72), ("３４元", 34),
-    ("so 3/4 cup", 0.75), ("1((1)/(2))", 1.5), ("((4)/(7))", 4 / 7), ("12.5%", 0.125),
-    ("x = -410.0", -410), ("The answer is 5. Check: 2 + 3 = 5 and 7", 5), (r"\boxed{42} so 7", 42),
-])
+@pytest.mark.parametrize(
+    "text,value",
+    [
+        ("答案是 18 元。", 18),
+        ("The answer is 2,125.", 2125),
+        ("#### 72", 72),
+        ("３４元", 34),
+        ("so 3/4 cup", 0.75),
+        ("1((1)/(2))", 1.5),
+        ("((4)/(7))", 4 / 7),
+        ("12.5%", 0.125),
+        ("x = -410.0", -410),
+        ("The answer is 5. Check: 2 + 3 = 5 and 7", 5),
+        (r"\boxed{42} so 7", 42),
+    ],
+)
 def test_extract_number(text: str, value: float) -> None:
     assert number_value(extract_number(text)) == pytest.approx(value)
 
@@ -117,8 +149,10 @@ def test_mgsm_gold_extracts_to_itself(lang: str) -> None:
 
 
 @needs_data
-@pytest.mark.parametrize("name,train", [("gsm8k", True), ("gsm8k", False), ("math23k", True),
-                                        ("math23k", False), ("math_en", True)])
+@pytest.mark.parametrize(
+    "name,train",
+    [("gsm8k", True), ("gsm8k", False), ("math23k", True), ("math23k", False), ("math_en", True)],
+)
 def test_math_reference_solutions_score_correct(name: str, train: bool) -> None:
     task = get_task(name)
     rows = task.train_examples(DATA) if train else task.eval_examples(DATA)
@@ -129,7 +163,8 @@ def test_math_reference_solutions_score_correct(name: str, train: bool) -> None:
 @needs_data
 def test_math23k_raw_answers_extract() -> None:
     task = get_task("math23k")
-    raw = [json.loads(line)["ans"] for line in open(DATA / "math23k/test.jsonl", encoding="utf-8")]
+    lines = (DATA / "math23k/test.jsonl").read_text(encoding="utf-8").splitlines()
+    raw = [json.loads(line)["ans"] for line in lines]
     rows = task.eval_examples(DATA)
     for ans, ex in zip(raw, rows, strict=True):
         assert task.score(ans, ex), ans
@@ -156,7 +191,8 @@ def test_pal_prompt_uses_train_exemplars_not_test() -> None:
     prompt = pal_prompt("How many?")
     assert prompt.count("def solution") == len(_EXEMPLARS) == 3 and prompt.endswith("How many?")
     if (DATA / "gsm8k/train.jsonl").is_file():
-        train = {json.loads(line)["question"] for line in open(DATA / "gsm8k/train.jsonl")}
+        lines = (DATA / "gsm8k/train.jsonl").read_text(encoding="utf-8").splitlines()
+        train = {json.loads(line)["question"] for line in lines}
         assert all(q in train for q, _ in _EXEMPLARS)
 
 
@@ -170,7 +206,10 @@ def test_humaneval_canonical_solutions_pass(name: str) -> None:
         assert task.judge(ex.response, ex)[1] is True, ex.meta["task_id"]
     body_only = rows[0].response.split(rows[0].meta["prompt_code"])[1].rstrip("`")
     assert task.score(body_only, rows[0]) is True  # a bare body continues the prompt
-    assert task.score("```python\ndef has_close_elements(n, t):\n    return False\n```", rows[0]) is False
+    assert (
+        task.score("```python\ndef has_close_elements(n, t):\n    return False\n```", rows[0])
+        is False
+    )
 
 
 @needs_data
@@ -178,15 +217,19 @@ def test_mbpp_reference_code_passes_and_splits() -> None:
     task = get_task("mbpp")
     test_rows, train_rows = task.eval_examples(DATA), task.train_examples(DATA)
     assert len(test_rows) == 500 and len(train_rows) == 374
-    assert {ex.meta["task_id"] for ex in test_rows}.isdisjoint(ex.meta["task_id"] for ex in train_rows)
+    assert {ex.meta["task_id"] for ex in test_rows}.isdisjoint(
+        ex.meta["task_id"] for ex in train_rows
+    )
     for ex in test_rows[:6]:
         assert task.judge(ex.response, ex)[1] is True, ex.meta["task_id"]
     assert task.score("```python\ndef nothing(): pass\n```", test_rows[0]) is False
 
 
 @needs_data
-@pytest.mark.parametrize("name,minimum", [("chinese_chat", 50000), ("english_chat", 50000),
-                                          ("code_en", 6000), ("code_zh", 300)])
+@pytest.mark.parametrize(
+    "name,minimum",
+    [("chinese_chat", 50000), ("english_chat", 50000), ("code_en", 6000), ("code_zh", 300)],
+)
 def test_skill_sets_load_with_labels(name: str, minimum: int) -> None:
     task = get_task(name)
     rows = task.train_examples(DATA)

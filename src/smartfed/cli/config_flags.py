@@ -13,7 +13,9 @@ from typing import Any
 from smartfed.config import _SECTIONS, RunConfig, field_type
 
 
-def add_config_flags(parser: argparse.ArgumentParser, sections: tuple[str, ...] | None = None) -> None:
+def add_config_flags(
+    parser: argparse.ArgumentParser, sections: tuple[str, ...] | None = None
+) -> None:
     """Add ``--config`` and one flag per RunConfig leaf (optionally only some sections)."""
     parser.add_argument("--config", metavar="FILE.toml", help="TOML config; flags override it")
     for name, cls in _SECTIONS.items():
@@ -36,7 +38,10 @@ def _add_flag(group: Any, section: str | None, f: dataclasses.Field[Any]) -> Non
     dest = f"cfg__{section}__{f.name}" if section else f"cfg____{f.name}"
     if typ is bool:
         group.add_argument(
-            f"--{f.name}", dest=dest, action=argparse.BooleanOptionalAction, default=None,
+            f"--{f.name}",
+            dest=dest,
+            action=argparse.BooleanOptionalAction,
+            default=None,
             help=help_text,
         )
     else:

@@ -50,7 +50,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = OneLineParser(prog="smartfed", description=__doc__.splitlines()[0])
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     parser.add_argument("-q", "--quiet", action="store_true", help="warnings and errors only")
-    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=OneLineParser)
+    subparsers = parser.add_subparsers(
+        dest="command", metavar="COMMAND", parser_class=OneLineParser
+    )
     for module_name in COMMANDS.values():
         importlib.import_module(module_name).register(subparsers)
     return parser

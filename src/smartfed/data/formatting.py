@@ -1,7 +1,8 @@
 """One prompt format for training and evaluation, and loss-on-response tokenisation.
 
 The model's own chat template is used when the tokenizer has one (SmolLM2: ChatML with its default
-system message); otherwise an Alpaca-style instruction template [D]. Training and evaluation call the
+system message); otherwise an Alpaca-style instruction template [D]. Training and evaluation call
+the
 same :func:`render_prompt`, so a model is scored on exactly the format it was trained on.
 """
 

@@ -117,9 +117,13 @@ def _chat(messages: Any, where: str) -> tuple[str, str]:
     if not isinstance(messages, list) or not messages:
         raise DataError(f"{where}: 'messages' must be a non-empty list of {{role, content}}")
     for i, m in enumerate(messages):
-        if not isinstance(m, dict) or m.get("role") not in ROLES or not isinstance(m.get("content"), str):
+        if (
+            not isinstance(m, dict)
+            or m.get("role") not in ROLES
+            or not isinstance(m.get("content"), str)
+        ):
             raise DataError(
-                f"{where}: messages[{i}] must be {{\"role\": one of {ROLES}, \"content\": str}}"
+                f'{where}: messages[{i}] must be {{"role": one of {ROLES}, "content": str}}'
             )
     last = max((i for i, m in enumerate(messages) if m["role"] == "assistant"), default=-1)
     if last < 0:

@@ -38,7 +38,7 @@ class ResolvedModel:
 
 
 def cache_root(cfg_cache_dir: str = "") -> Path:
-    """Return the SmartFed cache folder (``cache_dir``, ``$SMARTFED_CACHE`` or ``~/.cache/smartfed``)."""
+    """Return the cache folder (``cache_dir``, ``$SMARTFED_CACHE`` or ``~/.cache/smartfed``)."""
     if cfg_cache_dir:
         return Path(cfg_cache_dir).expanduser()
     env = os.environ.get("SMARTFED_CACHE")

@@ -16,7 +16,7 @@ import subprocess
 import sys
 import time
 import urllib.request
-from contextlib import ExitStack
+from contextlib import ExitStack, suppress
 from pathlib import Path
 from typing import Any
 
@@ -126,16 +126,12 @@ class Processes:
             except psutil.NoSuchProcess:
                 continue
         for p in victims:
-            try:
+            with suppress(psutil.NoSuchProcess):
                 p.terminate()
-            except psutil.NoSuchProcess:
-                pass
         _, alive = psutil.wait_procs(victims, timeout=STOP_GRACE_S)
         for p in alive:
-            try:
+            with suppress(psutil.NoSuchProcess):
                 p.kill()
-            except psutil.NoSuchProcess:
-                pass
         psutil.wait_procs(alive, timeout=STOP_GRACE_S)
         for _, proc in self.procs:
             proc.poll()
