@@ -119,8 +119,19 @@ def collect(
     """The results JSON (without derived figures) from the grid's run directories."""
     from smartfed.data.tasks import get_task
     from smartfed.meta import run_meta
-    from smartfed.recipes.bench import COMMON, METHOD_LR, PRESETS
+    from smartfed.recipes.bench import COMMON, METHOD_LR, PRESETS, VARIANTS
 
+    task_order = list(PRESETS[preset].tasks)
+    variant_order = list(VARIANTS)
+    cells = sorted(
+        cells,
+        key=lambda c: (
+            task_order.index(c[0].task) if c[0].task in task_order else len(task_order),
+            c[0].task,
+            variant_order.index(c[0].variant),
+            c[0].seed,
+        ),
+    )
     grouped: dict[str, dict[str, dict[str, list[tuple[int, Path]]]]] = {}
     for spec, run_dir in cells:
         if (run_dir / "summary.json").is_file():
