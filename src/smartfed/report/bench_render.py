@@ -173,6 +173,8 @@ def plot_curves(task: str, entry: Mapping[str, Any], path: Path) -> Path | None:
             )
             if x_key == "bytes_cum":
                 ax.set_xscale("log")
+            if key == "eval_loss":
+                ax.set_yscale("log")
     axes[0][0].legend(fontsize="x-small")
     return _save(fig, path)
 
