@@ -122,17 +122,15 @@ PRESETS: dict[str, Preset] = {
         overrides={"num_rounds": 4, "eval_every": 0, "eval_limit": 25},
     ),
     "tuning": Preset(
-        cells=tuple(
-            Cell(PRIMARY, v, ("smartfed",), 2)
-            for v in (
-                "wire_bf16",
-                "wire_int8",
-                "router_proj64",
-                "eeqa_warmup3",
-                "topk_all",
-                "scale_rank",
-                "router_init0",
-            )
+        cells=(
+            *(
+                Cell(PRIMARY, v, ("smartfed",), 2)
+                for v in ("wire_bf16", "wire_int8", "router_proj64")
+            ),
+            *(
+                Cell(PRIMARY, v, ("smartfed",), 1)
+                for v in ("eeqa_warmup3", "topk_all", "scale_rank", "router_init0")
+            ),
         ),
     ),
     "full": Preset(
