@@ -101,7 +101,7 @@ def ratio_lines(task: str, derived: Mapping[str, Any], metric: str) -> list[str]
             if name == derived.get("reference"):
                 continue
             lines.append(
-                f"| `{name}` | FedIT's {label} {item['target']:.3f} | "
+                f"| `{name}` | FedIT's {label} {item['target']:.3g} | "
                 f"{_ratio(item['ratio_rounds'])} | "
                 f"{_ratio(item['ratio_bytes'])} | {_ratio(item['ratio_energy'])} | "
                 f"{_ratio(item['ratio_wall'])} |"
