@@ -89,7 +89,9 @@ def test_rounds_log_what_the_spec_asks(runs: dict[str, Any]) -> None:
         assert len(row["clients"]) == 2 and row["failures"] == 0
     assert rows[0]["quotas"] != rows[-1]["quotas"]  # EEQA moved the budget from round 2
     cfg = runs["full"]
-    budget = cfg.router.topk_experts * len(rows[0]["quotas"])  # the default total [P]
+    # round 1 = topk_experts per matrix, capped at M_m (the default budget [P], [D] for M_m < K)
+    assert all(k <= cfg.router.topk_experts for k in rows[0]["quotas"].values())
+    budget = sum(rows[0]["quotas"].values())
     for row in rows:  # budget-exact every round, within the per-matrix bounds
         assert sum(row["quotas"].values()) == budget, row["round"]
         assert all(cfg.quota.k_min <= k for k in row["quotas"].values())
