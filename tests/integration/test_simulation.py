@@ -95,6 +95,10 @@ def test_rounds_log_what_the_spec_asks(runs: dict[str, Any]) -> None:
     for row in rows:  # budget-exact every round, within the per-matrix bounds
         assert sum(row["quotas"].values()) == budget, row["round"]
         assert all(cfg.quota.k_min <= k for k in row["quotas"].values())
+    n_adapters = len(cfg.pool.sources)
+    for row in rows:  # expert usage per matrix and source LoRA, summed over the round's clients
+        assert set(row["usage"]) == set(row["quotas"])
+        assert all(len(c) == n_adapters and sum(c) > 0 for c in row["usage"].values())
 
 
 def test_non_empty_output_dir_needs_resume(runs: dict[str, Any]) -> None:

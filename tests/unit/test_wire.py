@@ -106,3 +106,22 @@ def test_update_checks() -> None:
     assert not wire.is_finite_update(bad)
     moved = {k: v + 1.0 for k, v in ref.items()}
     assert wire.update_norm(moved, ref) == pytest.approx(np.sqrt(6 * 8 + 4 * 8))
+
+
+def test_usage_round_trips_and_sums_over_clients() -> None:
+    from smartfed.fed import wire
+    from smartfed.fed.driver import round_usage
+    from smartfed.train.client import ClientUpdate
+
+    upd = ClientUpdate(
+        0,
+        5,
+        1.0,
+        {"m.router.weight": np.zeros((2, 3), np.float32)},
+        importance={"m": [0.1, 0.2]},
+        usage={"m": [7, 0, 3]},
+    )
+    back = wire.unpack_train_res(wire.pack_train_res(upd))
+    assert back.usage == {"m": [7, 0, 3]} and back.importance == {"m": [0.1, 0.2]}
+    assert round_usage([back.usage, {"m": [1, 2, 3]}]) == {"m": [8, 2, 6]}
+    assert round_usage([{}, {}]) == {}

@@ -134,6 +134,9 @@ class ServerLoop:
             "energy_kwh_server": server_kwh,
             "quotas": out.quotas,
         }
+        usage = round_usage([u.usage for u in out.updates])
+        if usage:
+            row["usage"] = usage
         for key, value in (
             ("bytes_total", acc.bytes_up + acc.bytes_down),
             ("wall_s", row["wall_s"]),
@@ -183,6 +186,17 @@ class ServerLoop:
         records = score_outputs(task, examples, outputs)
         value = math.fsum(float(r["correct"]) for r in records) / max(len(records), 1)
         return {f"eval_{task.metric}": value, "eval_task": task.name, "eval_n": len(records)}
+
+
+def round_usage(per_client: list[dict[str, list[int]]]) -> dict[str, list[int]]:
+    """Sum the clients' expert selections per matrix and source adapter (the ``usage`` log)."""
+    total: dict[str, list[int]] = {}
+    for usage in per_client:
+        for matrix, counts in usage.items():
+            acc = total.setdefault(matrix, [0] * len(counts))
+            for i, c in enumerate(counts):
+                acc[i] += int(c)
+    return dict(sorted(total.items()))
 
 
 def run_server(grid: Grid, cfg: RunConfig) -> dict[str, Any]:

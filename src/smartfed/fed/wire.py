@@ -57,6 +57,7 @@ TRAIN_S = "train_s"
 LOAD_S = "load_s"
 ENERGY_KWH = "energy_kwh"
 IMPORTANCE_PREFIX = "imp:"
+USAGE_PREFIX = "use:"
 ROUTER_SUFFIX = ".router.weight"
 WIRE = "wire"  # ConfigRecord naming a non-float32 state encoding; absent = float32
 WIRE_DTYPE = "dtype"
@@ -256,7 +257,7 @@ def pack_train_res(
         wire_dtype: ``fed.wire_dtype`` (how ``res.routers`` is encoded).
         received: the state the client started from (int8: the update is taken against it).
     """
-    metrics: dict[str, int | float | list[float]] = {
+    metrics: dict[str, int | float | list[float] | list[int]] = {
         NUM_EXAMPLES: int(res.num_examples),
         PARTITION_ID: int(res.partition_id),
         TRAIN_LOSS: float(res.train_loss),
@@ -267,6 +268,8 @@ def pack_train_res(
     }
     for matrix, values in sorted(res.importance.items()):
         metrics[IMPORTANCE_PREFIX + matrix] = [float(v) for v in values]
+    for matrix, counts in sorted(res.usage.items()):
+        metrics[USAGE_PREFIX + matrix] = [int(c) for c in counts]
     arrays, enc = encode_state(res.routers, wire_dtype, received)
     out = RecordDict({ARRAYS: arrays, METRICS: MetricRecord(metrics)})
     if enc is not None:
@@ -291,12 +294,18 @@ def unpack_train_res(content: RecordDict, reference: State | None = None) -> Cli
             for k in m
             if k.startswith(IMPORTANCE_PREFIX)
         }
+        usage = {
+            k.removeprefix(USAGE_PREFIX): [int(v) for v in m[k]]  # type: ignore[union-attr]
+            for k in m
+            if k.startswith(USAGE_PREFIX)
+        }
         return ClientUpdate(
             partition_id=int(m[PARTITION_ID]),
             num_examples=int(m[NUM_EXAMPLES]),
             train_loss=float(m[TRAIN_LOSS]),  # type: ignore[arg-type]
             routers=decode_state(arrays, _wire_record(content), reference),
             importance=importance,
+            usage=usage,
             steps=int(m[STEPS]),
             train_s=float(m[TRAIN_S]),  # type: ignore[arg-type]
             load_s=float(m[LOAD_S]),

@@ -26,6 +26,8 @@ class ClientUpdate:
         train_loss: mean loss over the local steps.
         routers: trained tensors by key (float32 numpy, shapes as received).
         importance: matrix -> per-expert EEQA importance (empty for methods without EEQA).
+        usage: matrix -> top-K selections per source adapter (pool order) over this round's
+            real tokens (measured with the importance; empty without EEQA).
         steps: optimizer steps taken.
         train_s: seconds of local training.
         load_s: seconds spent loading the model/data in this message (0 when cached).
@@ -37,6 +39,7 @@ class ClientUpdate:
     train_loss: float
     routers: dict[str, np.ndarray]
     importance: dict[str, list[float]] = field(default_factory=dict)
+    usage: dict[str, list[int]] = field(default_factory=dict)
     steps: int = 0
     train_s: float = 0.0
     load_s: float = 0.0
@@ -86,6 +89,7 @@ def client_round(
     batches = sample_batches(examples, batch_size, local_steps, pad, gen)
     train_cfg = replace(cfg.train, learning_rate=learning_rate)
     importance: dict[str, list[float]] = {}
+    usage: dict[str, list[int]] = {}
     if method.uses_eeqa and cfg.quota.enable_eeqa:
         from smartfed.quota.importance import ImportanceTracker
 
@@ -93,7 +97,7 @@ def client_round(
             result = local_train(
                 model, _masked(batches, tracker), params, train_cfg, total=local_steps
             )
-            importance = tracker.scores()
+            importance, usage = tracker.scores(), tracker.usage()
     else:
         result = local_train(model, batches, params, train_cfg, total=local_steps)
     state = method.trainable_state(model)
@@ -103,6 +107,7 @@ def client_round(
         train_loss=result.loss,
         routers={k: v.numpy() for k, v in state.items()},
         importance=importance,
+        usage=usage,
         steps=result.steps,
         train_s=result.seconds,
     )
