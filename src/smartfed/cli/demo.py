@@ -12,7 +12,8 @@ def register(subparsers: Any) -> None:
         "demo",
         help="the quickstart: build the cpu-mini pool, federate, evaluate, report",
         description="Build the cpu-mini skill LoRAs on the embedded SmolLM2, run SmartFed, FedIT "
-        "and merging federatedly (Flower simulation) on the hard-math composite, write a report.",
+        "and merging federatedly (Flower simulation) on the Chinese-code skill-gap composite, "
+        "write a report.",
     )
     demo.add_argument("--model_name_or_path", default="default")
     demo.add_argument("--output_dir", default="runs/demo")
@@ -30,7 +31,7 @@ def run_demo(args: argparse.Namespace) -> int:
     out = Path(args.output_dir)
     print(
         "smartfed demo: building the cpu-mini skill LoRAs (cached after the first run), then "
-        "SmartFed, FedIT and merging on cpu_mini.hard_math through Flower's simulation",
+        "SmartFed, FedIT and merging on cpu_mini.zh_code_gap through Flower's simulation",
         flush=True,
     )
     result = run_bench(
@@ -42,5 +43,5 @@ def run_demo(args: argparse.Namespace) -> int:
     )
     print(result.results_path.with_suffix(".md").read_text(encoding="utf-8"))
     print(f"run directories: {out}/  results: {result.results_path} ({result.seconds:.0f} s)")
-    print(f"see one run: smartfed report {out}/cpu_mini.hard_math/main/smartfed/seed0")
+    print(f"see one run: smartfed report {out}/cpu_mini.zh_code_gap/main/smartfed/seed0")
     return 1 if result.failed else 0
