@@ -6,9 +6,10 @@ process (a fresh Flower simulation, no model cache shared between methods). A fi
 reused and an interrupted one resumed, so an interrupted bench continues where it stopped. The
 results JSON is rebuilt from the run directories after every run.
 
-Variants [D] (docs/cpu-mini.md): ``main`` (the relevant pool), ``irrelevant`` (a pool of
-irrelevant LoRAs), ``random`` (the relevant LoRAs' shapes and norms, random weights) and
-``data10`` (10% of the training rows [P: the paper's data-efficiency runs]).
+Variants [D] (docs/cpu-mini.md, :data:`VARIANTS`): ``main`` (the relevant pool), ``irrelevant`` (a
+pool of irrelevant LoRAs), ``random`` (the relevant LoRAs' shapes and norms, random weights),
+``data10`` (10% of the training rows [P: the paper's data-efficiency runs]), and run-config
+variants (tuning attempts, cheaper router transfers).
 """
 
 from __future__ import annotations
@@ -46,7 +47,8 @@ VARIANTS: dict[str, dict[str, Scalar]] = {
 """[D] Variant -> run-config overrides. ``irrelevant`` / ``random`` change the pool instead
 (:func:`pool_sources`); ``data10`` is the paper's 10%-data setting [P]; the others are the
 attempts at closing SmartFed's gap that the paper leaves open (EEQA schedule, no sparsity = all
-M = 16 experts, the mixture scale, router initialisation), run with the ``tuning`` preset."""
+M = 16 experts, the mixture scale, router initialisation) and the cheaper router transfers (bf16 /
+int8 on the wire, a router on a fixed 64-dim projection of x), run with the ``tuning`` preset."""
 ROUTER_METHODS = ("smartfed", "smartfed_no_eeqa", "mole")
 
 COMMON: dict[str, Scalar] = {
@@ -150,6 +152,17 @@ PRESETS: dict[str, Preset] = {
 """[D] ``quick``: the committed ``benchmarks/results/cpu-mini.json``; ``demo``: ``make demo``;
 ``tuning``: SmartFed variants on the primary task; ``full``: every method, task and control with
 the paper's 20 rounds (hours on 2 cores)."""
+
+
+def get_preset(name: str) -> Preset:
+    """Return a preset by name.
+
+    Raises:
+        ConfigError: unknown name (lists the presets).
+    """
+    if name not in PRESETS:
+        raise ConfigError(f"--preset {name!r} is unknown; choose one of {', '.join(PRESETS)}")
+    return PRESETS[name]
 
 
 @dataclass(frozen=True)
@@ -274,7 +287,7 @@ def run_config(
     return RunConfig.from_flat(flat)
 
 
-def run_one(cfg: RunConfig, timeout_s: float | None = None) -> None:
+def run_one(cfg: RunConfig) -> None:
     """Run (or finish) one grid cell in a child process; a finished one is left as it is.
 
     Raises:
@@ -296,7 +309,6 @@ def run_one(cfg: RunConfig, timeout_s: float | None = None) -> None:
             [sys.executable, "-m", "smartfed.recipes.bench", str(request)],
             stdout=fh,
             stderr=subprocess.STDOUT,
-            timeout=timeout_s,
             check=False,
         )
     if proc.returncode != 0 or run_state(run_dir, cfg.fed.num_rounds) != "done":
@@ -369,11 +381,7 @@ def run_bench(
     from smartfed.recipes.pool_train import ensure_cpu_mini_pool
     from smartfed.report.bench import write_bench_outputs
 
-    if preset_name not in PRESETS:
-        raise ConfigError(
-            f"--preset {preset_name!r} is unknown; choose one of {', '.join(PRESETS)}"
-        )
-    preset = PRESETS[preset_name]
+    preset = get_preset(preset_name)
     model_cfg = model_cfg or ModelConfig()
     over = {**preset.overrides, **(overrides or {})}
     specs = plan(preset, methods, tasks, seeds, variants)
@@ -408,10 +416,7 @@ def rebuild_results(
     from smartfed.recipes.pool_train import ensure_cpu_mini_pool
     from smartfed.report.bench import write_bench_outputs
 
-    if preset_name not in PRESETS:
-        raise ConfigError(
-            f"--preset {preset_name!r} is unknown; choose one of {', '.join(PRESETS)}"
-        )
+    get_preset(preset_name)
     cells = discover(Path(output_dir))
     if not cells:
         raise ConfigError(f"--output_dir {output_dir}: no bench run directories to report on")

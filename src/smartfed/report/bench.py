@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from smartfed.files import atomic_write_json, atomic_write_text
+from smartfed.io.rundir import RunDir
 from smartfed.log import get_logger
 from smartfed.report import bench_stats as st
 
@@ -32,22 +33,9 @@ log = get_logger(__name__)
 REFERENCE = "fedit"
 
 
-def _read_rows(run_dir: Path) -> list[dict[str, Any]]:
-    path = run_dir / "metrics.jsonl"
-    if not path.is_file():
-        return []
-    rows = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError:
-            break  # a truncated last line of a run still being written
-    return rows
-
-
 def method_entry(runs: Sequence[tuple[int, Path]], metric: str) -> dict[str, Any]:
     """Aggregate the complete runs (seed, run dir) of one method in one variant."""
-    seed_rows = [(seed, _read_rows(d)) for seed, d in runs]
+    seed_rows = [(seed, RunDir(d).metrics()) for seed, d in runs]  # complete runs only
     seed_rows = [(s, r) for s, r in seed_rows if r]
     rounds = st.per_round([r for _, r in seed_rows], metric)
     finals = [(s, r[-1]) for s, r in seed_rows]
@@ -119,9 +107,9 @@ def collect(
     """The results JSON (without derived figures) from the grid's run directories."""
     from smartfed.data.tasks import get_task
     from smartfed.meta import run_meta
-    from smartfed.recipes.bench import COMMON, METHOD_LR, PRESETS, VARIANTS
+    from smartfed.recipes.bench import COMMON, METHOD_LR, VARIANTS, get_preset
 
-    task_order = list(PRESETS[preset].tasks)
+    task_order = list(get_preset(preset).tasks)
     variant_order = list(VARIANTS)
     cells = sorted(
         cells,
@@ -153,7 +141,7 @@ def collect(
         "suite": "cpu-mini",
         "preset": preset,
         "meta": run_meta(seeds=seeds),
-        "protocol": {**COMMON, **PRESETS[preset].overrides, "learning_rate": METHOD_LR},
+        "protocol": {**COMMON, **get_preset(preset).overrides, "learning_rate": METHOD_LR},
         "pool": {s: _pool_entry(p) for s, p in skill_dirs.items()},
         "tasks": tasks,
         "failed": [{"run": str(spec.subdir()), "error": err} for spec, err in failed],
