@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import os
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -111,7 +112,14 @@ def _convert_gguf(resolved: ResolvedModel, dest: Path) -> None:
     tmp.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(tmp, safe_serialization=True)
     tok.save_pretrained(tmp)
-    os.replace(tmp, dest)
+    try:
+        os.replace(tmp, dest)
+    except OSError:
+        # Another process converted the same file first (two clients starting at once): keep its
+        # copy, which is identical, and drop ours.
+        if not (dest / "config.json").is_file():
+            raise
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def local_model_dir(cfg: ModelConfig) -> ResolvedModel:
