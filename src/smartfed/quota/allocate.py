@@ -298,3 +298,21 @@ def uniform_quotas(experts_per_matrix: Mapping[str, int], topk: int) -> dict[str
 def matrix_caps(experts_per_matrix: Mapping[str, int], k_max: int) -> dict[str, int]:
     """Return ``min(k_max, M_m)`` per matrix (``k_max == 0`` means no cap beyond M_m)."""
     return {m: (min(k_max, n) if k_max > 0 else n) for m, n in sorted(experts_per_matrix.items())}
+
+
+def describe_quotas(quotas: Mapping[str, int], top: int = 3) -> str:
+    """One short line for logs and consoles: ``K_m min/median/max``, total, the largest matrices.
+
+    Example: ``60 matrices, K_m min 2 / median 8 / max 16, total 480; largest:
+    layers.3.self_attn.q_proj=16, ...``.
+    """
+    if not quotas:
+        return "no quotas"
+    ks = sorted(int(k) for k in quotas.values())
+    median = ks[len(ks) // 2] if len(ks) % 2 else (ks[len(ks) // 2 - 1] + ks[len(ks) // 2]) / 2
+    largest = sorted(quotas.items(), key=lambda kv: (-int(kv[1]), kv[0]))[:top]
+    names = ", ".join(f"{m.removeprefix('model.')}={k}" for m, k in largest)
+    return (
+        f"{len(ks)} matrices, K_m min {ks[0]} / median {median:g} / max {ks[-1]}, "
+        f"total {sum(ks)}; largest: {names}"
+    )

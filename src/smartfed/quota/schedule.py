@@ -12,7 +12,13 @@ from typing import Any
 from smartfed.config import QuotaConfig
 from smartfed.errors import CheckpointError, WireFormatError
 from smartfed.log import get_logger
-from smartfed.quota.allocate import allocate_quotas, default_budget, matrix_caps, uniform_quotas
+from smartfed.quota.allocate import (
+    allocate_quotas,
+    default_budget,
+    describe_quotas,
+    matrix_caps,
+    uniform_quotas,
+)
 
 log = get_logger(__name__)
 _STATE_FORMAT = "smartfed-eeqa-state/1"
@@ -142,7 +148,7 @@ class EEQAState:
             mean = {m: v / self.pending_rounds for m, v in self.pending.items()}
             self.quotas = allocate_quotas(mean, self.budget, self.k_min, self.caps)
             self.pending, self.pending_rounds = {}, 0
-            log.info("EEQA round %d: quotas %s", server_round, self.quotas)
+            log.info("EEQA round %d: %s", server_round, describe_quotas(self.quotas))
         return dict(self.quotas)
 
     def to_dict(self) -> dict[str, Any]:
