@@ -292,6 +292,7 @@ def _summary(cfg: RunConfig, run: RunDir, totals: dict[str, float]) -> dict[str,
         "final_train_loss": last.get("train_loss"),
         "final_eval_loss": last.get("eval_loss"),
         "final_quotas": last.get("quotas"),
+        **final_task_metrics(rows),
         "method": cfg.train.method,
         "dp": {
             "noise_multiplier": cfg.fed.dp_noise_multiplier,
@@ -300,3 +301,17 @@ def _summary(cfg: RunConfig, run: RunDir, totals: dict[str, float]) -> dict[str,
         if cfg.fed.dp_noise_multiplier
         else None,
     }
+
+
+def final_task_metrics(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """``final_<metric>`` (e.g. ``final_execution_accuracy``), ``final_eval_n`` and ``eval_task``
+    from the last round that measured task accuracy; empty when none did."""
+    for row in reversed(rows):
+        found = {
+            f"final_{k.removeprefix('eval_')}": v
+            for k, v in row.items()
+            if k.startswith("eval_") and k not in ("eval_loss", "eval_n", "eval_task")
+        }
+        if found:
+            return {**found, "final_eval_n": row.get("eval_n"), "eval_task": row.get("eval_task")}
+    return {}

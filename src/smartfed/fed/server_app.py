@@ -27,7 +27,12 @@ def make_server_app(cfg: RunConfig | None = None) -> ServerApp:
         run_cfg = cfg or RunConfig.from_flat(context.run_config)
         RunDir.open(run_cfg, run_meta(engine=run_cfg.fed.engine))
         summary = run_server(grid, run_cfg)
-        log.info("run finished: %s", summary)
+        log.info(
+            "run finished: %d rounds, %.1f MB sent, final train loss %s",
+            summary["rounds"],
+            summary["bytes_total"] / 1e6,
+            summary.get("final_train_loss"),
+        )
 
     return app
 
