@@ -320,6 +320,15 @@ class EvalConfig:
     heldout_examples: int = 64
     """Training rows held out (seeded, before partitioning) for the per-round held-out loss;
     0 = off."""
+    tf_eval_every: int = 0
+    """Teacher-forced exact match (``eval_tf_em``: the argmax equals the canonical response at every
+    response token, EOS included, i.e. what greedy decoding would reproduce) and the loss on the
+    eval distribution (``eval_tf_loss``) on the first ``eval_limit`` eval rows, one forward pass,
+    every this many rounds; 0 = off."""
+    val_examples: int = 0
+    """Rows of the task's ``val`` split (keys disjoint from train and eval) scored teacher-forced
+    after the last round (``val_tf_em``, ``val_tf_loss``: the bench's learning-rate selection
+    score); 0 = off."""
 
     def __post_init__(self) -> None:
         _require(self.eval_every >= 0, "eval_every", self.eval_every, "must be >= 0")
@@ -327,6 +336,8 @@ class EvalConfig:
         _require(self.max_new_tokens >= 1, "max_new_tokens", self.max_new_tokens, "must be >= 1")
         _require(self.eval_batch_size >= 1, "eval_batch_size", self.eval_batch_size, "must be >= 1")
         _require(self.heldout_examples >= 0, "heldout_examples", self.heldout_examples, ">= 0")
+        _require(self.tf_eval_every >= 0, "tf_eval_every", self.tf_eval_every, "must be >= 0")
+        _require(self.val_examples >= 0, "val_examples", self.val_examples, "must be >= 0")
 
 
 _SECTIONS: dict[str, type[Any]] = {
