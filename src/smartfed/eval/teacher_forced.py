@@ -21,11 +21,15 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
 
+from smartfed.config import EvalConfig
+from smartfed.data.example import Example
 from smartfed.data.formatting import IGNORE_INDEX, EncodedExample, collate
+from smartfed.errors import ConfigError, DataError
 
 
 @dataclass(frozen=True)
@@ -114,3 +118,69 @@ def teacher_forced_eval(
     if not math.isfinite(loss_sum):
         loss_sum = float("nan")
     return TeacherForced(exact, loss_sum, tokens)
+
+
+EVAL_MAX_LEN = 1024
+"""[D] Token cap of an encoded eval row: long enough that no cpu-mini prompt is cut (greedy
+generation sees the whole prompt too)."""
+
+
+def split_rows(task: Any, split: str, limit: int, data_dir: str | None) -> list[Example]:
+    """The first ``limit`` rows of a task's ``eval`` or ``val`` split (all when ``limit`` is 0).
+
+    Raises:
+        ConfigError: ``val`` asked of a task that has no validation split.
+    """
+    if split == "eval":
+        rows = task.eval_examples(data_dir)
+        return rows[:limit] if limit > 0 else rows
+    if not hasattr(task, "examples"):
+        raise ConfigError(
+            f"--val_examples: task {task.name!r} has no 'val' split; set --val_examples 0"
+        )
+    try:
+        return list(task.examples("val", limit))
+    except DataError as err:
+        raise ConfigError(
+            f"--val_examples: task {task.name!r} has no 'val' split ({err}); set --val_examples 0"
+        ) from err
+
+
+def round_metrics(
+    model: nn.Module,
+    tok: Any,
+    eval_cfg: EvalConfig,
+    task_name: str,
+    data_dir: str | None,
+    *,
+    final: bool,
+    rnd: int,
+    cache: dict[str, list[EncodedExample]],
+) -> dict[str, Any]:
+    """The server's teacher-forced metrics of one round (``eval_tf_*`` / ``val_tf_*`` keys).
+
+    ``eval_tf_em`` / ``eval_tf_loss`` every ``tf_eval_every`` rounds and after the last round on
+    the first ``eval_limit`` eval rows; ``val_tf_em`` / ``val_tf_loss`` after the last round on
+    ``val_examples`` rows of the ``val`` split. ``cache`` keeps the encoded rows between rounds.
+    """
+    from smartfed.data.formatting import encode_for_training
+    from smartfed.data.tasks import get_task
+
+    every = eval_cfg.tf_eval_every
+    todo: list[tuple[str, int]] = []
+    if every > 0 and (final or rnd % every == 0):
+        todo.append(("eval", eval_cfg.eval_limit))
+    if final and eval_cfg.val_examples > 0:
+        todo.append(("val", eval_cfg.val_examples))
+    out: dict[str, Any] = {}
+    for split, limit in todo:
+        if split not in cache:
+            examples = split_rows(get_task(task_name), split, limit, data_dir)
+            cache[split] = [encode_for_training(tok, ex, EVAL_MAX_LEN) for ex in examples]
+        res = teacher_forced_eval(model, cache[split], eval_cfg.eval_batch_size, tok.pad_token_id)
+        out |= {
+            f"{split}_tf_em": res.em,
+            f"{split}_tf_loss": res.loss,
+            f"{split}_tf_n": len(res.exact),
+        }
+    return out

@@ -73,6 +73,7 @@ class ServerLoop:
     totals: dict[str, float] = field(default_factory=dict)
     bar: Any = None
     _server_kwh: list[float] = field(default_factory=list)
+    _tf_rows: dict[str, Any] = field(default_factory=dict)
 
     def end_round(self, flower_round: int, arrays: ArrayRecord) -> MetricRecord | None:
         """Flower's ``evaluate_fn``: called with round 0 (skipped) and after every round."""
@@ -96,6 +97,7 @@ class ServerLoop:
                 else None
             )
             task_metrics = self._task_metrics(out.round)
+            task_metrics.update(self._tf_metrics(out.round))
         row = self._row(out, eval_loss)
         row.update(task_metrics)
         self.run.append_metrics(row)
@@ -160,6 +162,24 @@ class ServerLoop:
             )
         )
         save_routers(target.parent, self.bundle.model, self.bundle.pool, self.strategy.quotas)
+
+    def _tf_metrics(self, rnd: int) -> dict[str, Any]:
+        """Teacher-forced EM / loss on eval rows (``tf_eval_every``) and val rows (last round)."""
+        name = self.cfg.eval.eval_task or self.cfg.data.task
+        if not name or not (self.cfg.eval.tf_eval_every or self.cfg.eval.val_examples):
+            return {}
+        from smartfed.eval.teacher_forced import round_metrics
+
+        return round_metrics(
+            self.bundle.model,
+            self.bundle.tokenizer,
+            self.cfg.eval,
+            name,
+            self.cfg.data.data_dir or None,
+            final=rnd == self.cfg.fed.num_rounds,
+            rnd=rnd,
+            cache=self._tf_rows,
+        )
 
     def _task_metrics(self, rnd: int) -> dict[str, Any]:
         """Task accuracy of the global model every ``eval_every`` rounds and after the last one."""
