@@ -101,6 +101,12 @@ class RouterConfig:
     matrix name, rebuilt on every client and never sent; only ``W_r: (M x h)`` trains and travels.
     Must be below every routed matrix's d_in. Not the paper's router; quality not yet measured
     (docs/method.md, "Router size")."""
+    router_rank: int = 0
+    """[D] 0 = off. ``r > 0``: low-rank factorised routers, logits = ``U (V x)`` with
+    ``U: (M x r)`` and ``V: (r x d_in)`` both trained and both sent (``r (M + d_in)`` values per
+    matrix); ``V`` starts as a seeded N(0, 1/r) matrix, ``U`` as N(0, router_init_std). Must be
+    below every routed matrix's d_in; excludes ``router_proj_dim``. Not the paper's router; quality
+    not yet measured (docs/method.md, "Router size")."""
 
     def __post_init__(self) -> None:
         _require(self.topk_experts >= 1, "topk_experts", self.topk_experts, "must be >= 1")
@@ -119,6 +125,18 @@ class RouterConfig:
             "router_proj_dim",
             self.router_proj_dim,
             "must be >= 0 (0 = full router)",
+        )
+        _require(
+            not isinstance(self.router_rank, bool) and self.router_rank >= 0,
+            "router_rank",
+            self.router_rank,
+            "must be >= 0 (0 = full router)",
+        )
+        _require(
+            self.router_rank == 0 or self.router_proj_dim == 0,
+            "router_rank",
+            self.router_rank,
+            "a low-rank router has no fixed projection: set router_proj_dim 0 or router_rank 0",
         )
 
 
@@ -200,6 +218,17 @@ class FedConfig:
     the update vs the received state, symmetric per-tensor int8 + a float32 scale; server ->
     client: bfloat16). Server state, aggregation and checkpoints stay float32. Not the paper's;
     quality not yet measured (docs/method.md, "Router size")."""
+    wire_delta: bool = False
+    """[D] Off = as ``wire_dtype`` says. On (needs ``bfloat16`` or ``int8``): updates both ways.
+    Up: ``local - received`` in ``wire_dtype``. Down: ``global - the state this client last held``
+    in ``wire_dtype``; the server keeps, per client, the state that client decoded in its last
+    accepted round. A client with none (never sampled, its last reply missing or rejected, or after
+    a resume) gets the full state in bfloat16. The server adds every decoded update to its float32
+    global state."""
+    wire_error_feedback: bool = False
+    """[D] With ``int8``/``bfloat16``: each client keeps the rounding error of the update it sent
+    (in its Flower context state) and adds it to its next update. Needs ``wire_dtype`` other than
+    float32; restarts at zero after a resume (docs/method.md, "Router size")."""
 
     def __post_init__(self) -> None:
         _require(self.num_clients >= 1, "num_clients", self.num_clients, "must be >= 1")
@@ -246,6 +275,13 @@ class FedConfig:
             self.wire_dtype,
             "server-side DP clips raw float32 replies: use float32 when dp_noise_multiplier > 0",
         )
+        for flag in ("wire_delta", "wire_error_feedback"):
+            _require(
+                not getattr(self, flag) or self.wire_dtype != "float32",
+                flag,
+                getattr(self, flag),
+                "needs wire_dtype bfloat16 or int8 (float32 is exact)",
+            )
         _require(
             len(self.country_iso_code) == 3,
             "country_iso_code",
