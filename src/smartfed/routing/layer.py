@@ -18,7 +18,8 @@ docs/method.md, "Cost").
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -201,6 +202,16 @@ class MoRELinear(nn.Module):
         handle = RemovableHandle(self._observers)
         self._observers[handle.id] = fn
         return handle
+
+    @contextmanager
+    def observers_paused(self) -> Iterator[None]:
+        """Skip the observers inside the block (activation checkpointing recomputing this layer in
+        backward: each token is observed once). Observers added inside the block are dropped."""
+        saved, self._observers = self._observers, OrderedDict()
+        try:
+            yield
+        finally:
+            self._observers = saved
 
     def get_delta_weight(self, routing_weights: torch.Tensor | None = None) -> torch.Tensor:
         """Return ``c * sum_i w_i s_i B[:, i] A[i]`` for a dense routing (merging / export).
