@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
@@ -28,6 +29,8 @@ OUTPUT_SCALE_MODES = ("rank", "topk", "constant")
 PARTITIONERS = ("iid", "dirichlet")
 ENGINES = ("simulation", "deployment")
 WIRE_DTYPES = ("float32", "bfloat16", "int8")
+QUANTIZATIONS = ("none", "8bit", "4bit")
+DEVICE_PATTERN = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
 
 
 def _require(cond: bool, field_name: str, value: object, rule: str) -> None:
@@ -43,8 +46,14 @@ class ModelConfig:
     """Hub id, local HF directory, ``.gguf`` file, or ``default`` (embedded SmolLM2-135M)."""
     dtype: Literal["bfloat16", "float32", "float16"] = "bfloat16"
     """Weights dtype, chosen once. [D] bf16: 1.3-1.7x faster than fp32 on the reference CPU."""
-    device: str = "cpu"
-    """Torch device string (``cpu``, ``cuda``, ``cuda:1``)."""
+    device: str = "auto"
+    """``auto`` [D] (CUDA if available, else Apple MPS, else CPU), ``cpu``, ``cuda``, ``cuda:N`` or
+    ``mps``; asking for an absent CUDA/MPS device is an error. Simulation clients run on the GPU
+    Ray assigns them (see ``client_gpus``); the server evaluates on this device (docs/gpu.md)."""
+    quantization: Literal["none", "8bit", "4bit"] = "none"
+    """Load the frozen base in 8-bit or 4-bit (NF4, bf16 compute) through bitsandbytes: CUDA only,
+    needs ``pip install 'smartfed[quant]'``. Routers and experts stay in ``dtype``; results are
+    not bit-identical to an unquantised base [D: none]."""
     cache_dir: str = ""
     """Where GGUF models are cached as safetensors; empty = ``$SMARTFED_CACHE`` or
     ``~/.cache/smartfed``."""
@@ -55,6 +64,18 @@ class ModelConfig:
         _require(self.dtype in DTYPES, "dtype", self.dtype, f"choose one of {DTYPES}")
         _require(self.max_seq_len > 0, "max_seq_len", self.max_seq_len, "must be > 0")
         _require(bool(self.model_name_or_path), "model_name_or_path", "", "must not be empty")
+        _require(
+            DEVICE_PATTERN.fullmatch(self.device) is not None,
+            "device",
+            self.device,
+            "choose auto, cpu, cuda, cuda:N or mps",
+        )
+        _require(
+            self.quantization in QUANTIZATIONS,
+            "quantization",
+            self.quantization,
+            f"choose one of {QUANTIZATIONS}",
+        )
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -108,8 +129,17 @@ class RouterConfig:
     below every routed matrix's d_in; excludes ``router_proj_dim``. Not the paper's router; quality
     not yet measured (docs/method.md, "Router size")."""
 
+    mole_temperature: float = 1.0
+    """``--method mole`` only: initial softmax temperature of every MoLE gate; the temperature is
+    learned (and sent) per gate [P: MoLE's learnable temperature; init 1 is ours, D]."""
+    mole_balance_coef: float = 0.01
+    """``--method mole`` only: weight of MoLE's gating balancing loss ``-sum_n log q_n`` added to
+    the task loss (q_n = mean gate of LoRA n) [P: the loss; D: the weight]; 0 = off."""
+
     def __post_init__(self) -> None:
         _require(self.topk_experts >= 1, "topk_experts", self.topk_experts, "must be >= 1")
+        _require(self.mole_temperature > 0, "mole_temperature", self.mole_temperature, "> 0")
+        _require(self.mole_balance_coef >= 0, "mole_balance_coef", self.mole_balance_coef, ">= 0")
         _require(
             self.output_scale_mode in OUTPUT_SCALE_MODES,
             "output_scale_mode",
@@ -210,6 +240,10 @@ class FedConfig:
     superlink: str = ""
     """``--engine deployment``: address (host:port) of a running SuperLink to submit to; empty =
     start a SuperLink and ``num_clients`` SuperNodes on loopback (``smartfed deploy-local``)."""
+    client_gpus: float = 0.0
+    """Simulation: GPUs each client actor requests from Ray; fractional shares a GPU (0.5 = two
+    clients per GPU). 0 = auto: 1 when the device is CUDA (one client per GPU at a time), else
+    none. Ray is started with the GPUs torch sees (``CUDA_VISIBLE_DEVICES`` selects them)."""
     root_certificates: str = ""
     """CA certificate (PEM) of a TLS SuperLink; empty = insecure (loopback/testing only)."""
     wire_dtype: Literal["float32", "bfloat16", "int8"] = "float32"
@@ -254,6 +288,7 @@ class FedConfig:
         _require(self.engine in ENGINES, "engine", self.engine, f"choose one of {ENGINES}")
         _require(self.max_update_norm >= 0, "max_update_norm", self.max_update_norm, ">= 0")
         _require(self.client_cpus >= 1, "client_cpus", self.client_cpus, "must be >= 1")
+        _require(self.client_gpus >= 0, "client_gpus", self.client_gpus, "must be >= 0 (0 = auto)")
         _require(
             self.dp_noise_multiplier >= 0, "dp_noise_multiplier", self.dp_noise_multiplier, ">= 0"
         )
@@ -308,14 +343,32 @@ class TrainConfig:
     """Gradient clipping norm; 0 = off [D]."""
     seed: int = 0
     """Seeds client sampling, partitioning, router init and data order."""
+    gradient_checkpointing: bool = True
+    """Keep only each decoder layer's input during local training and recompute the layer in
+    backward (Hugging Face activation checkpointing, non-reentrant): same loss and gradients, far
+    less memory, about one extra forward pass of time [D: on] (docs/gpu.md)."""
+    loss_chunk_tokens: int = 1024
+    """The loss projects only response positions to the vocabulary, this many at a time, with
+    float32 logits of one chunk alive at once; 0 = all in one go. Same loss and gradients [D: 1024]
+    (docs/gpu.md)."""
+    lorahub_budget: int = 40
+    """``--method lorahub`` only: candidate weight vectors the server's gradient-free optimiser
+    (Nevergrad NGOpt) evaluates over the whole run, spread evenly over the rounds
+    [P: LoRAHub's default of 40 steps]."""
+    lorahub_l1: float = 0.05
+    """``--method lorahub`` only: weight of the L1 term ``mean_n |w_n|`` added to the few-shot
+    loss of a candidate [P: 0.05]."""
 
     def __post_init__(self) -> None:
+        _require(self.lorahub_budget >= 1, "lorahub_budget", self.lorahub_budget, "must be >= 1")
+        _require(self.lorahub_l1 >= 0, "lorahub_l1", self.lorahub_l1, "must be >= 0")
         _require(bool(self.method), "method", self.method, "must not be empty")
         _require(self.local_steps >= 1, "local_steps", self.local_steps, "must be >= 1")
         _require(self.batch_size >= 1, "batch_size", self.batch_size, "must be >= 1")
         _require(self.learning_rate > 0, "learning_rate", self.learning_rate, "must be > 0")
         _require(self.weight_decay >= 0, "weight_decay", self.weight_decay, "must be >= 0")
         _require(self.max_grad_norm >= 0, "max_grad_norm", self.max_grad_norm, "must be >= 0")
+        _require(self.loss_chunk_tokens >= 0, "loss_chunk_tokens", self.loss_chunk_tokens, ">= 0")
 
 
 @dataclass(frozen=True, kw_only=True)
