@@ -6,7 +6,8 @@ travel between clients and server. Register a method with ONE line in :data:`MET
 Optional hooks (docs/baselines.md): ``local_update(model, batches, cfg, payload) -> (state,
 {"loss", "steps"})`` replaces local SGD on clients (merge, lorahub); ``server_propose``,
 ``reply_template`` and ``server_update`` make the server run the method's own search
-(:class:`smartfed.fed.search.SearchStrategy`, lorahub).
+(:class:`smartfed.fed.search.SearchStrategy`, lorahub); ``auxiliary_loss(model, batch) -> Tensor``
+is added to the local training loss after each forward (mole's gating balancing loss).
 """
 
 from __future__ import annotations

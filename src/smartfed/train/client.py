@@ -88,6 +88,8 @@ def client_round(
     pad = bundle.tokenizer.pad_token_id
     batches = sample_batches(examples, batch_size, local_steps, pad, gen)
     train_cfg = replace(cfg.train, learning_rate=learning_rate)
+    aux = getattr(method, "auxiliary_loss", None)  # e.g. MoLE's gating balancing loss
+    aux_loss = None if aux is None else (lambda batch: aux(model, batch))
     importance: dict[str, list[float]] = {}
     usage: dict[str, list[int]] = {}
     if method.uses_eeqa and cfg.quota.enable_eeqa:
@@ -95,11 +97,14 @@ def client_round(
 
         with ImportanceTracker(model) as tracker:
             result = local_train(
-                model, _masked(batches, tracker), params, train_cfg, total=local_steps
+                model, _masked(batches, tracker), params, train_cfg, total=local_steps,
+                aux_loss=aux_loss,
             )
             importance, usage = tracker.scores(), tracker.usage()
     else:
-        result = local_train(model, batches, params, train_cfg, total=local_steps)
+        result = local_train(
+            model, batches, params, train_cfg, total=local_steps, aux_loss=aux_loss
+        )
     state = method.trainable_state(model)
     return ClientUpdate(
         partition_id=partition_id,

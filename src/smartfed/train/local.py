@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -101,6 +101,7 @@ def local_train(
     *,
     total: int | None = None,
     desc: str = "local steps",
+    aux_loss: Callable[[dict[str, torch.Tensor]], torch.Tensor] | None = None,
 ) -> TrainResult:
     """Train ``params`` with a fresh AdamW on ``batches`` (one step per batch, response loss).
 
@@ -113,6 +114,9 @@ def local_train(
         train_cfg: learning rate, weight decay and gradient clipping.
         total: number of batches (for the progress bar).
         desc: progress bar label.
+        aux_loss: optional auxiliary loss of the batch (e.g. MoLE's gating balancing loss),
+            called after the forward and added to the response loss before ``backward``; the
+            reported losses stay the response loss alone.
 
     Returns:
         The step count and losses.
@@ -133,7 +137,7 @@ def local_train(
                 "lower --learning_rate"
             )
         opt.zero_grad(set_to_none=True)
-        loss.backward()
+        (loss if aux_loss is None else loss + aux_loss(batch)).backward()
         if train_cfg.max_grad_norm > 0:
             torch.nn.utils.clip_grad_norm_(params, train_cfg.max_grad_norm)
         opt.step()
