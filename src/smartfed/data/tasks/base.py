@@ -171,6 +171,16 @@ class Task:
             "evaluate on a benchmark task"
         )
 
+    def validation_examples(
+        self, data_dir: str | os.PathLike[str] | None = None
+    ) -> list[Example]:
+        """Return the validation split (tuning only; keys disjoint from train and eval), or [].
+
+        The default is ``[]``: a task without a validation split (only the generated cpu-mini
+        tasks have one).
+        """
+        return []
+
     def extract(self, prediction: str, example: Example) -> str | None:
         """Return the answer extracted from a model output, or None when there is none."""
         return prediction
