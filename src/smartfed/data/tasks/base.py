@@ -171,9 +171,7 @@ class Task:
             "evaluate on a benchmark task"
         )
 
-    def validation_examples(
-        self, data_dir: str | os.PathLike[str] | None = None
-    ) -> list[Example]:
+    def validation_examples(self, data_dir: str | os.PathLike[str] | None = None) -> list[Example]:
         """Return the validation split (tuning only; keys disjoint from train and eval), or [].
 
         The default is ``[]``: a task without a validation split (only the generated cpu-mini
