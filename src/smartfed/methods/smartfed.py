@@ -27,9 +27,10 @@ class SmartFed:
         return dict(report.experts_per_matrix)
 
     def trainable_parameters(self, model: nn.Module) -> list[nn.Parameter]:
-        """Router weights ``W_router: (M_m, d_in)`` (``(M_m, h)`` when projected) of every MoRE
-        layer, in model order; a router projection is a buffer and never trains."""
-        params = [layer.router.weight for layer in more_layers(model).values()]
+        """Router weights ``W_router: (M_m, d_in)`` (``(M_m, h)`` when projected; ``U, V`` when
+        low-rank) of every MoRE layer, in model order; a router projection is a buffer and never
+        trains."""
+        params = [p for layer in more_layers(model).values() for p in layer.router.parameters()]
         for p in params:
             p.requires_grad_(True)
         return params

@@ -24,6 +24,7 @@ from smartfed.log import get_logger
 from smartfed.pool.pool import LoraPool
 from smartfed.pool.validate import validate_pool
 from smartfed.routing.layer import MoRELinear
+from smartfed.routing.lowrank import LowRankRouter, lowrank_seed
 from smartfed.routing.router import TopKRouter, projection_seed, random_projection
 
 log = get_logger(__name__)
@@ -40,8 +41,11 @@ class InjectionReport:
         output_scales: c per matrix.
         clamped: matrices whose K_m was lowered to M_m.
         router_params: trainable router parameters in total (``sum_m M_m * d_in_m``, or
-            ``sum_m M_m * h`` with a projection): what travels.
+            ``sum_m M_m * h`` with a projection, ``sum_m r (M_m + d_in_m)`` low-rank): what
+            travels.
         router_proj_dim: h of the projected routers; 0 = full routers.
+        router_rank: r of the low-rank routers; 0 = not low-rank.
+        full_router_params: ``sum_m M_m * d_in_m``, the paper's full routers, for comparison.
     """
 
     replaced: list[str]
@@ -51,6 +55,8 @@ class InjectionReport:
     clamped: list[str] = field(default_factory=list)
     router_params: int = 0
     router_proj_dim: int = 0
+    router_rank: int = 0
+    full_router_params: int = 0
 
     @property
     def router_bytes_fp32(self) -> int:
@@ -61,6 +67,30 @@ class InjectionReport:
     def router_bytes_bf16(self) -> int:
         """Bytes of the routers if they travelled in bfloat16."""
         return 2 * self.router_params
+
+    def round_bytes(self, sampled_clients: int, value_bytes: float = 4.0) -> int:
+        """Router value bytes of one round, both directions: ``2 x clients x params x bytes``."""
+        return int(2 * sampled_clients * self.router_params * value_bytes)
+
+    def summary_lines(self, sampled_clients: int) -> list[str]:
+        """Bytes per round (router values, both directions, ``sampled_clients`` clients) of these
+        routers and of the paper's full float32 routers (Flower adds ~200 B per tensor)."""
+        full = 2 * sampled_clients * 4 * self.full_router_params
+        kind = (
+            f"low-rank r={self.router_rank}"
+            if self.router_rank
+            else f"projected h={self.router_proj_dim}"
+            if self.router_proj_dim
+            else "full"
+        )
+        return [
+            f"routers ({kind}): {self.router_params:,} parameters; per round with "
+            f"{sampled_clients} clients: fp32 {self.round_bytes(sampled_clients) / 1e6:.3f} MB, "
+            f"bf16 {self.round_bytes(sampled_clients, 2) / 1e6:.3f} MB, int8 "
+            f"{self.round_bytes(sampled_clients, 1) / 1e6:.3f} MB",
+            f"paper-faithful full fp32 routers: {self.full_router_params:,} parameters, "
+            f"{full / 1e6:.3f} MB per round",
+        ]
 
 
 def inject_more(
@@ -91,9 +121,17 @@ def inject_more(
         )
     pool.check_topk(router_cfg.topk_experts)
     _check_proj_dim(model, matrices, router_cfg.router_proj_dim)
+    _check_proj_dim(model, matrices, router_cfg.router_rank, "router_rank")
     model.requires_grad_(False)
     generator = torch.Generator().manual_seed(seed)
-    report = InjectionReport([], {}, {}, {}, router_proj_dim=router_cfg.router_proj_dim)
+    report = InjectionReport(
+        [],
+        {},
+        {},
+        {},
+        router_proj_dim=router_cfg.router_proj_dim,
+        router_rank=router_cfg.router_rank,
+    )
     for name in matrices:
         layer = _build_layer(model.get_submodule(name), pool, name, router_cfg, generator, seed)
         model.set_submodule(name, layer)
@@ -101,31 +139,44 @@ def inject_more(
         report.experts_per_matrix[name] = layer.num_experts
         report.quotas[name] = layer.k
         report.output_scales[name] = layer.output_scale
-        report.router_params += layer.router.weight.numel()
+        report.router_params += sum(p.numel() for p in layer.router.parameters())
+        report.full_router_params += layer.num_experts * layer.in_features
         if layer.k < router_cfg.topk_experts:
             report.clamped.append(name)
     log.info(
-        "MoRE: %d matrices, %d experts, %d router parameters (%.2f MB/round fp32, proj_dim %d)",
-        len(report.replaced), sum(report.experts_per_matrix.values()), report.router_params,
-        report.router_bytes_fp32 / 1e6, report.router_proj_dim,
+        "MoRE: %d matrices, %d experts, %d router parameters (%.2f MB/client/direction fp32, "
+        "proj_dim %d, rank %d; paper's full routers %.2f MB)",
+        len(report.replaced),
+        sum(report.experts_per_matrix.values()),
+        report.router_params,
+        report.router_bytes_fp32 / 1e6,
+        report.router_proj_dim,
+        report.router_rank,
+        4 * report.full_router_params / 1e6,
     )
     return report
 
 
-def _check_proj_dim(model: nn.Module, matrices: list[str], proj_dim: int) -> None:
-    """A projection must be narrower than every routed matrix's input (else it saves nothing)."""
+def _check_proj_dim(
+    model: nn.Module, matrices: list[str], proj_dim: int, field: str = "router_proj_dim"
+) -> None:
+    """A projection (or rank) must be narrower than every routed matrix's input."""
     if proj_dim <= 0:
         return
     d_in, name = min((model.get_submodule(m).in_features, m) for m in matrices)
     if proj_dim >= d_in:
         raise ConfigError(
-            f"router_proj_dim={proj_dim} is not below d_in={d_in} of {name}; choose "
-            f"1 <= router_proj_dim < {d_in} or 0 (full routers)"
+            f"{field}={proj_dim} is not below d_in={d_in} of {name}; choose "
+            f"1 <= {field} < {d_in} or 0 (full routers)"
         )
 
 
 def _build_layer(
-    base: nn.Module, pool: LoraPool, name: str, cfg: RouterConfig, generator: torch.Generator,
+    base: nn.Module,
+    pool: LoraPool,
+    name: str,
+    cfg: RouterConfig,
+    generator: torch.Generator,
     seed: int = 0,
 ) -> MoRELinear:
     """Build the routed layer of one matrix; experts in the base weight's dtype and device."""
@@ -133,16 +184,45 @@ def _build_layer(
         raise PoolCompatibilityError(f"{name} is a {type(base).__name__}, not an nn.Linear")
     weight = base.weight
     bank = ExpertBank.from_adapters(pool.adapters, name, dtype=weight.dtype, device=weight.device)
+    k = min(cfg.topk_experts, bank.num_experts)
+    if cfg.router_rank > 0:
+        router: nn.Module = LowRankRouter(
+            bank.d_in,
+            bank.num_experts,
+            cfg.router_rank,
+            init_std=cfg.router_init_std,
+            temperature=cfg.router_temperature,
+            renormalize=cfg.renormalize_topk,
+            generator=generator,
+            down_seed=lowrank_seed(seed, name),
+        ).to(weight.device)
+        return MoRELinear.from_linear(
+            base,
+            bank,
+            router,
+            k,
+            output_scale_mode=cfg.output_scale_mode,
+            output_scale=cfg.output_scale,
+            name=name,
+        )
     proj = None
     if cfg.router_proj_dim > 0:
         proj = random_projection(bank.d_in, cfg.router_proj_dim, projection_seed(seed, name))
     router = TopKRouter(
-        bank.d_in, bank.num_experts, init_std=cfg.router_init_std,
-        temperature=cfg.router_temperature, renormalize=cfg.renormalize_topk, generator=generator,
+        bank.d_in,
+        bank.num_experts,
+        init_std=cfg.router_init_std,
+        temperature=cfg.router_temperature,
+        renormalize=cfg.renormalize_topk,
+        generator=generator,
         projection=proj,
     ).to(weight.device)
-    k = min(cfg.topk_experts, bank.num_experts)
     return MoRELinear.from_linear(
-        base, bank, router, k, output_scale_mode=cfg.output_scale_mode,
-        output_scale=cfg.output_scale, name=name,
+        base,
+        bank,
+        router,
+        k,
+        output_scale_mode=cfg.output_scale_mode,
+        output_scale=cfg.output_scale,
+        name=name,
     )

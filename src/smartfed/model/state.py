@@ -10,6 +10,11 @@ Projected routers (``router_proj_dim = h > 0``) hold ``W_r: (M_m, h)``; the fixe
 is a buffer rebuilt from the seed and never saved. Their checkpoint metadata also holds
 ``__router_proj__ = {"dim": h, "digest": sha256 of every P}``, and loading refuses a projected
 checkpoint into full routers, full routers into projected ones, and another projection.
+
+Low-rank routers (``router_rank = r > 0``) send two tensors per matrix, ``.router.weight``
+(``U: (M_m, r)``) and ``.router.down`` (``V: (r, d_in)``): every trainable parameter of a router is
+in the state, keyed ``<matrix>.router.<parameter>``. Their checkpoints record
+``__router_rank__ = r``; loading refuses another rank or another router kind.
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ ROUTERS_FILE = "routers.safetensors"
 QUOTAS_FILE = "quotas.json"
 POOL_ORDER_KEY = "__pool_order__"
 ROUTER_PROJ_KEY = "__router_proj__"
+ROUTER_RANK_KEY = "__router_rank__"
 _SUFFIX = ".router.weight"
 
 
@@ -40,11 +46,18 @@ def more_layers(model: nn.Module) -> dict[str, MoRELinear]:
 
 
 def router_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
-    """Return the router weights (float32, CPU, detached copies): exactly what is sent."""
+    """Return every router parameter (float32, CPU, detached copies): exactly what is sent."""
     return {
-        name + _SUFFIX: layer.router.weight.detach().to("cpu", torch.float32).clone()
+        f"{name}.router.{pname}": p.detach().to("cpu", torch.float32).clone()
         for name, layer in more_layers(model).items()
+        for pname, p in layer.router.named_parameters()
     }
+
+
+def router_rank(model: nn.Module) -> int:
+    """r of the model's low-rank routers; 0 when they are not low-rank."""
+    ranks = {int(getattr(layer.router, "rank", 0)) for layer in more_layers(model).values()}
+    return max(ranks, default=0)
 
 
 def router_projection(model: nn.Module) -> dict[str, int | str]:
@@ -75,7 +88,12 @@ def load_router_state_dict(model: nn.Module, state: Mapping[str, torch.Tensor]) 
         CheckpointError: missing or unexpected keys, or another shape.
     """
     layers = more_layers(model)
-    expected = {name + _SUFFIX for name in layers}
+    params = {
+        f"{name}.router.{pname}": p
+        for name, layer in layers.items()
+        for pname, p in layer.router.named_parameters()
+    }
+    expected = set(params)
     missing, unexpected = sorted(expected - set(state)), sorted(set(state) - expected)
     if missing or unexpected:
         raise CheckpointError(
@@ -83,16 +101,16 @@ def load_router_state_dict(model: nn.Module, state: Mapping[str, torch.Tensor]) 
             f"{missing[:1]}), {len(unexpected)} unexpected (e.g. {unexpected[:1]}); use routers "
             "trained with the same base model and pool"
         )
-    for name, layer in layers.items():
-        tensor = state[name + _SUFFIX]
-        if tuple(tensor.shape) != tuple(layer.router.weight.shape):
+    for key, param in params.items():
+        tensor = state[key]
+        if tuple(tensor.shape) != tuple(param.shape):
             raise CheckpointError(
-                f"router {name}: shape {tuple(tensor.shape)} != {tuple(layer.router.weight.shape)} "
-                "in this model; use routers trained with the same pool and router_proj_dim"
+                f"router {key}: shape {tuple(tensor.shape)} != {tuple(param.shape)} in this "
+                "model; use routers trained with the same pool, router_proj_dim and router_rank"
             )
     with torch.no_grad():
-        for name, layer in layers.items():
-            layer.router.weight.copy_(state[name + _SUFFIX])
+        for key, param in params.items():
+            param.copy_(state[key])
 
 
 def get_quotas(model: nn.Module) -> dict[str, int]:
@@ -139,6 +157,8 @@ def save_routers(
     proj = router_projection(model)
     if proj:  # full routers keep the metadata they always had
         metadata[ROUTER_PROJ_KEY] = json.dumps(proj, sort_keys=True)
+    if router_rank(model):
+        metadata[ROUTER_RANK_KEY] = str(router_rank(model))
     state = router_state_dict(model)
     path = atomic_write(out / ROUTERS_FILE, lambda p: save_file(state, str(p), metadata=metadata))
     atomic_write_json(out / QUOTAS_FILE, dict(quotas if quotas is not None else get_quotas(model)))
@@ -177,7 +197,9 @@ def load_routers(in_dir: str | Path, model: nn.Module, pool: LoraPool) -> dict[s
 
 def _check_pool(metadata: dict[str, str], pool: LoraPool, path: Path) -> None:
     saved = {
-        k: v for k, v in metadata.items() if k not in (POOL_ORDER_KEY, ROUTER_PROJ_KEY, "format")
+        k: v
+        for k, v in metadata.items()
+        if k not in (POOL_ORDER_KEY, ROUTER_PROJ_KEY, ROUTER_RANK_KEY, "format")
     }
     current = pool.fingerprint()
     for name in sorted(set(saved) | set(current)):
@@ -202,7 +224,13 @@ def _check_pool(metadata: dict[str, str], pool: LoraPool, path: Path) -> None:
 
 
 def _check_projection(metadata: dict[str, str], model: nn.Module, path: Path) -> None:
-    """Refuse routers saved with another router projection than the model's."""
+    """Refuse routers saved with another router projection (or low-rank rank) than the model's."""
+    saved_rank, rank = int(metadata.get(ROUTER_RANK_KEY, "0") or 0), router_rank(model)
+    if saved_rank != rank:
+        raise CheckpointError(
+            f"{path}: routers saved with router_rank={saved_rank}, this model has "
+            f"router_rank={rank}; build the model with --router_rank {saved_rank}"
+        )
     try:
         saved = json.loads(metadata[ROUTER_PROJ_KEY]) if ROUTER_PROJ_KEY in metadata else {}
         saved_dim = int(saved.get("dim", 0))
