@@ -1,4 +1,5 @@
-"""Local JSON/JSONL datasets (Alpaca fields or chat messages) with file:line errors."""
+"""One data loader for train, pool train and eval files: Alpaca fields, chat messages,
+prompt/response; JSON, JSONL, Parquet; file:line errors; hub ids only when online."""
 
 from __future__ import annotations
 
@@ -55,7 +56,8 @@ def test_json_array_reports_element_line(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     "row,message",
     [
-        ({"prompt": "x"}, "row has neither 'instruction'/'output' nor 'messages'"),
+        ({"prompt": "x"}, "field 'response' must be a string"),
+        ({"text": "x"}, "row has none of the layouts"),
         ({"instruction": "x"}, "field 'output' must be a string"),
         ({"messages": []}, "'messages' must be a non-empty list"),
         ({"messages": [{"role": "user", "content": "q"}]}, "'messages' has no assistant turn"),
@@ -81,3 +83,83 @@ def test_bad_files(tmp_path: Path) -> None:
     (tmp_path / "empty.json").write_text("[]")
     with pytest.raises(DataError, match="no rows"):
         load_local_examples(tmp_path / "empty.json")
+
+
+def test_prompt_response_and_completion_rows(tmp_path: Path) -> None:
+    path = _write(
+        tmp_path / "d.jsonl",
+        [{"prompt": "p1", "response": "r1", "answer": 3}, {"prompt": "p2", "completion": "c2"}],
+    )
+    rows = load_local_examples(path)
+    assert [(r.prompt, r.response, r.answer) for r in rows] == [
+        ("p1", "r1", "3"),
+        ("p2", "c2", None),
+    ]
+
+
+def test_parquet_rows(tmp_path: Path) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    path = tmp_path / "d.parquet"
+    pq.write_table(
+        pa.Table.from_pylist(
+            [
+                {"instruction": "Add", "input": "1 2", "output": "3", "category": "math"},
+                {"instruction": "Hi", "input": None, "output": "Hello", "category": "chat"},
+            ]
+        ),
+        path,
+    )
+    rows = load_local_examples(path)
+    assert [r.prompt for r in rows] == ["Add\n\n1 2", "Hi"]
+    assert [r.meta["category"] for r in rows] == ["math", "chat"]
+    pq.write_table(pa.Table.from_pylist([{"instruction": "a", "output": 1}]), path)
+    with pytest.raises(DataError, match=r"d.parquet:row 1: field 'output' must be a string"):
+        load_local_examples(path)
+
+
+def _alpaca_file(tmp_path: Path, n: int = 12, broken_line: int = 0) -> Path:
+    lines = [json.dumps({"instruction": f"Say {i}", "output": f"{i}"}) for i in range(n)]
+    if broken_line:
+        lines[broken_line - 1] = '{"instruction": "oops", '
+    path = tmp_path / "alpaca.jsonl"
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
+def test_train_and_pool_train_share_the_loader(tmp_path: Path) -> None:
+    from smartfed.config import RunConfig
+    from smartfed.data.source import load_training_data
+    from smartfed.train.skill_lora import SkillLoraRecipe, load_dataset
+
+    path = _alpaca_file(tmp_path)
+    train = load_training_data(RunConfig.from_flat({"dataset": str(path)})).examples
+    fit, held = load_dataset(SkillLoraRecipe(dataset=str(path), seed=0))
+    assert len(train) == 12 and len(fit) + len(held) == 12 and len(held) == 1
+    assert sorted(e.prompt for e in fit + held) == sorted(e.prompt for e in train)
+
+
+@pytest.mark.parametrize("broken", [1, 8])
+def test_broken_jsonl_line_is_named_by_both_commands(tmp_path: Path, broken: int) -> None:
+    from smartfed.config import RunConfig
+    from smartfed.data.source import load_training_data
+    from smartfed.train.skill_lora import SkillLoraRecipe, load_dataset
+
+    path = _alpaca_file(tmp_path, broken_line=broken)
+    with pytest.raises(DataError, match=rf"alpaca.jsonl:{broken}: invalid JSON"):
+        load_training_data(RunConfig.from_flat({"dataset": str(path)}))
+    with pytest.raises(DataError, match=rf"alpaca.jsonl:{broken}: invalid JSON"):
+        load_dataset(SkillLoraRecipe(dataset=str(path)))
+
+
+def test_hub_id_offline_and_unknown_names(monkeypatch: pytest.MonkeyPatch) -> None:
+    from smartfed.data.source import load_examples
+
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    with pytest.raises(DataError, match="owner/name: hub datasets are off"):
+        load_examples("owner/name")
+    with pytest.raises(DataError, match="unknown task, and not a data file or a hub id"):
+        load_examples("no_such_task")
+    rows, label = load_examples("cpu_mini.skill.sort")
+    assert rows and label == "category"

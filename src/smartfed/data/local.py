@@ -1,19 +1,24 @@
-"""Local training/eval files: ``.json`` (an array) or ``.jsonl`` (one object per line).
+"""Local dataset files: ``.json`` (an array), ``.jsonl`` (one object per line) or ``.parquet``.
 
-Two row layouts are accepted:
+The one row reader behind ``smartfed train --dataset``, ``smartfed pool train --dataset`` and
+local files named as a task's data. Three row layouts are accepted (the ones PEFT / TRL / Alpaca
+users already have):
 
-* Alpaca fields: ``instruction`` (str), optional ``input`` (str), ``output`` (str); an optional
-  ``answer`` (str) becomes the gold answer and an optional ``category`` the partition label.
+* Alpaca fields: ``instruction`` (str), optional ``input`` (str), ``output`` (str).
 * Chat: ``messages`` = ``[{"role": "system"|"user"|"assistant", "content": str}, ...]``; the last
   assistant turn is the response, the user turns before it (joined by blank lines) the prompt.
+* Prompt/response: ``prompt`` (str) and ``response`` (or TRL's ``completion``) (str).
 
-Malformed rows raise :class:`~smartfed.errors.DataError` as ``file:line: what is wrong`` (for a
-``.json`` array the line is where the element starts).
+An optional ``answer`` becomes the gold answer; every other scalar field (e.g. ``category``) is
+kept in ``Example.meta`` so ``--partition_by`` can split on it. Malformed rows raise
+:class:`~smartfed.errors.DataError` as ``file:line: what is wrong`` (for a ``.json`` array the line
+where the element starts; for Parquet ``file:row N``).
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +26,14 @@ from smartfed.data.example import Example
 from smartfed.errors import DataError
 
 ROLES = ("system", "user", "assistant")
+LOCAL_SUFFIXES = (".json", ".jsonl", ".parquet")
+LAYOUTS = "Alpaca 'instruction'/'output', chat 'messages', or 'prompt'/'response'"
+_LAYOUT_KEYS = {"messages", "instruction", "input", "output", "prompt", "response", "completion"}
+
+
+def is_local_file(source: str) -> bool:
+    """True when ``source`` names a local dataset file (by extension or because it exists)."""
+    return source.endswith(LOCAL_SUFFIXES) or Path(source).expanduser().is_file()
 
 
 def load_local_examples(path: str | Path) -> list[Example]:
@@ -29,16 +42,34 @@ def load_local_examples(path: str | Path) -> list[Example]:
     Raises:
         DataError: missing file, unknown extension, invalid JSON or a malformed row (file:line).
     """
-    p = Path(path)
+    p = Path(path).expanduser()
     if not p.is_file():
-        raise DataError(f"{p} does not exist; pass a .json or .jsonl file of Alpaca or chat rows")
-    if p.suffix not in (".json", ".jsonl"):
-        raise DataError(f"{p}: unsupported extension {p.suffix!r}; use .json (array) or .jsonl")
-    rows = _jsonl_rows(p) if p.suffix == ".jsonl" else _json_rows(p)
-    examples = [row_to_example(obj, p, line, i) for i, (line, obj) in enumerate(rows)]
+        raise DataError(f"{p} does not exist; pass a .json, .jsonl or .parquet file ({LAYOUTS})")
+    if p.suffix not in LOCAL_SUFFIXES:
+        raise DataError(
+            f"{p}: unsupported extension {p.suffix!r}; use .json (array), .jsonl or .parquet"
+        )
+    readers = {".jsonl": _jsonl_rows, ".json": _json_rows, ".parquet": _parquet_rows}
+    rows = readers[p.suffix](p)
+    unit = "row " if p.suffix == ".parquet" else ""
+    examples = [
+        row_to_example(obj, p, line, i, where=f"{p}:{unit}{line}")
+        for i, (line, obj) in enumerate(rows)
+    ]
     if not examples:
         raise DataError(f"{p}: the file has no rows")
     return examples
+
+
+def rows_to_examples(rows: list[Mapping[str, Any]], source: str) -> list[Example]:
+    """Turn in-memory rows (e.g. a hub dataset) into examples; errors name ``source:row N``."""
+    out = [
+        row_to_example(dict(row), Path(source), i + 1, i, where=f"{source}:row {i + 1}")
+        for i, row in enumerate(rows)
+    ]
+    if not out:
+        raise DataError(f"{source}: the dataset has no rows")
+    return out
 
 
 def _jsonl_rows(p: Path) -> list[tuple[int, Any]]:
@@ -72,18 +103,33 @@ def _json_rows(p: Path) -> list[tuple[int, Any]]:
     return rows
 
 
-def row_to_example(obj: Any, path: Path, line: int, index: int) -> Example:
-    """Turn one row (Alpaca or chat layout) into an :class:`Example`.
+def _parquet_rows(p: Path) -> list[tuple[int, Any]]:
+    import pyarrow.parquet as pq  # installed with `datasets`
+
+    try:
+        table = pq.read_table(p)
+    except Exception as err:  # pyarrow raises several types for a broken file
+        raise DataError(f"{p}: not a readable Parquet file ({err})") from err
+    return [(i + 1, row) for i, row in enumerate(table.to_pylist())]
+
+
+def row_to_example(
+    obj: Any, path: Path, line: int, index: int, where: str | None = None
+) -> Example:
+    """Turn one row (Alpaca, chat or prompt/response layout) into an :class:`Example`.
 
     Raises:
-        DataError: neither layout, or a field of the wrong type (file:line).
+        DataError: none of the layouts, or a field of the wrong type (file:line).
     """
-    where = f"{path}:{line}"
+    where = where or f"{path}:{line}"
     if not isinstance(obj, dict):
         raise DataError(f"{where}: expected an object, got {type(obj).__name__}")
-    meta: dict[str, Any] = {"index": index, "line": line}
-    if isinstance(obj.get("category"), str):
-        meta["category"] = obj["category"]
+    meta: dict[str, Any] = {
+        k: v
+        for k, v in obj.items()
+        if k not in _LAYOUT_KEYS and isinstance(v, str | int | float) and not isinstance(v, bool)
+    }
+    meta.update(index=index, line=line)
     answer = obj.get("answer")
     if answer is not None and not isinstance(answer, str):
         answer = str(answer)
@@ -91,8 +137,10 @@ def row_to_example(obj: Any, path: Path, line: int, index: int) -> Example:
         prompt, response = _chat(obj["messages"], where)
     elif "instruction" in obj:
         prompt, response = _alpaca(obj, where)
+    elif "prompt" in obj:
+        prompt, response = _prompt_response(obj, where)
     else:
-        raise DataError(f"{where}: row has neither 'instruction'/'output' nor 'messages'")
+        raise DataError(f"{where}: row has none of the layouts: {LAYOUTS}")
     return Example(prompt=prompt, response=response, answer=answer, meta=meta)
 
 
@@ -111,6 +159,16 @@ def _alpaca(obj: dict[str, Any], where: str) -> tuple[str, str]:
     if inp.strip():
         prompt = f"{prompt}\n\n{inp.strip()}"
     return prompt, obj["output"]
+
+
+def _prompt_response(obj: dict[str, Any], where: str) -> tuple[str, str]:
+    key = "response" if "response" in obj or "completion" not in obj else "completion"
+    for k in ("prompt", key):
+        if not isinstance(obj.get(k), str):
+            raise DataError(f"{where}: field {k!r} must be a string")
+    if not obj["prompt"].strip():
+        raise DataError(f"{where}: field 'prompt' is empty")
+    return obj["prompt"], obj[key]
 
 
 def _chat(messages: Any, where: str) -> tuple[str, str]:

@@ -1,21 +1,29 @@
-"""Where a run's training and evaluation rows come from: a registered task or a local file.
+"""Where a run's training rows come from: a registered task, a local file or a hub dataset.
 
-``--dataset`` names a registered task or a local JSON/JSONL file (Alpaca fields
-``instruction``/``input``/``output`` or chat ``messages``); without it, ``--task`` is used.
+``--dataset`` (``smartfed train`` and ``smartfed pool train`` alike) names one of:
+
+* a local ``.json`` / ``.jsonl`` / ``.parquet`` file (rows as in :mod:`smartfed.data.local`);
+* a registered task (``smartfed eval --help`` lists them);
+* a Hugging Face hub dataset id ``owner/name`` (optionally ``owner/name:split``, default
+  ``train``), read with the ``datasets`` library when the hub is reachable (not in offline mode).
+
+Without ``--dataset``, ``--task`` is used.
 """
 
 from __future__ import annotations
 
-import json
+import os
+import re
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from smartfed.config import RunConfig
 from smartfed.data.example import Example
+from smartfed.data.local import LAYOUTS, is_local_file, load_local_examples, rows_to_examples
 from smartfed.errors import ConfigError, DataError
 
-LOCAL_SUFFIXES = (".json", ".jsonl")
+HUB_ID = re.compile(r"^(?P<repo>[A-Za-z0-9][\w.-]*/[\w.-]+)(?::(?P<split>[\w.\[\]%:-]+))?$")
+"""``owner/name`` or ``owner/name:split`` (split syntax of ``datasets``, e.g. ``train[:10%]``)."""
 
 
 @dataclass(frozen=True)
@@ -25,7 +33,7 @@ class TrainingData:
     Attributes:
         examples: training rows in file order.
         label_key: ``Example.meta`` key used as the label ("" = none).
-        source: the task name or file path (for logs and the run record).
+        source: the task name, file path or hub id (for logs and the run record).
     """
 
     examples: list[Example]
@@ -34,25 +42,69 @@ class TrainingData:
 
 
 def load_training_data(cfg: RunConfig) -> TrainingData:
-    """Load the training rows named by ``--dataset`` (task or file) or ``--task``.
+    """Load the training rows named by ``--dataset`` (file, task or hub id) or ``--task``.
 
     Raises:
         ConfigError: neither ``--dataset`` nor ``--task`` given.
-        DataError: a missing/malformed file or an unknown task.
+        DataError: a missing/malformed file, an unknown task or an unreachable hub dataset.
     """
     source = cfg.data.dataset or cfg.data.task
     if not source:
         raise ConfigError("no training data: pass --dataset FILE.jsonl or --task NAME")
-    if source.endswith(LOCAL_SUFFIXES) or Path(source).is_file():
-        examples = read_local_file(Path(source))
-        label_key = cfg.fed.partition_by
-    else:
-        task = _get_task(source)
-        examples = list(task.train_examples(cfg.data.data_dir or None))
-        label_key = cfg.fed.partition_by or str(getattr(task, "label_key", "") or "")
+    examples, task_label = load_examples(source, cfg.data.data_dir)
     if cfg.data.max_train_examples:
         examples = examples[: cfg.data.max_train_examples]
-    return TrainingData(examples, label_key, source)
+    return TrainingData(examples, cfg.fed.partition_by or task_label, source)
+
+
+def load_examples(source: str, data_dir: str = "") -> tuple[list[Example], str]:
+    """The training rows of ``source`` and its default label column ("" for files and hub ids).
+
+    Raises:
+        DataError: a missing/malformed file, an unknown task or an unreachable hub dataset.
+    """
+    if is_local_file(source):
+        return load_local_examples(source), ""
+    task = _find_task(source)
+    if task is not None:
+        return list(task.train_examples(data_dir or None)), str(getattr(task, "label_key", ""))
+    match = HUB_ID.match(source)
+    if match:
+        return load_hub_examples(match["repo"], match["split"] or "train"), ""
+    raise DataError(
+        f"--dataset {source!r}: unknown task, and not a data file or a hub id owner/name; "
+        "`smartfed eval --help` lists the tasks"
+    )
+
+
+def load_hub_examples(repo: str, split: str = "train") -> list[Example]:
+    """Read a hub dataset split with the ``datasets`` library (rows in one of the layouts).
+
+    Raises:
+        DataError: offline mode, the hub unreachable, or the dataset/split missing.
+    """
+    if os.environ.get("HF_DATASETS_OFFLINE", "0").lower() in ("1", "true", "yes") or os.environ.get(
+        "HF_HUB_OFFLINE", "0"
+    ).lower() in ("1", "true", "yes"):
+        raise DataError(
+            f"--dataset {repo}: hub datasets are off (HF_DATASETS_OFFLINE/HF_HUB_OFFLINE is set); "
+            "unset it, or save the rows to a .jsonl file and pass that (docs/data.md)"
+        )
+    import datasets
+
+    try:
+        ds = datasets.load_dataset(repo, split=split)
+    except Exception as err:  # network, missing repo or split: datasets raises many types
+        first = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise DataError(
+            f"--dataset {repo}:{split}: cannot load it from the hub ({first}); "
+            "check the id and split, or pass a local file (docs/data.md)"
+        ) from err
+    rows: list[dict[str, Any]] = list(ds)
+    try:
+        return rows_to_examples(rows, f"{repo}:{split}")
+    except DataError as err:
+        raise DataError(f"{err} (rows must have {LAYOUTS})") from err
 
 
 def labels_of(data: TrainingData) -> list[str]:
@@ -60,63 +112,10 @@ def labels_of(data: TrainingData) -> list[str]:
     return [str(ex.meta.get(data.label_key, "")) if data.label_key else "" for ex in data.examples]
 
 
-def _get_task(name: str) -> Any:
-    try:
-        from smartfed.data.tasks import get_task
-    except ImportError as err:  # the task registry is a separate component
-        raise DataError(
-            f"task {name!r}: the task registry is not installed; pass --dataset FILE"
-        ) from err
+def _find_task(name: str) -> Any:
+    """The registered task called ``name``, else None."""
+    from smartfed.data.tasks import get_task, list_tasks
+
+    if name not in list_tasks():
+        return None
     return get_task(name)
-
-
-def read_local_file(path: Path) -> list[Example]:
-    """Read Alpaca-style (``instruction``/``input``/``output``) or chat (``messages``) rows.
-
-    Raises:
-        DataError: missing file, invalid JSON, or a row with neither layout (file and line named).
-    """
-    if not path.is_file():
-        raise DataError(f"--dataset {path} does not exist; pass a JSON/JSONL file or a task name")
-    text = path.read_text(encoding="utf-8")
-    try:
-        if path.suffix == ".jsonl":
-            rows = [
-                (i, json.loads(line)) for i, line in enumerate(text.splitlines(), 1) if line.strip()
-            ]
-        else:
-            rows = list(enumerate(json.loads(text), 1))
-    except json.JSONDecodeError as err:
-        raise DataError(
-            f"{path}: invalid JSON ({err.msg} at line {err.lineno}); fix the file"
-        ) from err
-    examples = [_row_to_example(obj, path, i) for i, obj in rows]
-    if not examples:
-        raise DataError(f"{path} has no rows")
-    return examples
-
-
-def _row_to_example(obj: Any, path: Path, lineno: int) -> Example:
-    if isinstance(obj, dict) and isinstance(obj.get("messages"), list):
-        msgs = obj["messages"]
-        user = [
-            m.get("content", "") for m in msgs if isinstance(m, dict) and m.get("role") == "user"
-        ]
-        bot = [
-            m.get("content", "")
-            for m in msgs
-            if isinstance(m, dict) and m.get("role") == "assistant"
-        ]
-        if user and bot:
-            return Example(prompt=str(user[0]), response=str(bot[-1]), meta=_meta(obj))
-    if isinstance(obj, dict) and isinstance(obj.get("instruction"), str) and "output" in obj:
-        prompt = obj["instruction"] + (f"\n\n{obj['input']}" if obj.get("input") else "")
-        return Example(prompt=prompt, response=str(obj["output"]), meta=_meta(obj))
-    raise DataError(
-        f"{path}:{lineno}: row needs instruction/input/output or messages (user + assistant)"
-    )
-
-
-def _meta(obj: dict[str, Any]) -> dict[str, Any]:
-    skip = {"messages", "instruction", "input", "output"}
-    return {k: v for k, v in obj.items() if k not in skip and isinstance(v, str | int | float)}

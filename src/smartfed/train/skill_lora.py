@@ -9,7 +9,6 @@ losses) is written atomically to ``<output_dir>/.resume`` every ``checkpoint_eve
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import random
@@ -43,8 +42,8 @@ class SkillLoraRecipe:
     """Everything that decides a skill LoRA (hashed by the cpu-mini pool cache).
 
     Attributes:
-        dataset: a registered task name or a local ``.json``/``.jsonl`` file of
-            {prompt, response} rows.
+        dataset: a registered task, a local ``.json``/``.jsonl``/``.parquet`` file or a hub
+            dataset id (rows: Alpaca fields, chat ``messages`` or prompt/response).
         rank: LoRA rank r.
         alpha: LoRA alpha (scaling alpha / r); 0 means 2 * rank [D].
         target_modules: module names the LoRA wraps [D: q_proj, v_proj as in the prototype].
@@ -73,7 +72,7 @@ class SkillLoraRecipe:
 
     def __post_init__(self) -> None:
         checks = [
-            (bool(self.dataset), "dataset", "name a registered task or a .json/.jsonl file"),
+            (bool(self.dataset), "dataset", "name a registered task, a data file or a hub id"),
             (self.rank > 0, "rank", "must be > 0"),
             (self.alpha >= 0, "alpha", "must be >= 0"),
             (
@@ -104,54 +103,29 @@ class SkillLoraRecipe:
         return d
 
 
-def _read_file_rows(path: Path) -> list[Example]:
-    text = path.read_text(encoding="utf-8")
-    try:
-        rows = (
-            json.loads(text)
-            if path.suffix == ".json"
-            else [json.loads(line) for line in text.splitlines() if line.strip()]
-        )
-    except json.JSONDecodeError as err:
-        raise DataError(
-            f"{path}: invalid JSON at line {err.lineno} ({err.msg}); fix the file"
-        ) from err
-    if not isinstance(rows, list):
-        raise DataError(f"{path}: expected a list of {{prompt, response}} objects")
-    out = []
-    for i, row in enumerate(rows):
-        if not (
-            isinstance(row, dict)
-            and isinstance(row.get("prompt"), str)
-            and isinstance(row.get("response"), str)
-        ):
-            raise DataError(f"{path}: row {i} needs string fields 'prompt' and 'response'")
-        out.append(Example(row["prompt"], row["response"], row.get("answer"), {}))
-    return out
-
-
 def load_dataset(recipe: SkillLoraRecipe) -> tuple[list[Example], list[Example]]:
-    """Return ``(train, heldout)`` rows of ``recipe.dataset``.
+    """Return ``(train, heldout)`` rows of ``recipe.dataset`` (the loader ``smartfed train`` uses).
 
-    A task gives its train and eval splits; a file is shuffled with ``recipe.seed`` and its last 5%
-    (at least one row) held out [D].
+    A task gives its train and eval splits; a file or hub dataset is shuffled with ``recipe.seed``
+    and its last 5% (at least one row) held out [D].
 
     Raises:
         DataError: unknown dataset, unreadable file or too few rows.
     """
-    path = Path(recipe.dataset).expanduser()
-    if recipe.dataset.endswith((".json", ".jsonl")):
-        if not path.is_file():
-            raise DataError(
-                f"--dataset file {path} does not exist; pass a .json/.jsonl file or a task name"
-            )
-        rows = _read_file_rows(path)
+    from smartfed.data.source import load_examples
+
+    task = _registered(recipe.dataset)
+    if task is None:
+        rows, _ = load_examples(recipe.dataset, recipe.data_dir)
+        rows = [e for e in rows if e.response]
         if len(rows) < 2:
-            raise DataError(f"{path}: needs at least 2 rows (one is held out), has {len(rows)}")
+            raise DataError(
+                f"--dataset {recipe.dataset}: needs at least 2 rows with a response "
+                f"(one is held out), has {len(rows)}"
+            )
         random.Random(recipe.seed).shuffle(rows)
         n_out = max(1, len(rows) // 20)
         return rows[:-n_out], rows[-n_out:]
-    task = resolve_task(recipe.dataset)
     data_dir = recipe.data_dir or None
     train = task.train_examples(data_dir)
     try:
@@ -164,23 +138,26 @@ def load_dataset(recipe: SkillLoraRecipe) -> tuple[list[Example], list[Example]]
     return train, heldout
 
 
+def _registered(name: str) -> Any:
+    from smartfed.data.local import is_local_file
+    from smartfed.data.tasks import list_tasks
+
+    if is_local_file(name) or name not in list_tasks():
+        return None
+    return resolve_task(name)
+
+
 def resolve_task(name: str) -> Any:
-    """Return a task by name: the shared task registry when present, else the cpu-mini tasks.
+    """Return a registered task by name (the cpu-mini tasks first).
 
     Raises:
         DataError: unknown task.
     """
+    from smartfed.data.tasks import get_task
     from smartfed.data.tasks.cpu_mini import TASKS
 
     if name in TASKS:
         return TASKS[name]
-    try:
-        from smartfed.data.tasks import get_task  # the shared registry (tasks engineer)
-    except ImportError as err:
-        raise DataError(
-            f"unknown --dataset {name!r}: choose a cpu-mini task ({', '.join(TASKS)}) "
-            "or a .json/.jsonl file"
-        ) from err
     return get_task(name)
 
 
