@@ -20,6 +20,7 @@ import torch
 from smartfed.config import ModelConfig
 from smartfed.errors import ModelLoadError
 from smartfed.log import get_logger
+from smartfed.model.device import DeviceError, resolve_device
 
 log = get_logger(__name__)
 
@@ -134,18 +135,63 @@ def local_model_dir(cfg: ModelConfig) -> ResolvedModel:
     return ResolvedModel(str(dest), None, resolved.display_name)
 
 
+def quantization_config(cfg: ModelConfig, device: torch.device) -> Any | None:
+    """The ``BitsAndBytesConfig`` of ``cfg.quantization`` (``None`` for ``none``).
+
+    ``8bit``: LLM.int8 linear layers; ``4bit``: NF4 with double quantisation and ``cfg.dtype``
+    compute [D]. The LM head and embeddings stay in ``cfg.dtype`` (transformers' default).
+
+    Raises:
+        DeviceError: quantisation asked for off CUDA, or bitsandbytes not installed.
+    """
+    if cfg.quantization == "none":
+        return None
+    flag = f"--quantization {cfg.quantization}"
+    if device.type != "cuda":
+        raise DeviceError(
+            f"{flag} needs a CUDA GPU (bitsandbytes), but the device is {device}; "
+            "use --quantization none here or run on a GPU with --device cuda"
+        )
+    if importlib.util.find_spec("bitsandbytes") is None:
+        raise DeviceError(
+            f"{flag}: bitsandbytes is not installed; pip install 'smartfed[quant]' "
+            "(or use --quantization none)"
+        )
+    from transformers import BitsAndBytesConfig
+
+    if cfg.quantization == "8bit":
+        return BitsAndBytesConfig(load_in_8bit=True)
+    return BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type="nf4",
+        bnb_4bit_use_double_quant=True,
+        bnb_4bit_compute_dtype=_DTYPES[cfg.dtype],
+    )
+
+
 def load_base_model(cfg: ModelConfig) -> tuple[Any, Any]:
     """Load ``(model, tokenizer)``: frozen, in ``cfg.dtype`` on ``cfg.device``, in eval mode.
 
+    ``cfg.device`` is resolved first (``auto`` -> CUDA, MPS or CPU); with ``cfg.quantization``
+    the linear layers are loaded 8/4-bit straight onto the GPU.
+
     Raises:
+        DeviceError: the device (or quantisation) asked for is not available here.
         ModelLoadError: the model cannot be found or loaded (no hub access is assumed).
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    device = resolve_device(cfg.device)
+    quant = quantization_config(cfg, device)
     resolved = local_model_dir(cfg)
+    extra: dict[str, Any] = {}
+    if quant is not None:
+        extra = {"quantization_config": quant, "device_map": {"": device.index or 0}}
     try:
         tok = AutoTokenizer.from_pretrained(resolved.location)
-        model = AutoModelForCausalLM.from_pretrained(resolved.location, dtype=_DTYPES[cfg.dtype])
+        model = AutoModelForCausalLM.from_pretrained(
+            resolved.location, dtype=_DTYPES[cfg.dtype], **extra
+        )
     except (OSError, ValueError) as err:
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise ModelLoadError(
@@ -154,8 +200,15 @@ def load_base_model(cfg: ModelConfig) -> tuple[Any, Any]:
         ) from err
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
-    model.to(cfg.device)
+    if quant is None:  # a quantised model is placed by device_map and refuses .to()
+        model.to(device)
     model.eval()
     model.requires_grad_(False)
-    log.info("loaded %s (%s, %s)", resolved.display_name, cfg.dtype, cfg.device)
+    log.info(
+        "loaded %s (%s, %s, quantization %s)",
+        resolved.display_name,
+        cfg.dtype,
+        device,
+        cfg.quantization,
+    )
     return model, tok

@@ -19,8 +19,10 @@ from smartfed.config import TrainConfig
 from smartfed.data.formatting import IGNORE_INDEX, EncodedExample, collate
 from smartfed.errors import DataError
 from smartfed.log import get_logger
+from smartfed.train.memory import activation_checkpointing, chunked_lm_head_loss
 
 log = get_logger(__name__)
+LOSS_CHUNK_TOKENS = TrainConfig().loss_chunk_tokens
 
 
 @dataclass
@@ -70,16 +72,21 @@ def sample_batches(
         yield collate([examples[i] for i in take], pad_id)
 
 
-def response_loss(model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+def response_loss(
+    model: nn.Module, batch: dict[str, torch.Tensor], chunk_tokens: int = LOSS_CHUNK_TOKENS
+) -> torch.Tensor:
     """Mean next-token cross-entropy over response tokens, projecting only those to the vocabulary.
 
     Same value as ``model(**batch).loss`` (HF shifts labels by one), but the ``(batch, seq, vocab)``
     logits are never formed: only the positions whose next token is a response token go through
-    the LM head (SmolLM2: 49k vocab; this halves client memory at batch 16 x 256 tokens) [D].
+    the LM head (SmolLM2: 49k vocab; this halves client memory at batch 16 x 256 tokens) [D], and
+    those ``chunk_tokens`` at a time (:func:`smartfed.train.memory.chunked_lm_head_loss`).
 
     Args:
         model: a Hugging Face causal LM (``get_decoder()`` + ``get_output_embeddings()``).
         batch: ``input_ids`` / ``attention_mask`` / ``labels``, each ``(batch, seq)``.
+        chunk_tokens: response positions per LM-head chunk; 0 = all at once
+            (``train.loss_chunk_tokens``).
 
     Returns:
         A scalar float32 loss (NaN when the batch has no response token).
@@ -89,8 +96,8 @@ def response_loss(model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Ten
     ).last_hidden_state  # (batch, seq, d)
     targets = batch["labels"][:, 1:]  # (batch, seq - 1)
     keep = targets != IGNORE_INDEX
-    logits = model.get_output_embeddings()(hidden[:, :-1][keep])  # (n_response, vocab)
-    return torch.nn.functional.cross_entropy(logits.float(), targets[keep])
+    head = model.get_output_embeddings()  # weight: (vocab, d)
+    return chunked_lm_head_loss(hidden[:, :-1][keep], head, targets[keep], chunk_tokens)
 
 
 def local_train(
@@ -106,12 +113,14 @@ def local_train(
     """Train ``params`` with a fresh AdamW on ``batches`` (one step per batch, response loss).
 
     The model stays in eval mode (no dropout, deterministic) [D]; only ``params`` get gradients.
+    ``train_cfg.gradient_checkpointing`` and ``train_cfg.loss_chunk_tokens`` lower the memory of a
+    step without changing the loss or the gradients (:mod:`smartfed.train.memory`).
 
     Args:
         model: a causal LM returning ``.loss`` when given ``labels``.
         batches: ``input_ids``/``attention_mask``/``labels`` dicts, each ``(batch, seq)``.
         params: the trainable parameters (e.g. router weights ``(M_m, d_in)``).
-        train_cfg: learning rate, weight decay and gradient clipping.
+        train_cfg: learning rate, weight decay, gradient clipping and the memory options.
         total: number of batches (for the progress bar).
         desc: progress bar label.
         aux_loss: optional auxiliary loss of the batch (e.g. MoLE's gating balancing loss),
@@ -128,20 +137,21 @@ def local_train(
     device = params[0].device
     losses: list[float] = []
     start = time.perf_counter()
-    for batch in tqdm(batches, total=total, desc=desc, leave=False, mininterval=5.0):
-        batch = {k: v.to(device) for k, v in batch.items()}
-        loss = response_loss(model, batch)
-        if not torch.isfinite(loss):
-            raise DataError(
-                f"local training loss is {loss.item()} at step {len(losses) + 1}; "
-                "lower --learning_rate"
-            )
-        opt.zero_grad(set_to_none=True)
-        (loss if aux_loss is None else loss + aux_loss(batch)).backward()
-        if train_cfg.max_grad_norm > 0:
-            torch.nn.utils.clip_grad_norm_(params, train_cfg.max_grad_norm)
-        opt.step()
-        losses.append(float(loss.detach()))
+    with activation_checkpointing(model, train_cfg.gradient_checkpointing):
+        for batch in tqdm(batches, total=total, desc=desc, leave=False, mininterval=5.0):
+            batch = {k: v.to(device) for k, v in batch.items()}
+            loss = response_loss(model, batch, train_cfg.loss_chunk_tokens)
+            if not torch.isfinite(loss):
+                raise DataError(
+                    f"local training loss is {loss.item()} at step {len(losses) + 1}; "
+                    "lower --learning_rate"
+                )
+            opt.zero_grad(set_to_none=True)
+            (loss if aux_loss is None else loss + aux_loss(batch)).backward()
+            if train_cfg.max_grad_norm > 0:
+                torch.nn.utils.clip_grad_norm_(params, train_cfg.max_grad_norm)
+            opt.step()
+            losses.append(float(loss.detach()))
     for p in params:
         p.grad = None
     mean = math.fsum(losses) / max(len(losses), 1)
