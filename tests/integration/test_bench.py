@@ -4,6 +4,7 @@ aggregates it, a rerun reuses finished runs, and bad flags fail with one line.""
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -103,6 +104,44 @@ def test_bench_runs_grid_writes_results_and_reuses_runs(
     stamp = summary.stat().st_mtime_ns
     again = run_bench("quick", tmp_path / "runs", results, model, **kwargs)
     assert not again.failed and summary.stat().st_mtime_ns == stamp  # reused, not rerun
+
+
+def _fake_run(run_dir: Path, rows: list[dict]) -> None:
+    run_dir.mkdir(parents=True)
+    (run_dir / "config.json").write_text("{}")
+    (run_dir / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (run_dir / "summary.json").write_text(json.dumps({"rounds": len(rows)}))
+
+
+def test_v2_sweeps_seed0_then_runs_the_chosen_rate(tmp_path: Path) -> None:
+    from smartfed.recipes.bench import discover, lr_tag, resolve_rate
+    from smartfed.report.bench import select_swept
+
+    v2 = PRESETS["v2"]
+    specs = plan(v2, tasks=["cpu_mini.zh_code_gap"])
+    seed0 = [s for s in specs if s.seed == 0]
+    for m in ("smartfed", "smartfed_no_eeqa", "fedit", "pool_fedit", "mole"):
+        assert sorted(s.lr_mult for s in seed0 if s.method == m) == sorted(v2.lr_grid)
+        assert [s.lr_mult for s in specs if s.method == m and s.seed > 0] == [None, None]
+    assert [s.lr_mult for s in seed0 if s.method == "merge"] == [None]  # nothing to tune
+    assert len(v2.lr_grid) >= 3 and max(s.seed for s in specs) == 2
+    assert {v2.pool_seed(k) for k in (0, 1, 2)} == {0, 1}  # two pools
+    assert all(v2.pool_seed(k) != k for k in (0, 1, 2))  # pool seed != run seed
+    assert v2.overrides["tf_eval_every"] == 1 and int(v2.overrides["eval_limit"]) >= 200
+    later = next(s for s in specs if s.method == "fedit" and s.seed == 1)
+    assert resolve_rate(later, v2, tmp_path) is None  # sweep not run yet
+    for mult, em in zip(v2.lr_grid, (0.2, 0.6, 0.4), strict=True):
+        rows = [{"round": 1, "eval_tf_em": em / 2}, {"round": 2, "val_tf_em": em}]
+        _fake_run(tmp_path / RunSpec(later.task, "main", "fedit", 0, mult).subdir(), rows)
+    chosen = resolve_rate(later, v2, tmp_path)
+    assert chosen == RunSpec(later.task, "main", "fedit", 1, v2.lr_grid[1])
+    assert lr_tag(v2.lr_grid[1]) in str(chosen.subdir())
+    _fake_run(tmp_path / chosen.subdir(), [{"round": 1}, {"round": 2, "val_tf_em": 0.1}])
+    sweep, keep = select_swept(discover(tmp_path))
+    rec = sweep[later.task]["main"]["fedit"]
+    assert rec["chosen_mult"] == v2.lr_grid[1] and math.isclose(rec["chosen_lr"], 2e-3)
+    assert [g["val_tf_em"] for g in rec["grid"]] == [0.2, 0.6, 0.4]
+    assert sorted(s.seed for s, _ in keep) == [0, 1]  # seed 0's final run is the sweep's
 
 
 @pytest.mark.parametrize(

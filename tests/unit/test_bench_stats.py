@@ -29,9 +29,11 @@ def _rows(losses: list[float], acc: list[float | None], bytes_per_round: int = 1
 
 
 def test_mean_std_ignores_missing_and_nan() -> None:
-    assert st.mean_std([1.0, 3.0, None, math.nan]) == {"mean": 2.0, "std": math.sqrt(2.0), "n": 2}
-    assert st.mean_std([]) == {"mean": None, "std": None, "n": 0}
-    assert st.mean_std([5]) == {"mean": 5.0, "std": 0.0, "n": 1}
+    got = st.mean_std([1.0, 3.0, None, math.nan])
+    assert {k: got[k] for k in ("mean", "std", "n")} == {"mean": 2.0, "std": math.sqrt(2.0), "n": 2}
+    assert math.isclose(got["ci95"], 12.706 * math.sqrt(2.0) / math.sqrt(2))
+    assert st.mean_std([]) == {"mean": None, "std": None, "n": 0, "ci95": None}
+    assert st.mean_std([5]) == {"mean": 5.0, "std": 0.0, "n": 1, "ci95": None}
 
 
 def test_per_round_means_over_seeds_and_cumulates_bytes() -> None:
@@ -53,8 +55,12 @@ def test_to_target_rounds_bytes_and_ratios() -> None:
     never = {"per_round": st.per_round([_rows([5, 5, 5, 5], [0, 0, 0, 0], 10)], "accuracy")}
     tt = st.to_target({"fedit": fedit, "smartfed": fast, "x": never}, "fedit", "eval_loss")
     assert tt["fedit"]["round"] == 4 and tt["fedit"]["target"] == 1.5
-    assert tt["smartfed"]["round"] == 2 and tt["smartfed"]["bytes"] == 20
-    assert tt["smartfed"]["ratio_rounds"] == 2.0 and tt["smartfed"]["ratio_bytes"] == 4000 / 20
+    # smartfed crosses 1.5 between round 1 (2.0) and round 2 (1.4): 5/6 of the way, interpolated
+    assert math.isclose(tt["smartfed"]["round"], 1 + 5 / 6)
+    assert math.isclose(tt["smartfed"]["bytes"], 10 + 10 * 5 / 6)
+    assert math.isclose(tt["smartfed"]["wall_s"], 2.0 + 2.0 * 5 / 6)
+    assert math.isclose(tt["smartfed"]["ratio_rounds"], 4 / (1 + 5 / 6))
+    assert math.isclose(tt["smartfed"]["ratio_bytes"], 4000 / (10 + 10 * 5 / 6))
     assert not tt["x"]["reached"] and tt["x"]["ratio_rounds"] is None
     acc = st.to_target({"fedit": fedit, "smartfed": fast}, "fedit", "eval_accuracy")
     assert acc["smartfed"]["round"] == 1 and acc["fedit"]["round"] == 4
@@ -68,9 +74,41 @@ def test_reference_reaches_its_own_target_by_its_last_round(losses: list[float])
     ref = {"per_round": st.per_round([_rows(losses, [None] * len(losses))], "accuracy")}
     tt = st.to_target({"fedit": ref}, "fedit", "eval_loss")["fedit"]
     assert tt["reached"] and 1 <= tt["round"] <= len(losses)
-    assert losses[tt["round"] - 1] <= losses[-1]
-    assert all(x > losses[-1] for x in losses[: tt["round"] - 1])
+    first = math.ceil(tt["round"] - 1e-9)  # the first round at or below the target
+    assert losses[first - 1] <= losses[-1]
+    assert all(x > losses[-1] for x in losses[: first - 1])
+    assert first - 1 <= tt["round"] <= first
     assert tt["ratio_rounds"] == 1.0
+
+
+def test_t_interval_and_paired_differences() -> None:
+    assert st.t975(2) == 4.303 and 1.96 < st.t975(100) < 1.99
+    ci = st.ci95([0.5, 0.6, 0.7])
+    assert math.isclose(ci["mean"], 0.6) and math.isclose(
+        ci["hi"] - 0.6, 4.303 * 0.1 / math.sqrt(3)
+    )
+    assert st.ci95([0.5])["lo"] is None
+    a = {"0": 0.80, "1": 0.70, "2": 0.90}
+    b = {"0": 0.60, "1": 0.50, "2": 0.71, "9": 0.1}  # seed 9 has no partner: left out
+    pc = st.paired_ci(a, b)
+    assert pc["seeds"] == ["0", "1", "2"] and pc["n"] == 3
+    assert math.isclose(pc["mean"], (0.2 + 0.2 + 0.19) / 3) and pc["lo"] > 0  # consistent gain
+    unpaired = st.ci95(list(a.values()))  # the seed-to-seed spread both share is removed
+    assert pc["hi"] - pc["lo"] < unpaired["hi"] - unpaired["lo"]
+    assert st.paired_ci({"0": 1.0}, {"0": None})["n"] == 0
+
+
+def test_choose_rate_best_val_then_loss_then_smaller() -> None:
+    grid = [
+        {"mult": 1 / 3, "val_tf_em": 0.5, "val_tf_loss": 0.3},
+        {"mult": 1.0, "val_tf_em": 0.7, "val_tf_loss": 0.4},
+        {"mult": 3.0, "val_tf_em": 0.7, "val_tf_loss": 0.2},
+    ]
+    assert st.choose_rate(grid) == 3.0
+    grid[2]["val_tf_loss"] = 0.4
+    assert st.choose_rate(grid) == 1.0
+    grid[0]["val_tf_em"] = None  # a sweep run still missing: no choice yet
+    assert st.choose_rate(grid) is None and st.choose_rate([]) is None
 
 
 def test_no_accuracy_target_when_reference_scores_zero() -> None:

@@ -23,6 +23,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from smartfed.config import ModelConfig, RunConfig, Scalar
 from smartfed.data.tasks.cpu_mini import DATA_FRACTION_VARIANT
@@ -96,10 +97,31 @@ class Cell:
 
 @dataclass(frozen=True)
 class Preset:
-    """A named bench grid: cells plus run-config overrides shared by every run."""
+    """A named bench grid: cells plus run-config overrides shared by every run.
+
+    Attributes:
+        cells: the grid's cells.
+        overrides: run-config keys shared by every run of the preset.
+        lr_grid: learning-rate multipliers swept on seed 0 for every method in ``tuned`` [D];
+            empty = each method runs at its :data:`METHOD_LR` rate.
+        tuned: the methods that get the sweep (the trainable ones).
+        pool_seeds: the skill-LoRA pool of run seed ``k`` is trained with seed
+            ``pool_seeds[k % len(pool_seeds)]``.
+    """
 
     cells: tuple[Cell, ...]
     overrides: dict[str, Scalar] = field(default_factory=dict)
+    lr_grid: tuple[float, ...] = ()
+    tuned: tuple[str, ...] = ()
+    pool_seeds: tuple[int, ...] = (0,)
+
+    def pool_seed(self, seed: int) -> int:
+        """The pool seed of run seed ``seed``."""
+        return self.pool_seeds[seed % len(self.pool_seeds)]
+
+    def sweeps(self, method: str) -> bool:
+        """Whether ``method`` gets the learning-rate sweep."""
+        return bool(self.lr_grid) and method in self.tuned
 
     @property
     def tasks(self) -> tuple[str, ...]:
@@ -109,6 +131,51 @@ class Preset:
 
 ALL_ROUTED = ("smartfed", "smartfed_no_eeqa", "fedit", "pool_fedit", "merge", "lorahub", "mole")
 PRIMARY = "cpu_mini.zh_code_gap"
+TRAINABLE = ("smartfed", "smartfed_no_eeqa", "fedit", "pool_fedit", "mole")
+"""The methods whose learning rate is swept (merge trains nothing, lorahub searches)."""
+LR_GRID = (1 / 3, 1.0, 3.0)
+"""[D] Learning-rate multipliers of the v2 sweep, the same for every method, around each family's
+:data:`METHOD_LR` rate (routers 1.7e-3 / 5e-3 / 1.5e-2, LoRAs 6.7e-4 / 2e-3 / 6e-3)."""
+V2_TASKS = (
+    "cpu_mini.zh_code_partial",
+    "cpu_mini.zh_code_chain",
+    "cpu_mini.zh_code_partpool",
+    PRIMARY,
+)
+"""[D] The v2 tasks: the partial skill gap (its primary task), a harder chain, a partly relevant
+pool, and the full skill gap ``zh_code_gap`` kept as one labelled task. Names not in the suite
+(yet) are left out (:func:`v2_tasks`)."""
+V2: dict[str, Scalar] = {
+    "num_rounds": 10,
+    "local_steps": 5,
+    "eval_every": 0,
+    "eval_limit": 200,
+    "tf_eval_every": 1,
+    "val_examples": 200,
+    "heldout_examples": 64,
+}
+"""[D] The v2 protocol on top of :data:`COMMON`: teacher-forced accuracy and eval-distribution
+loss every round on 200 eval rows, greedy generation (the task metric) after the last round only,
+the sweep's score on 200 val rows after the last round."""
+
+
+def v2_tasks() -> tuple[str, ...]:
+    """The :data:`V2_TASKS` that exist in the cpu-mini suite, in order."""
+    from smartfed.data.tasks.cpu_mini import SUITE
+
+    return tuple(t for t in V2_TASKS if t in SUITE) or (PRIMARY,)
+
+
+def _v2_preset() -> Preset:
+    return Preset(
+        cells=tuple(Cell(t, "main", (*TRAINABLE, "merge"), 3) for t in v2_tasks()),
+        overrides=V2,
+        lr_grid=LR_GRID,
+        tuned=TRAINABLE,
+        pool_seeds=(1, 0),
+    )
+
+
 PRESETS: dict[str, Preset] = {
     "quick": Preset(
         cells=(
@@ -148,10 +215,12 @@ PRESETS: dict[str, Preset] = {
         ),
         overrides={"num_rounds": 20, "eval_limit": 100},
     ),
+    "v2": _v2_preset(),
 }
 """[D] ``quick``: the committed ``benchmarks/results/cpu-mini.json``; ``demo``: ``make demo``;
 ``tuning``: SmartFed variants on the primary task; ``full``: every method, task and control with
-the paper's 20 rounds (hours on 2 cores)."""
+the paper's 20 rounds (hours on 2 cores); ``v2``: the tuned comparison (equal learning-rate sweep
+on a validation split, accuracy every round, 3 seeds on 2 pools; docs/cpu-mini.md)."""
 
 
 def get_preset(name: str) -> Preset:
@@ -167,16 +236,30 @@ def get_preset(name: str) -> Preset:
 
 @dataclass(frozen=True)
 class RunSpec:
-    """One cell of the grid."""
+    """One cell of the grid.
+
+    ``lr_mult`` is set for a method under a learning-rate sweep: the multiplier of its
+    :data:`METHOD_LR` rate (``None``: the plain rate). A planned seed > 0 of a swept method has
+    ``lr_mult=None`` until the sweep chose (:func:`resolve_rate`).
+    """
 
     task: str
     variant: str
     method: str
     seed: int
+    lr_mult: float | None = None
 
     def subdir(self) -> Path:
         """Where its run directory lives under the bench output dir."""
-        return Path(self.task) / self.variant / self.method / f"seed{self.seed}"
+        base = Path(self.task) / self.variant / self.method
+        if self.lr_mult is not None:
+            base = base / lr_tag(self.lr_mult)
+        return base / f"seed{self.seed}"
+
+
+def lr_tag(mult: float) -> str:
+    """Directory name of a sweep multiplier (``lr-x0.333``, ``lr-x1``, ``lr-x3``)."""
+    return f"lr-x{mult:.3g}"
 
 
 def plan(
@@ -218,11 +301,13 @@ def plan(
     for seed in range(max(seeds or c.seeds for c in cells) if cells else 0):
         for c in cells:
             if seed < (seeds or c.seeds):
-                out += [
-                    RunSpec(c.task, c.variant, m, seed)
-                    for m in c.methods
-                    if not methods or m in methods
-                ]
+                for m in c.methods:
+                    if methods and m not in methods:
+                        continue
+                    if preset.sweeps(m) and seed == 0:
+                        out += [RunSpec(c.task, c.variant, m, 0, x) for x in preset.lr_grid]
+                    else:
+                        out.append(RunSpec(c.task, c.variant, m, seed))
     return out
 
 
@@ -272,7 +357,7 @@ def run_config(
     """The ``smartfed train`` config of one grid cell."""
     flat: dict[str, Scalar] = {
         **COMMON,
-        "learning_rate": METHOD_LR.get(spec.method, 2e-3),
+        "learning_rate": METHOD_LR.get(spec.method, 2e-3) * (spec.lr_mult or 1.0),
         **overrides,
         "model_name_or_path": model_cfg.model_name_or_path,
         "dtype": model_cfg.dtype,
@@ -316,23 +401,65 @@ def run_one(cfg: RunConfig) -> None:
 
 
 def discover(output_dir: Path) -> list[tuple[RunSpec, Path]]:
-    """Every run directory under a bench output dir (``<task>/<variant>/<method>/seed<k>``).
+    """Every run directory under a bench output dir (``<task>/<variant>/<method>/seed<k>``, and
+    ``<task>/<variant>/<method>/lr-x<mult>/seed<k>`` for a swept method).
 
     The results are rebuilt from all of them, so benches run separately into one output dir
     (e.g. more seeds later) add up in one results JSON.
     """
     found: list[tuple[RunSpec, Path]] = []
-    for cfg in sorted(Path(output_dir).glob("*/*/*/seed*/config.json")):
-        run_dir = cfg.parent
-        method, variant, task = (
-            run_dir.parent.name,
-            run_dir.parent.parent.name,
-            run_dir.parents[2].name,
-        )
-        seed = run_dir.name.removeprefix("seed")
-        if variant in VARIANTS and seed.isdigit():
-            found.append((RunSpec(task, variant, method, int(seed)), run_dir))
+    root = Path(output_dir)
+    for pattern in ("*/*/*/seed*/config.json", "*/*/*/lr-x*/seed*/config.json"):
+        for cfg in sorted(root.glob(pattern)):
+            run_dir = cfg.parent
+            parts = run_dir.relative_to(root).parts
+            task, variant, method = parts[:3]
+            mult = float(parts[3].removeprefix("lr-x")) if len(parts) == 5 else None
+            seed = run_dir.name.removeprefix("seed")
+            if variant in VARIANTS and seed.isdigit():
+                found.append((RunSpec(task, variant, method, int(seed), mult), run_dir))
     return found
+
+
+def sweep_scores(output_dir: Path, spec: RunSpec, grid: Sequence[float]) -> list[dict[str, Any]]:
+    """The seed-0 sweep of ``spec``'s method and cell: one dict per multiplier.
+
+    Each: ``mult``, ``val_tf_em`` / ``val_tf_loss`` (the selection score, after the last round;
+    ``None`` while the run is not complete) and ``run`` (its directory).
+    """
+    out = []
+    for mult in grid:
+        run_dir = Path(output_dir) / dataclasses.replace(spec, seed=0, lr_mult=mult).subdir()
+        last = _last_row(run_dir)
+        out.append(
+            {
+                "mult": mult,
+                "val_tf_em": last.get("val_tf_em"),
+                "val_tf_loss": last.get("val_tf_loss"),
+                "run": str(run_dir),
+            }
+        )
+    return out
+
+
+def _last_row(run_dir: Path) -> dict[str, Any]:
+    from smartfed.io.rundir import RunDir
+
+    if not (run_dir / "summary.json").is_file():
+        return {}
+    rows = RunDir(run_dir).metrics()
+    return dict(rows[-1]) if rows else {}
+
+
+def resolve_rate(spec: RunSpec, preset: Preset, output_dir: Path) -> RunSpec | None:
+    """``spec`` with its learning-rate multiplier: the sweep's choice for a swept method's seed
+    > 0, ``None`` while the sweep is incomplete; any other spec unchanged."""
+    from smartfed.report.bench_stats import choose_rate
+
+    if spec.lr_mult is not None or not preset.sweeps(spec.method):
+        return spec
+    chosen = choose_rate(sweep_scores(output_dir, spec, preset.lr_grid))
+    return None if chosen is None else dataclasses.replace(spec, lr_mult=chosen)
 
 
 def run_state(run_dir: Path, num_rounds: int) -> str:
@@ -387,21 +514,33 @@ def run_bench(
     specs = plan(preset, methods, tasks, seeds, variants)
     out = Path(output_dir)
     t0 = time.perf_counter()
-    skill_dirs = ensure_cpu_mini_pool(
-        model_cfg, cache_dir=model_cfg.cache_dir, skills=needed_skills(specs), progress=progress
-    )
+    pools = {
+        ps: ensure_cpu_mini_pool(
+            model_cfg,
+            cache_dir=model_cfg.cache_dir,
+            skills=needed_skills(specs),
+            seed=ps,
+            progress=progress,
+        )
+        for ps in sorted({preset.pool_seed(s.seed) for s in specs})
+    }
     failed: list[tuple[RunSpec, str]] = []
-    for i, spec in enumerate(specs):
+    for i, planned in enumerate(specs):
         if on_run:
-            on_run(i, len(specs), spec)
+            on_run(i, len(specs), planned)
+        spec = resolve_rate(planned, preset, out)
+        if spec is None:
+            failed.append((planned, "its learning-rate sweep (seed 0) is incomplete"))
+            continue
         run_dir = out / spec.subdir()
+        skill_dirs = pools[preset.pool_seed(spec.seed)]
         cfg = run_config(spec, model_cfg, pool_sources(spec, skill_dirs, out), run_dir, over)
         try:
             run_one(cfg)
         except SmartFedError as err:
             log.error("%s", err)
             failed.append((spec, str(err)))
-        write_bench_outputs(Path(results_path), preset_name, discover(out), failed, skill_dirs)
+        write_bench_outputs(Path(results_path), preset_name, discover(out), failed, pools)
     return BenchResult(Path(results_path), specs, failed, time.perf_counter() - t0)
 
 
@@ -416,13 +555,16 @@ def rebuild_results(
     from smartfed.recipes.pool_train import ensure_cpu_mini_pool
     from smartfed.report.bench import write_bench_outputs
 
-    get_preset(preset_name)
+    preset = get_preset(preset_name)
     cells = discover(Path(output_dir))
     if not cells:
         raise ConfigError(f"--output_dir {output_dir}: no bench run directories to report on")
     skills = needed_skills([spec for spec, _ in cells])
-    skill_dirs = ensure_cpu_mini_pool(model_cfg, cache_dir=model_cfg.cache_dir, skills=skills)
-    write_bench_outputs(Path(results_path), preset_name, cells, [], skill_dirs)
+    pools = {
+        ps: ensure_cpu_mini_pool(model_cfg, cache_dir=model_cfg.cache_dir, skills=skills, seed=ps)
+        for ps in sorted({preset.pool_seed(spec.seed) for spec, _ in cells})
+    }
+    write_bench_outputs(Path(results_path), preset_name, cells, [], pools)
     return Path(results_path)
 
 

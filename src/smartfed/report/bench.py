@@ -2,15 +2,22 @@
 
 Layout of ``<suite>.json`` (``benchmarks/results/cpu-mini.json``)::
 
-    {"suite", "preset", "meta": {machine, versions, git commit, date, seeds},
-     "protocol": {the preset's run-config defaults, learning rate per method} (each method's
-                  "config" holds what its runs actually used),
-     "pool": {skill: {"path", "steps", "heldout_loss_after"}},
+    {"suite", "preset", "meta": {machine, versions, git commit, date, seeds, command},
+     "protocol": {the preset's run-config defaults, learning rate per method, "lr_grid", "tuned",
+                  "pool_seed_of_run_seed", "metrics": what each metric key measures} (each
+                  method's "config" holds what its runs actually used),
+     "pool": {pool seed: {skill: {"path", "steps", "heldout_loss_after"}}},
      "tasks": {task: {"metric", "variants": {variant: {"methods": {method: {
-         "seeds", "per_round": [{round, eval_loss: {mean, std, n}, eval_<metric>, bytes_up, ...}],
-         "bytes_total", "bytes_per_round", "wall_s", "energy_kwh": {mean, std, n},
-         "final": {"eval_loss", "<metric>": {mean, std, n, "per_seed"}}, "runs": [...]}}}}}},
-     "derived": {task: {"to_target_loss", "to_target_<metric>", "delta_<metric>_vs_fedit"}},
+         "seeds", "lr_mult", "per_round": [{round, eval_loss / eval_tf_em / eval_tf_loss:
+         {mean, std, n, ci95}, eval_<metric>, bytes_up, ...}],
+         "bytes_total", "bytes_per_round", "wall_s", "energy_kwh": {mean, std, n, ci95},
+         "final": {"eval_loss", "eval_tf_em", "eval_tf_loss", "val_tf_em", "<metric>":
+         {mean, std, n, ci95, "per_seed"}}, "runs": [...]}}}}}},
+     "sweep": {task: {variant: {method: {"grid": [{mult, lr, val_tf_em, val_tf_loss, run}],
+               "chosen_mult", "chosen_lr"}}}},
+     "derived": {task: {"to_target_loss", "to_target_<metric>", "to_target_eval_tf_em",
+                 "delta_<metric>_vs_fedit", "paired": {key: {"smartfed - <other>": {mean, lo,
+                 hi, n, per_seed}}}}},
      "failed": [...]}
 """
 
@@ -46,6 +53,14 @@ def method_entry(runs: Sequence[tuple[int, Path]], metric: str) -> dict[str, Any
         "energy_kwh": [sum(st.row_energy(x) for x in r) for _, r in seed_rows],
     }
     last_acc = [(s, _last(r, f"eval_{metric}")) for s, r in seed_rows]
+    extra = {
+        key: {
+            **st.mean_std([_last(r, key) for _, r in seed_rows]),
+            "per_seed": {str(s): _last(r, key) for s, r in seed_rows},
+        }
+        for key in FINAL_KEYS
+        if any(_last(r, key) is not None for _, r in seed_rows)
+    }
     entry: dict[str, Any] = {
         "seeds": [s for s, _ in seed_rows],
         "rounds": n_rounds,
@@ -63,6 +78,7 @@ def method_entry(runs: Sequence[tuple[int, Path]], metric: str) -> dict[str, Any
                 **st.mean_std([a for _, a in last_acc if a is not None]),
                 "per_seed": {str(s): a for s, a in last_acc},
             },
+            **extra,
         },
         "runs": [str(d) for _, d in runs],
         "config": _run_config(runs[0][1]) if runs else {},
@@ -70,12 +86,24 @@ def method_entry(runs: Sequence[tuple[int, Path]], metric: str) -> dict[str, Any
     return entry
 
 
+FINAL_KEYS = ("eval_tf_em", "eval_tf_loss", "val_tf_em", "val_tf_loss")
+"""Teacher-forced metrics reported at a run's last round (when its runs logged them)."""
+METRIC_NOTES = {
+    "eval_tf_em": "teacher-forced exact match on the eval rows, every round: the argmax equals the "
+    "canonical response at every response token incl. EOS (= greedy decoding reproduces it)",
+    "eval_tf_loss": "response loss on the eval rows (the eval distribution), every round",
+    "eval_loss": "response loss on training-distribution rows held out before partitioning",
+    "val_tf_em": "teacher-forced exact match on the val split (keys disjoint from train and "
+    "eval) after the last round: the learning-rate selection score",
+    "eval_<metric>": "greedy generation scored by the task (execution accuracy runs the program, "
+    "accuracy compares the answer) after the last round",
+}
 CONFIG_KEYS = (
     ("fed", ("num_clients", "sample_clients", "num_rounds", "data_fraction", "partitioner")),
-    ("train", ("method", "local_steps", "batch_size", "learning_rate")),
+    ("train", ("method", "local_steps", "batch_size", "learning_rate", "seed")),
     ("router", ("topk_experts", "output_scale_mode", "renormalize_topk")),
     ("quota", ("enable_eeqa",)),
-    ("eval", ("eval_limit", "eval_every", "heldout_examples")),
+    ("eval", ("eval_limit", "eval_every", "heldout_examples", "tf_eval_every", "val_examples")),
     ("model", ("model_name_or_path", "dtype")),
 )
 
@@ -102,14 +130,16 @@ def collect(
     preset: str,
     cells: Sequence[tuple[RunSpec, Path]],
     failed: Sequence[tuple[RunSpec, str]],
-    skill_dirs: Mapping[str, Path],
+    pools: Mapping[int, Mapping[str, Path]],
 ) -> dict[str, Any]:
     """The results JSON (without derived figures) from the grid's run directories."""
     from smartfed.data.tasks import get_task
     from smartfed.meta import run_meta
     from smartfed.recipes.bench import COMMON, METHOD_LR, VARIANTS, get_preset
 
-    task_order = list(get_preset(preset).tasks)
+    spec_preset = get_preset(preset)
+    sweep, cells = select_swept(cells)
+    task_order = list(spec_preset.tasks)
     variant_order = list(VARIANTS)
     cells = sorted(
         cells,
@@ -137,15 +167,90 @@ def collect(
             },
         }
     seeds = sorted({spec.seed for spec, _ in cells})
+    protocol: dict[str, Any] = {
+        **COMMON,
+        **spec_preset.overrides,
+        "learning_rate": METHOD_LR,
+        "metrics": METRIC_NOTES,
+        "pool_seed_of_run_seed": {str(s): spec_preset.pool_seed(s) for s in seeds},
+    }
+    if spec_preset.lr_grid:
+        protocol |= {
+            "lr_grid": list(spec_preset.lr_grid),
+            "tuned": list(spec_preset.tuned),
+            "lr_selection": "seed 0, every multiplier: highest val_tf_em after the last round, "
+            "ties by lower val_tf_loss, then the smaller rate; seeds > 0 run at the chosen rate, "
+            "seed 0's final run is the sweep's run at the chosen rate",
+        }
     return {
         "suite": "cpu-mini",
         "preset": preset,
-        "meta": run_meta(seeds=seeds),
-        "protocol": {**COMMON, **get_preset(preset).overrides, "learning_rate": METHOD_LR},
-        "pool": {s: _pool_entry(p) for s, p in skill_dirs.items()},
+        "meta": run_meta(seeds=seeds, command=_command()),
+        "protocol": protocol,
+        "pool": {
+            str(ps): {s: _pool_entry(p) for s, p in dirs.items()} for ps, dirs in pools.items()
+        },
         "tasks": tasks,
+        "sweep": sweep,
         "failed": [{"run": str(spec.subdir()), "error": err} for spec, err in failed],
     }
+
+
+def _command() -> str:
+    """The command line of this process (program name without its directory)."""
+    import shlex
+    import sys
+
+    return shlex.join([Path(sys.argv[0]).name, *sys.argv[1:]]) if sys.argv else ""
+
+
+def select_swept(
+    cells: Sequence[tuple[RunSpec, Path]],
+) -> tuple[dict[str, Any], list[tuple[RunSpec, Path]]]:
+    """Split off the learning-rate sweeps: the sweep record, and the cells to report.
+
+    For a method run at several multipliers, its seed-0 runs form the sweep; the reported runs
+    are those at the chosen multiplier (seed 0's sweep run and the seeds > 0). A sweep still
+    lacking a score reports nothing for that method yet.
+    """
+    from smartfed.recipes.bench import METHOD_LR
+
+    groups: dict[tuple[str, str, str], list[tuple[RunSpec, Path]]] = {}
+    keep: list[tuple[RunSpec, Path]] = []
+    for spec, run_dir in cells:
+        if spec.lr_mult is None:
+            keep.append((spec, run_dir))
+        else:
+            groups.setdefault((spec.task, spec.variant, spec.method), []).append((spec, run_dir))
+    sweep: dict[str, Any] = {}
+    for (task, variant, method), runs in groups.items():
+        base = METHOD_LR.get(method, 2e-3)
+        grid = [
+            {
+                "mult": spec.lr_mult,
+                "lr": base * float(spec.lr_mult or 1.0),
+                "val_tf_em": _final_of(d, "val_tf_em"),
+                "val_tf_loss": _final_of(d, "val_tf_loss"),
+                "eval_tf_em": _final_of(d, "eval_tf_em"),
+                "run": str(d),
+            }
+            for spec, d in sorted(runs, key=lambda c: float(c[0].lr_mult or 0))
+            if spec.seed == 0
+        ]
+        chosen = st.choose_rate(grid)
+        sweep.setdefault(task, {}).setdefault(variant, {})[method] = {
+            "grid": grid,
+            "chosen_mult": chosen,
+            "chosen_lr": None if chosen is None else base * chosen,
+        }
+        keep += [(s, d) for s, d in runs if chosen is not None and s.lr_mult == chosen]
+    return sweep, keep
+
+
+def _final_of(run_dir: Path, key: str) -> float | None:
+    if not (run_dir / "summary.json").is_file():
+        return None
+    return _last(RunDir(run_dir).metrics(), key)
 
 
 def _method_order(names: Mapping[str, Any]) -> list[str]:
@@ -176,6 +281,31 @@ def derive(results: Mapping[str, Any]) -> dict[str, Any]:
             f"delta_{metric}_vs_{REFERENCE}": st.deltas(methods, f"eval_{metric}", REFERENCE),
             f"delta_eval_loss_vs_{REFERENCE}": st.deltas(methods, "eval_loss", REFERENCE),
         }
+        if any("eval_tf_em" in m["final"] for m in methods.values()):
+            out[task]["to_target_eval_tf_em"] = st.to_target(methods, REFERENCE, "eval_tf_em")
+            out[task]["to_target_eval_tf_loss"] = st.to_target(methods, REFERENCE, "eval_tf_loss")
+        out[task]["paired"] = paired(methods, (metric, *FINAL_KEYS[:2], "eval_loss"))
+    return out
+
+
+PAIRED_AGAINST = ("smartfed_no_eeqa", "mole", "pool_fedit", "fedit")
+"""[D] The comparisons with a paired 95% CI: SmartFed minus each of these, per task."""
+
+
+def paired(methods: Mapping[str, Any], keys: Sequence[str]) -> dict[str, Any]:
+    """``{key: {"smartfed - <other>": paired t CI over seeds}}`` of the final values."""
+    ours = methods.get("smartfed")
+    if not ours:
+        return {}
+    out: dict[str, Any] = {}
+    for key in keys:
+        if key not in ours["final"]:
+            continue
+        for other in PAIRED_AGAINST:
+            if other in methods and key in methods[other]["final"]:
+                out.setdefault(key, {})[f"smartfed - {other}"] = st.paired_ci(
+                    ours["final"][key]["per_seed"], methods[other]["final"][key]["per_seed"]
+                )
     return out
 
 
@@ -184,12 +314,12 @@ def write_bench_outputs(
     preset: str,
     cells: Sequence[tuple[RunSpec, Path]],
     failed: Sequence[tuple[RunSpec, str]],
-    skill_dirs: Mapping[str, Path],
+    pools: Mapping[int, Mapping[str, Path]],
 ) -> dict[str, Any]:
     """Write ``<results>.json``, ``<results>.md`` and the PNGs beside it; return the JSON."""
     from smartfed.report.bench_render import render_markdown, render_plots
 
-    results = collect(preset, cells, failed, skill_dirs)
+    results = collect(preset, cells, failed, pools)
     results["derived"] = derive(results)
     atomic_write_json(results_path, results)
     images = render_plots(results, results_path.parent / results_path.stem, cells)

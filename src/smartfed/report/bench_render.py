@@ -35,10 +35,10 @@ def _ms(stat: Mapping[str, Any] | None, scale: float = 1.0, digits: int = 3) -> 
 
 
 def _reached(item: Mapping[str, Any] | None) -> str:
-    """Round at which the target was reached, ``never``, or ``—`` when there is no target."""
+    """Round at which the target was reached (interpolated), ``never``, or ``—`` (no target)."""
     if not item:
         return "—"
-    return str(item["round"]) if item.get("reached") else "never"
+    return f"{float(item['round']):.1f}" if item.get("reached") else "never"
 
 
 def _ratio(value: float | None) -> str:
@@ -63,8 +63,13 @@ def method_table(task: str, entry: Mapping[str, Any], derived: Mapping[str, Any]
             "wall s",
             "energy Wh",
         ]
+        tf = any("eval_tf_em" in m["final"] for m in ventry["methods"].values())
+        if tf:
+            head[2:2] = ["lr", "TF exact match (final)", "eval-dist. loss (final)"]
         if variant == "main":
             head += ["rounds to FedIT loss", "MB to FedIT loss", f"rounds to FedIT {metric}"]
+            if tf:
+                head += ["rounds to FedIT TF-EM"]
         lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
         for name, m in ventry["methods"].items():
             cells = [
@@ -77,6 +82,13 @@ def method_table(task: str, entry: Mapping[str, Any], derived: Mapping[str, Any]
                 _ms(m["wall_s"], 1.0, 0),
                 _ms(m["energy_kwh"], 1e3, 2),
             ]
+            if tf:
+                lr = m.get("config", {}).get("learning_rate")
+                cells[2:2] = [
+                    "—" if lr is None else f"{lr:.2g}",
+                    _ms(m["final"].get("eval_tf_em")),
+                    _ms(m["final"].get("eval_tf_loss"), 1.0, 4),
+                ]
             if variant == "main":
                 lo, ac = tt_loss.get(name), tt_acc.get(name)
                 cells += [
@@ -84,6 +96,8 @@ def method_table(task: str, entry: Mapping[str, Any], derived: Mapping[str, Any]
                     f"{lo['bytes'] * 1e-6:.1f}" if lo and lo.get("bytes") else "—",
                     _reached(ac),
                 ]
+                if tf:
+                    cells.append(_reached(derived.get("to_target_eval_tf_em", {}).get(name)))
             lines.append("| " + " | ".join(cells) + " |")
         lines.append("")
     return lines
@@ -96,7 +110,11 @@ def ratio_lines(task: str, derived: Mapping[str, Any], metric: str) -> list[str]
         "",
     ]
     lines += ["| method | target | rounds | bytes | energy | wall |", "|---|---|---|---|---|---|"]
-    for key, label in (("to_target_loss", "held-out loss"), (f"to_target_{metric}", metric)):
+    for key, label in (
+        ("to_target_loss", "held-out loss"),
+        (f"to_target_{metric}", metric),
+        ("to_target_eval_tf_em", "TF exact match"),
+    ):
         for name, item in derived.get(key, {}).items():
             if name == derived.get("reference"):
                 continue
@@ -106,6 +124,51 @@ def ratio_lines(task: str, derived: Mapping[str, Any], metric: str) -> list[str]
                 f"{_ratio(item['ratio_bytes'])} | {_ratio(item['ratio_energy'])} | "
                 f"{_ratio(item['ratio_wall'])} |"
             )
+    return [*lines, ""]
+
+
+def paired_lines(task: str, derived: Mapping[str, Any]) -> list[str]:
+    """SmartFed minus each baseline, paired over seeds, with the 95% t interval."""
+    pairs = derived.get("paired") or {}
+    if not pairs:
+        return []
+    lines = [
+        f"Paired differences on **{task}** (SmartFed minus the other method, same seeds; mean "
+        "and 95% t interval; an interval that contains 0 is no measured difference):",
+        "",
+        "| final metric | comparison | mean | 95% CI | seeds |",
+        "|---|---|---|---|---|",
+    ]
+    for key, comps in pairs.items():
+        for name, c in comps.items():
+            ci = "—" if c["lo"] is None else f"[{c['lo']:+.3f}, {c['hi']:+.3f}]"
+            mean = "—" if c["mean"] is None else f"{c['mean']:+.3f}"
+            lines.append(f"| {key} | {name} | {mean} | {ci} | {c['n']} |")
+    return [*lines, ""]
+
+
+def sweep_lines(sweep: Mapping[str, Any]) -> list[str]:
+    """The learning-rate sweep: validation score per multiplier and the chosen rate."""
+    if not sweep:
+        return []
+    lines = [
+        "Learning-rate sweep (seed 0; score: teacher-forced exact match on the val split, keys "
+        "disjoint from eval; * = chosen):",
+        "",
+        "| task | method | lr: val TF-EM (eval TF-EM) |",
+        "|---|---|---|",
+    ]
+    for task, variants in sweep.items():
+        for variant, methods in variants.items():
+            for method, rec in methods.items():
+                cells = []
+                for g in rec["grid"]:
+                    star = "*" if g["mult"] == rec.get("chosen_mult") else ""
+                    val = "—" if g["val_tf_em"] is None else f"{g['val_tf_em']:.3f}"
+                    ev = "—" if g.get("eval_tf_em") is None else f"{g['eval_tf_em']:.3f}"
+                    cells.append(f"{g['lr']:.2g}{star}: {val} ({ev})")
+                label = task if variant == "main" else f"{task} ({variant})"
+                lines.append(f"| {label} | `{method}` | {'; '.join(cells)} |")
     return [*lines, ""]
 
 
@@ -126,6 +189,8 @@ def render_markdown(results: Mapping[str, Any], images: Sequence[Path], json_pat
         derived = results.get("derived", {}).get(task, {})
         lines += method_table(task, entry, derived)
         lines += ratio_lines(task, derived, entry["metric"])
+        lines += paired_lines(task, derived)
+    lines += sweep_lines(results.get("sweep") or {})
     if results.get("failed"):
         lines += ["Failed runs:", ""] + [f"- `{f['run']}`: {f['error']}" for f in results["failed"]]
         lines.append("")
@@ -143,7 +208,7 @@ def _curve(ax: Any, rounds: Sequence[Mapping[str, Any]], key: str, x_key: str, l
         return
     xs = [p[0] * (1e-6 if x_key == "bytes_cum" else 1) for p in pts]
     mean = [p[1]["mean"] for p in pts]
-    std = [p[1]["std"] or 0.0 for p in pts]
+    std = [p[1].get("ci95") or 0.0 for p in pts]  # 95% t half-width over seeds (0 for one seed)
     ax.plot(xs, mean, marker="o", markersize=3, label=label)
     ax.fill_between(
         xs,
@@ -154,14 +219,20 @@ def _curve(ax: Any, rounds: Sequence[Mapping[str, Any]], key: str, x_key: str, l
 
 
 def plot_curves(task: str, entry: Mapping[str, Any], path: Path) -> Path | None:
-    """Held-out loss and accuracy vs round and vs cumulative MB, every method of ``main``."""
+    """Loss and accuracy vs round and vs cumulative MB, every method of ``main``, 95% CI bands.
+
+    With teacher-forced metrics: held-out loss, eval-distribution loss and TF exact match (every
+    round); otherwise held-out loss and the task metric (at its evaluation rounds).
+    """
     methods = entry["variants"].get("main", {}).get("methods", {})
     if not methods:
         return None
     metric = entry["metric"]
-    fig = _figure(13.0, 7.0)
-    axes = fig.subplots(2, 2)
-    for row, key in enumerate(("eval_loss", f"eval_{metric}")):
+    tf = any("eval_tf_em" in m["final"] for m in methods.values())
+    keys = ("eval_loss", "eval_tf_loss", "eval_tf_em") if tf else ("eval_loss", f"eval_{metric}")
+    fig = _figure(13.0, 3.5 * len(keys))
+    axes = fig.subplots(len(keys), 2)
+    for row, key in enumerate(keys):
         for col, x_key in enumerate(("round", "bytes_cum")):
             ax = axes[row][col]
             for name, m in methods.items():
@@ -173,7 +244,7 @@ def plot_curves(task: str, entry: Mapping[str, Any], path: Path) -> Path | None:
             )
             if x_key == "bytes_cum":
                 ax.set_xscale("log")
-            if key == "eval_loss":
+            if key in ("eval_loss", "eval_tf_loss"):
                 ax.set_yscale("log")
     axes[0][0].legend(fontsize="x-small")
     return _save(fig, path)
@@ -190,14 +261,8 @@ def render_plots(
         short = task.removeprefix("cpu_mini.")
         if p := plot_curves(task, entry, Path(f"{stem}_{short}_curves.png")):
             images.append(p)
-        runs = [
-            d
-            for s, d in cells
-            if s.task == task
-            and s.variant == "main"
-            and s.method == "smartfed"
-            and (d / "metrics.jsonl").is_file()
-        ]
+        reported = entry["variants"].get("main", {}).get("methods", {}).get("smartfed", {})
+        runs = [Path(d) for d in reported.get("runs", []) if (Path(d) / "metrics.jsonl").is_file()]
         if runs:
             record = load_run(runs[0])
             for fn, suffix in ((plot_quota_heatmap, "eeqa_quotas"), (plot_usage, "expert_usage")):
