@@ -1,40 +1,104 @@
 """Command-line flags generated from :class:`smartfed.config.RunConfig` (flags come only from it).
 
 Every leaf field becomes ``--<leaf>`` (the upstream README's spelling, e.g. ``--topk_experts``);
-booleans get ``--x/--no-x``. Only flags the user typed override ``--config FILE.toml``.
+booleans get ``--x/--no-x``. Only flags the user typed override ``--config FILE.toml``. The help
+text of each flag is the field's docstring in :mod:`smartfed.config` (one source for ``--help``,
+the TOML keys and docs), with its choices and default.
 """
 
 from __future__ import annotations
 
 import argparse
+import ast
 import dataclasses
-from typing import Any
+import functools
+import inspect
+import re
+from typing import Any, get_args, get_type_hints
 
 from smartfed.config import _SECTIONS, RunConfig, field_type
+
+METAVARS: dict[str, str] = {
+    "model_name_or_path": "MODEL",
+    "device": "DEVICE",
+    "cache_dir": "DIR",
+    "lora_pool": "LORAS",
+    "registry": "FILE.json",
+    "partition_by": "COLUMN",
+    "country_iso_code": "ISO3",
+    "superlink": "HOST:PORT",
+    "root_certificates": "FILE.pem",
+    "method": "METHOD",
+    "task": "TASK",
+    "dataset": "DATA",
+    "data_dir": "DIR",
+    "eval_task": "TASK",
+    "output_dir": "DIR",
+}
+"""Readable metavars of string flags (ints show ``N``, floats ``X``, literals their choices)."""
+
+_DROP = re.compile(r"\s*\((?:see )?SPEC\.md[^)]*\)|\s*SPEC\.md §[\d.]+,?")
+
+
+@functools.cache
+def field_docs(cls: type[Any]) -> dict[str, str]:
+    """Return ``{field name: docstring}`` for a config dataclass (the string after each field).
+
+    Whitespace is collapsed to one line; internal references are dropped.
+    """
+    tree = ast.parse(inspect.getsource(cls))
+    body = tree.body[0].body  # type: ignore[attr-defined]
+    docs: dict[str, str] = {}
+    for prev, node in zip(body, body[1:], strict=False):
+        if (
+            isinstance(prev, ast.AnnAssign)
+            and isinstance(prev.target, ast.Name)
+            and isinstance(node, ast.Expr)
+            and isinstance(node.value, ast.Constant)
+            and isinstance(node.value.value, str)
+        ):
+            text = " ".join(node.value.value.split()).replace("``", "`")
+            docs[prev.target.id] = _DROP.sub("", text)
+    return docs
+
+
+def choices_of(owner: type[Any], leaf: str) -> tuple[str, ...] | None:
+    """The allowed values of a ``Literal[...]`` field, else None."""
+    args = get_args(get_type_hints(owner)[leaf])
+    if args and all(isinstance(a, str) for a in args):
+        return tuple(args)
+    return None
 
 
 def add_config_flags(
     parser: argparse.ArgumentParser, sections: tuple[str, ...] | None = None
 ) -> None:
     """Add ``--config`` and one flag per RunConfig leaf (optionally only some sections)."""
-    parser.add_argument("--config", metavar="FILE.toml", help="TOML config; flags override it")
+    parser.add_argument(
+        "--config",
+        metavar="FILE.toml",
+        help="TOML config (sections [model], [pool], ... with the keys below); flags override it",
+    )
     for name, cls in _SECTIONS.items():
         if sections is not None and name not in sections:
             continue
-        group = parser.add_argument_group(f"{name} options")
+        doc = (cls.__doc__ or "").strip().splitlines()[0]
+        group = parser.add_argument_group(f"{name} options", _DROP.sub("", doc))
         for f in dataclasses.fields(cls):
-            _add_flag(group, name, f)
-    top = parser.add_argument_group("run options")
-    for f in dataclasses.fields(RunConfig):
-        if f.name in _SECTIONS:
-            continue
-        _add_flag(top, None, f)
+            _add_flag(group, name, cls, f)
+    if sections is None:
+        top = parser.add_argument_group("run options")
+        for f in dataclasses.fields(RunConfig):
+            if f.name not in _SECTIONS:
+                _add_flag(top, None, RunConfig, f)
 
 
-def _add_flag(group: Any, section: str | None, f: dataclasses.Field[Any]) -> None:
+def _add_flag(group: Any, section: str | None, owner: type[Any], f: dataclasses.Field[Any]) -> None:
     typ = field_type(section, f.name)
     default = f.default if f.default is not dataclasses.MISSING else None
-    help_text = f"(default: {default!r})"
+    doc = field_docs(owner).get(f.name, "")
+    shown = "''" if default == "" else repr(default) if isinstance(default, str) else default
+    help_text = f"{doc} (default: {shown})".replace("%", "%%").strip()
     dest = f"cfg__{section}__{f.name}" if section else f"cfg____{f.name}"
     if typ is bool:
         group.add_argument(
@@ -44,8 +108,30 @@ def _add_flag(group: Any, section: str | None, f: dataclasses.Field[Any]) -> Non
             default=None,
             help=help_text,
         )
-    else:
-        group.add_argument(f"--{f.name}", dest=dest, type=typ, default=None, help=help_text)
+        return
+    choices = choices_of(owner, f.name) or _dynamic_choices(f.name)
+    metavar = None if choices else METAVARS.get(f.name, {int: "N", float: "X"}.get(typ, "TEXT"))
+    group.add_argument(
+        f"--{f.name}",
+        dest=dest,
+        type=typ,
+        default=None,
+        choices=choices,
+        metavar=metavar,
+        help=help_text,
+    )
+
+
+def _dynamic_choices(leaf: str) -> tuple[str, ...] | None:
+    if leaf == "method":
+        from smartfed.methods.base import METHODS
+
+        return tuple(METHODS)
+    return None
+
+
+TAGS_EPILOG = "[P] = the paper's value, [D] = our default (docs/method.md)."
+"""Explains the tags the field docstrings carry; add it to a parser's epilog."""
 
 
 def config_from_args(args: argparse.Namespace, base: RunConfig | None = None) -> RunConfig:

@@ -17,7 +17,7 @@ from typing import NoReturn
 from smartfed.errors import SmartFedError
 from smartfed.log import configure_logging
 
-# subcommand -> module; the module's register() adds the parser (SPEC.md §2.2).
+# subcommand -> module; the module's register() adds the parser.
 COMMANDS: dict[str, str] = {
     "eval": "smartfed.cli.eval",
     "pool": "smartfed.cli.pool",
@@ -47,7 +47,16 @@ def fail(message: str) -> NoReturn:
 
 def build_parser() -> argparse.ArgumentParser:
     """Build the top-level parser with every registered subcommand."""
-    parser = OneLineParser(prog="smartfed", description=__doc__.splitlines()[0])
+    parser = OneLineParser(
+        prog="smartfed",
+        description="SmartFed: federated fine-tuning of LLMs by routing over rank-wise experts of "
+        "existing LoRAs (arXiv 2512.00902).",
+        epilog="`smartfed COMMAND --help` shows every option of a command. Installed by `make "
+        "install` into .venv: call .venv/bin/smartfed or `source .venv/bin/activate` first.",
+    )
+    parser.add_argument(
+        "--version", action=_VersionAction, help="print the versions of smartfed and its stack"
+    )
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     parser.add_argument("-q", "--quiet", action="store_true", help="warnings and errors only")
     subparsers = parser.add_subparsers(
@@ -56,6 +65,29 @@ def build_parser() -> argparse.ArgumentParser:
     for module_name in COMMANDS.values():
         importlib.import_module(module_name).register(subparsers)
     return parser
+
+
+class _VersionAction(argparse.Action):
+    """``--version``: one unwrapped line, computed only when asked for."""
+
+    def __init__(self, option_strings: Sequence[str], dest: str, **kwargs: object) -> None:
+        super().__init__(option_strings, dest, nargs=0, help=str(kwargs.get("help", "")))
+
+    def __call__(self, parser: argparse.ArgumentParser, *_args: object) -> None:
+        print(version_line())
+        parser.exit(0)
+
+
+def version_line() -> str:
+    """``smartfed X.Y.Z (python A.B.C, torch ..., transformers ..., peft ..., flwr ...)``."""
+    import platform
+
+    from smartfed import __version__
+    from smartfed.meta import package_versions
+
+    deps = package_versions(("torch", "transformers", "peft", "flwr"))
+    parts = [f"python {platform.python_version()}", *(f"{k} {v}" for k, v in deps.items())]
+    return f"smartfed {__version__} ({', '.join(parts)})"
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -1,12 +1,11 @@
-"""``smartfed train``: a federated SmartFed run (flags generated from RunConfig, SPEC.md §2.2)."""
+"""``smartfed train``: a federated SmartFed run (flags generated from the run configuration)."""
 
 from __future__ import annotations
 
 import argparse
-import json
 from typing import Any
 
-from smartfed.cli.config_flags import add_config_flags, config_from_args
+from smartfed.cli.config_flags import TAGS_EPILOG, add_config_flags, config_from_args
 
 EPILOG = (
     "examples:\n"
@@ -15,6 +14,9 @@ EPILOG = (
     "      --batch_size 16 --learning_rate 5e-4 --topk_experts 32 --enable_eeqa \\\n"
     "      --output_dir runs/zh_math\n"
     "  smartfed train --config run.toml --num_rounds 30 --resume   # continue a run\n"
+    f"{TAGS_EPILOG}\n"
+    "The run directory holds config.json, metrics.jsonl, summary.json and checkpoint/;\n"
+    "`smartfed report RUN_DIR` turns it into report.md and plots.\n"
 )
 
 
@@ -23,7 +25,7 @@ def register(subparsers: Any) -> None:
     parser = subparsers.add_parser(
         "train",
         help="federated SmartFed training (Flower simulation or deployment)",
-        description=__doc__.splitlines()[0],
+        description=__doc__.splitlines()[0].replace("``", "`"),
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -31,12 +33,45 @@ def register(subparsers: Any) -> None:
     parser.set_defaults(handler=handle)
 
 
+def summary_lines(summary: dict[str, Any]) -> list[str]:
+    """A few readable lines about a finished run (the full record stays in summary.json)."""
+    from smartfed.quota.allocate import describe_quotas
+
+    def num(key: str, fmt: str) -> str:
+        value = summary.get(key)
+        return format(value, fmt) if isinstance(value, int | float) else "n/a"
+
+    lines = [
+        f"{summary.get('method', '?')}: {summary.get('rounds')} of {summary.get('num_rounds')} "
+        f"rounds, {num('wall_s', '.0f')} s, {summary.get('bytes_total', 0) / 1e6:.2f} MB sent, "
+        f"{num('energy_kwh', '.2e')} kWh",
+        f"final train loss {num('final_train_loss', '.4f')}, "
+        f"held-out loss {num('final_eval_loss', '.4f')}",
+    ]
+    metrics = {
+        k.removeprefix("final_"): v
+        for k, v in summary.items()
+        if k.startswith("final_")
+        and k not in ("final_train_loss", "final_eval_loss", "final_quotas", "final_eval_n")
+        and isinstance(v, int | float)
+    }
+    for name, value in metrics.items():
+        lines.append(
+            f"final {name} on {summary.get('eval_task', '?')}: {value:.4f} "
+            f"(n={summary.get('final_eval_n', '?')})"
+        )
+    if isinstance(summary.get("final_quotas"), dict) and summary["final_quotas"]:
+        lines.append(f"quotas: {describe_quotas(summary['final_quotas'])}")
+    return lines
+
+
 def handle(args: argparse.Namespace) -> int:
-    """Resolve the config and run the job; print the summary."""
+    """Resolve the config and run the job; print a short summary."""
     from smartfed.recipes.train import run_train
 
     cfg = config_from_args(args)
     summary = run_train(cfg)
-    print(json.dumps(summary, indent=2, sort_keys=True))
-    print(f"run directory: {cfg.output_dir}")
+    for line in summary_lines(summary):
+        print(line)
+    print(f"run directory: {cfg.output_dir} (summary.json, metrics.jsonl; `smartfed report` plots)")
     return 0
