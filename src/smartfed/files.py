@@ -55,3 +55,13 @@ def append_jsonl(path: str | Path, obj: Any) -> None:
         fh.write(json.dumps(obj, sort_keys=True) + "\n")
         fh.flush()
         os.fsync(fh.fileno())
+
+
+def default_cache_dir() -> Path:
+    """SmartFed's cache folder: ``$SMARTFED_CACHE``, else ``$XDG_CACHE_HOME/smartfed``, else
+    ``~/.cache/smartfed`` (converted models, the pool registry, built skill LoRAs)."""
+    env = os.environ.get("SMARTFED_CACHE")
+    if env:
+        return Path(env).expanduser()
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    return (Path(xdg).expanduser() if xdg else Path.home() / ".cache") / "smartfed"

@@ -40,11 +40,12 @@ class ResolvedModel:
 
 
 def cache_root(cfg_cache_dir: str = "") -> Path:
-    """Return the cache folder (``cache_dir``, ``$SMARTFED_CACHE`` or ``~/.cache/smartfed``)."""
+    """Return the cache folder (``cache_dir``, else :func:`smartfed.files.default_cache_dir`)."""
     if cfg_cache_dir:
         return Path(cfg_cache_dir).expanduser()
-    env = os.environ.get("SMARTFED_CACHE")
-    return Path(env).expanduser() if env else Path.home() / ".cache" / "smartfed"
+    from smartfed.files import default_cache_dir
+
+    return default_cache_dir()
 
 
 def embedded_gguf_path() -> Path:

@@ -34,10 +34,10 @@ class RegistryEntry:
 
 
 def default_registry_path() -> Path:
-    """Return ``$SMARTFED_CACHE/registry.json`` (``~/.cache/smartfed/registry.json`` by default)."""
-    env = os.environ.get("SMARTFED_CACHE")
-    root = Path(env).expanduser() if env else Path.home() / ".cache" / "smartfed"
-    return root / REGISTRY_FILE
+    """Return ``<cache>/registry.json`` (:func:`smartfed.files.default_cache_dir`)."""
+    from smartfed.files import default_cache_dir
+
+    return default_cache_dir() / REGISTRY_FILE
 
 
 def registry_path(path: str | Path = "") -> Path:
