@@ -22,6 +22,7 @@ from smartfed.config import RunConfig
 from smartfed.errors import SmartFedError
 from smartfed.fed import wire
 from smartfed.fed.accounting import RoundAccount
+from smartfed.fed.wire_state import DownlinkRefs
 from smartfed.log import get_logger
 from smartfed.quota.allocate import aggregate_importance
 from smartfed.quota.schedule import EEQAState
@@ -101,6 +102,7 @@ class SmartFedStrategy(FedAvg):
         self.outcome: RoundOutcome | None = None
         self._global: dict[str, np.ndarray] = {}
         self._sent: dict[str, np.ndarray] = {}
+        self.downlink = DownlinkRefs(cfg.fed.wire_dtype, cfg.fed.wire_delta)
 
     def configure_train(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
@@ -113,16 +115,19 @@ class SmartFedStrategy(FedAvg):
             list(self.node_of), self.cfg.fed.sample_clients, self.cfg.train.seed, rnd
         )
         # what the clients will decode (== the global state for float32): int8 replies are
-        # rebuilt against it and update norms are measured from it
-        record, self._sent = wire.pack_state(arrays, self.cfg.fed.wire_dtype)
+        # rebuilt against it and update norms are measured from it (fed.wire_delta: the float32
+        # global state, and each client gets its own records, wire_state.DownlinkRefs)
+        records, self._sent = self.downlink.pack(arrays, out.sampled, rnd)
         self._global = self._sent
         t = self.cfg.train
-        record[wire.CONFIG] = wire.pack_train_config(
+        train_cfg = wire.pack_train_config(
             self.quotas, t.local_steps, t.batch_size, t.learning_rate
         )
-        record[wire.CONFIG][wire.SERVER_ROUND] = rnd  # type: ignore[index]
+        train_cfg[wire.SERVER_ROUND] = rnd
+        for record in records.values():
+            record[wire.CONFIG] = train_cfg
         msgs = [
-            Message(record, dst_node_id=self.node_of[p], message_type=MessageType.TRAIN)
+            Message(records[p], dst_node_id=self.node_of[p], message_type=MessageType.TRAIN)
             for p in out.sampled
         ]
         out.account.bytes_down = sum(wire.message_bytes(m) for m in msgs)
@@ -176,6 +181,7 @@ class SmartFedStrategy(FedAvg):
             out.rejected[-1 - len(out.rejected)] = str(err)
             log.warning("round %d: reply from node %d rejected: %s", out.round, node, err)
             return
+        self.downlink.acknowledge(upd.partition_id)  # it holds what it was sent this round
         reason = self._check(upd)
         if reason:
             out.rejected[upd.partition_id] = reason

@@ -19,11 +19,16 @@ bfloat16      bf16 state (uint16 bits)               bf16 state (uint16 bits)
 int8          bf16 state (uint16 bits)               int8 update ``local - received`` + scale
 ============  =====================================  =========================================
 
-Downlink int8 is not used [D]: clients are stateless and sampled, so there is no previous state to
-send a delta against, and the state itself spans a wider range than one round's update. The server
-decodes its own downlink to get exactly the state the clients start from (the ``reference``), and
-rebuilds an int8 reply as ``reference + q * scale``. Everything after decoding is float32: NaN/Inf
-checks, the update norm, aggregation and checkpoints.
+Without ``fed.wire_delta``, downlink int8 is not used [D]: the state itself spans a wider range
+than one round's update. The server decodes its own downlink to get exactly the state the clients
+start from (the ``reference``), and rebuilds an int8 reply as ``reference + q * scale``. Everything
+after decoding is float32: NaN/Inf checks, the update norm, aggregation and checkpoints.
+
+An update (``delta = True`` in the :data:`WIRE` record; always for int8) decodes as
+``reference + values``. With ``fed.wire_delta`` (:mod:`smartfed.fed.wire_state`) replies are
+bf16/int8 updates vs the received state, decoded against the server's float32 global state, and a
+downlink may be an update against the state the client held after round ``base-round``
+(:data:`WIRE_BASE_ROUND`), which the client applies to its own copy.
 """
 
 from __future__ import annotations
@@ -62,6 +67,8 @@ ROUTER_SUFFIX = ".router.weight"
 WIRE = "wire"  # ConfigRecord naming a non-float32 state encoding; absent = float32
 WIRE_DTYPE = "dtype"
 WIRE_SCALES = "scales"
+WIRE_DELTA = "delta"  # True: the arrays are an update, decoded as reference + values
+WIRE_BASE_ROUND = "base-round"  # downlink update: the round of the state it applies to
 WIRE_DTYPES = ("float32", "bfloat16", "int8")
 _CODE_DTYPES = {"bfloat16": np.uint16, "int8": np.int8}
 
@@ -101,34 +108,58 @@ def downlink_dtype(wire_dtype: str) -> str:
 
 
 def encode_state(
-    state: State, wire_dtype: str, reference: State | None = None
+    state: State, wire_dtype: str, reference: State | None = None, delta: bool = False
 ) -> tuple[ArrayRecord, ConfigRecord | None]:
     """Encode a float32 state as ``(arrays, encoding record)``; ``None`` record = float32.
 
     Args:
         state: key -> float32 array, in record order.
         wire_dtype: ``float32``, ``bfloat16`` or ``int8``.
-        reference: int8 only: the state the sender received; ``state - reference`` is sent.
+        reference: int8 (or ``delta``): the state the sender received; ``state - reference`` is
+            sent.
+        delta: bfloat16: send ``state - reference`` instead of the state (int8 always does).
 
     Raises:
-        WireFormatError: an unknown dtype, or int8 without a reference of the same keys/shapes.
+        WireFormatError: an unknown dtype, or an update without a reference of the same
+            keys/shapes.
     """
     if wire_dtype == "float32":
         return arrays_from_numpy(state), None
-    if wire_dtype == "bfloat16":
+    if wire_dtype not in WIRE_DTYPES:
+        raise WireFormatError(f"wire_dtype={wire_dtype!r}: choose one of {WIRE_DTYPES}")
+    if wire_dtype == "bfloat16" and not delta:
         codes = {k: codec.to_bf16_bits(v) for k, v in state.items()}
         return arrays_from_numpy(codes), ConfigRecord({WIRE_DTYPE: "bfloat16"})
-    if wire_dtype != "int8":
-        raise WireFormatError(f"wire_dtype={wire_dtype!r}: choose one of {WIRE_DTYPES}")
     _check_reference(state, reference)
     assert reference is not None  # _check_reference raised otherwise
-    quantized = {
-        k: codec.quantize_int8(v.astype(np.float64) - reference[k]) for k, v in state.items()
-    }
+    return encode_update(
+        {k: v.astype(np.float64) - reference[k] for k, v in state.items()}, wire_dtype
+    )
+
+
+def encode_update(update: State, wire_dtype: str) -> tuple[ArrayRecord, ConfigRecord]:
+    """Encode an update (any float arrays) in ``bfloat16`` or ``int8``; decodes as ref + values.
+
+    Raises:
+        WireFormatError: ``wire_dtype`` is not bfloat16 or int8.
+    """
+    if wire_dtype == "bfloat16":
+        codes = {k: codec.to_bf16_bits(v) for k, v in update.items()}
+        return arrays_from_numpy(codes), ConfigRecord({WIRE_DTYPE: "bfloat16", WIRE_DELTA: True})
+    if wire_dtype != "int8":
+        raise WireFormatError(f"updates travel as bfloat16 or int8, not {wire_dtype!r}")
+    quantized = {k: codec.quantize_int8(v) for k, v in update.items()}
     enc = ConfigRecord(
         {WIRE_DTYPE: "int8", WIRE_SCALES: [scale for _, scale in quantized.values()]}
     )
     return arrays_from_numpy({k: q for k, (q, _) in quantized.items()}), enc
+
+
+def is_update(enc: ConfigRecord | None) -> bool:
+    """True when the encoding record describes an update (int8, or ``delta``)."""
+    if enc is None:
+        return False
+    return str(enc.get(WIRE_DTYPE, "")) == "int8" or bool(enc.get(WIRE_DELTA, False))
 
 
 def decode_state(
@@ -139,6 +170,21 @@ def decode_state(
     Raises:
         WireFormatError: unknown encoding, codes of the wrong dtype, a scale list that does not
             fit, or an int8 update without the matching reference.
+    """
+    values = decode_values(arrays, enc)
+    if not is_update(enc):
+        return values
+    _check_reference(values, reference)
+    assert reference is not None
+    return {k: np.asarray(reference[k], dtype=np.float32) + v for k, v in values.items()}
+
+
+def decode_values(arrays: ArrayRecord, enc: ConfigRecord | None) -> dict[str, np.ndarray]:
+    """The float32 values the arrays encode (a state, or an update without its reference).
+
+    Raises:
+        WireFormatError: unknown encoding, codes of the wrong dtype or a scale list that does not
+            fit.
     """
     dtype = "float32" if enc is None else str(enc.get(WIRE_DTYPE, ""))
     if dtype not in WIRE_DTYPES:
@@ -155,10 +201,8 @@ def decode_state(
     scales = list(enc.get(WIRE_SCALES, []))  # type: ignore[union-attr]
     if len(scales) != len(codes):
         raise WireFormatError(f"int8 state: {len(scales)} scales for {len(codes)} arrays")
-    _check_reference(codes, reference)
-    assert reference is not None
     return {
-        k: np.asarray(reference[k], dtype=np.float32) + codec.dequantize_int8(q, float(s))
+        k: codec.dequantize_int8(q, float(s))
         for (k, q), s in zip(codes.items(), scales, strict=True)
     }
 
@@ -218,17 +262,31 @@ def pack_train_config(
     )
 
 
-def unpack_train_ins(content: RecordDict) -> TrainIns:
+def unpack_train_ins(content: RecordDict, held: tuple[int, State] | None = None) -> TrainIns:
     """Read a train instruction.
 
+    Args:
+        content: the instruction records.
+        held: ``(round, state)`` the client decoded last time (for a downlink update).
+
     Raises:
-        WireFormatError: missing records/keys or a quota list that does not fit the routers.
+        WireFormatError: missing records/keys, a quota list that does not fit the routers, or a
+            downlink update against a state this client does not hold.
     """
     try:
         arrays, cfg = content[ARRAYS], content[CONFIG]
-        routers = {
-            k: torch.from_numpy(v) for k, v in decode_state(arrays, _wire_record(content)).items()
-        }
+        enc = _wire_record(content)
+        reference = None
+        if enc is not None and WIRE_BASE_ROUND in enc:
+            base = int(enc[WIRE_BASE_ROUND])  # type: ignore[arg-type]
+            if held is None or held[0] != base:
+                have = "no state" if held is None else f"the state of round {held[0]}"
+                raise WireFormatError(
+                    f"downlink update against round {base}, but this client holds {have}; the "
+                    "server sends the full state next time"
+                )
+            reference = held[1]
+        routers = {k: torch.from_numpy(v) for k, v in decode_state(arrays, enc, reference).items()}
         matrices = sorted(matrix_of(k) for k in routers if k.endswith(ROUTER_SUFFIX))  # routed only
         quotas = list(cfg[QUOTAS])
         if len(quotas) != len(matrices):
@@ -248,7 +306,9 @@ def unpack_train_ins(content: RecordDict) -> TrainIns:
 
 
 def pack_train_res(
-    res: ClientUpdate, wire_dtype: str = "float32", received: State | None = None
+    res: ClientUpdate,
+    wire_dtype: str = "float32",
+    received: State | None = None,
 ) -> RecordDict:
     """Build the reply ``RecordDict`` (one ArrayRecord, one MetricRecord, + :data:`WIRE`).
 
