@@ -104,11 +104,17 @@ class Processes:
         self.log_dir, self.env = log_dir, env
         self.procs: list[tuple[str, subprocess.Popen[bytes]]] = []
 
-    def start(self, name: str, argv: list[str]) -> subprocess.Popen[bytes]:
-        """Start ``argv`` with output to ``<log_dir>/<name>.log``."""
+    def start(
+        self, name: str, argv: list[str], extra_env: dict[str, str] | None = None
+    ) -> subprocess.Popen[bytes]:
+        """Start ``argv`` with output to ``<log_dir>/<name>.log`` (``extra_env`` over the env)."""
         fh = open(self.log_dir / f"{name}.log", "ab")  # noqa: SIM115 - closed with the process
         proc = subprocess.Popen(
-            argv, stdout=fh, stderr=subprocess.STDOUT, env=self.env, start_new_session=True
+            argv,
+            stdout=fh,
+            stderr=subprocess.STDOUT,
+            env={**self.env, **(extra_env or {})},
+            start_new_session=True,
         )
         fh.close()
         self.procs.append((name, proc))
@@ -160,6 +166,10 @@ def run_deployment(cfg: RunConfig, timeout_s: float | None = None) -> dict[str, 
     Raises:
         DeploymentError: a process that does not start, or ``flwr run`` failing.
     """
+    if not cfg.fed.superlink:  # local SuperNodes: fail before starting anything
+        from smartfed.fed.simulation import preflight
+
+        preflight(cfg)
     home = Path(cfg.output_dir).resolve() / FLOWER_DIR
     app_dir, log_dir = home / "app", home / "logs"
     for d in (app_dir, log_dir):
@@ -204,8 +214,37 @@ def run_deployment(cfg: RunConfig, timeout_s: float | None = None) -> dict[str, 
                     "--node-config",
                     f"partition-id={pid} num-partitions={n}",
                 ],
+                supernode_gpu_env(cfg.model.device, pid),
             )
         return _flwr_run(procs, app_dir, log_dir, timeout_s, timings)
+
+
+def supernode_gpu_env(
+    device: str, pid: int, gpus: int | None = None, visible: str | None = None
+) -> dict[str, str]:
+    """``CUDA_VISIBLE_DEVICES`` of local SuperNode ``pid``: round-robin over the GPUs.
+
+    With ``--device cuda`` (or ``auto`` on a GPU machine) and several GPUs, SuperNode ``i`` (and
+    the ClientApp processes it starts) sees only GPU ``i mod gpus`` (as ``cuda:0``); ``cuda:N``,
+    CPU/MPS runs and one-GPU machines change nothing.
+
+    Args:
+        device: ``model.device``.
+        pid: the SuperNode's partition id.
+        gpus: GPUs visible here (``None`` = ask torch).
+        visible: this process's ``CUDA_VISIBLE_DEVICES`` (``None`` = read the environment).
+
+    Returns:
+        Environment entries to add for that SuperNode (possibly none).
+    """
+    from smartfed.model.device import cuda_count
+
+    n = cuda_count() if gpus is None else gpus
+    if n <= 1 or device not in ("cuda", "auto"):
+        return {}
+    env = os.environ.get("CUDA_VISIBLE_DEVICES", "") if visible is None else visible
+    ids = [x.strip() for x in env.split(",") if x.strip()][:n] or [str(i) for i in range(n)]
+    return {"CUDA_VISIBLE_DEVICES": ids[pid % len(ids)]}
 
 
 def _write_connection(home: Path, address: str, root_certificates: str) -> None:
