@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The paper's default federated protocol (SPEC.md §1.4: 20 clients, 2 sampled, 20 rounds, 10 local
+# The paper's default federated protocol (the paper's README: 20 clients, 2 sampled, 20 rounds, 10 local
 # steps, batch 16, AdamW 5e-4, top-K 32, two rank-32 alpha-64 q/v LoRAs, EEQA on) on the embedded
 # SmolLM2-135M, 2 CPU cores: builds the two LoRAs (cpu-mini zh and code skills), runs SmartFed on
 # cpu_mini.zh_code_gap, records time per round in benchmarks/results/fed_round_smollm2.json.
