@@ -22,6 +22,7 @@ from smartfed.data.formatting import render_prompt
 from smartfed.errors import ConfigError
 from smartfed.log import get_logger
 from smartfed.model.base import cache_root
+from smartfed.pool.packaged import packaged_adapter
 from smartfed.train.skill_lora import RECORD_FILE, SkillLoraRecipe, resolve_task, train_skill_lora
 
 log = get_logger(__name__)
@@ -108,8 +109,13 @@ def ensure_cpu_mini_pool(
     out: dict[str, Path] = {}
     for skill in skills or SKILLS:
         recipe = cpu_mini_recipe(skill, seed)
-        path = root / f"{skill.removeprefix('cpu_mini.')}-{recipe_hash(model_cfg, recipe)}"
-        if not ((path / "adapter_model.safetensors").is_file() and (path / RECORD_FILE).is_file()):
+        digest = recipe_hash(model_cfg, recipe)
+        path = root / f"{skill.removeprefix('cpu_mini.')}-{digest}"
+        built = (path / "adapter_model.safetensors").is_file() and (path / RECORD_FILE).is_file()
+        shipped = None if built else packaged_adapter(suite, skill, digest)
+        if shipped is not None:  # shipped with the package (smartfed pool package)
+            path = shipped
+        elif not built:
             log.info("building skill LoRA %s -> %s", skill, path)
             train_skill_lora(model_cfg, recipe, path, resume=True, progress=progress)
         out[skill] = path

@@ -1,0 +1,96 @@
+"""Skill LoRAs shipped inside the package (``smartfed/pool/packaged_pools/<suite>/``).
+
+The quickstart (``smartfed demo``) routes over small cpu-mini skill LoRAs that take ~15 minutes to
+train on 2 CPU cores; the ones it needs ship as package data so a first run skips that. Each
+adapter folder is named like its cache folder (``<skill>-<recipe hash>``) and is recorded in
+``manifest.json`` with its recipe, recipe hash, the sha256 of ``adapter_model.safetensors`` and the
+command that rebuilds it. An adapter is used only when the recipe hash asked for and the file's
+sha256 both match the manifest; otherwise the caller trains it as before.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from smartfed.files import atomic_write_json
+from smartfed.log import get_logger
+
+log = get_logger(__name__)
+
+PACKAGED_ROOT = Path(__file__).resolve().parent / "packaged_pools"
+MANIFEST = "manifest.json"
+WEIGHTS = "adapter_model.safetensors"
+SHIPPED_FILES = ("adapter_config.json", WEIGHTS, "training_record.json")
+
+
+def file_sha256(path: Path) -> str:
+    """Hex sha256 of a file, read in 1 MiB chunks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def read_manifest(suite: str, root: Path = PACKAGED_ROOT) -> dict[str, Any]:
+    """The suite's manifest (``{"adapters": {skill: entry}}``), empty when nothing is shipped."""
+    path = root / suite / MANIFEST
+    if not path.is_file():
+        return {"adapters": {}}
+    data: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
+    return data
+
+
+def packaged_adapter(
+    suite: str, skill: str, recipe_hash: str, root: Path = PACKAGED_ROOT
+) -> Path | None:
+    """The shipped adapter dir of ``skill`` when its recipe hash and sha256 match, else None."""
+    entry = read_manifest(suite, root)["adapters"].get(skill)
+    if not entry:
+        return None
+    path = root / suite / entry["dir"]
+    if entry.get("recipe_hash") != recipe_hash:
+        log.info("packaged %s was built from another recipe (%s): not used", skill, entry["dir"])
+        return None
+    weights = path / WEIGHTS
+    if not weights.is_file() or file_sha256(weights) != entry.get("sha256"):
+        log.warning("packaged %s: %s is missing or its sha256 differs: not used", skill, weights)
+        return None
+    return path
+
+
+def package_adapter(
+    suite: str,
+    skill: str,
+    adapter_dir: Path,
+    recipe: Mapping[str, Any],
+    recipe_hash: str,
+    provenance: Mapping[str, Any],
+    root: Path = PACKAGED_ROOT,
+) -> Path:
+    """Copy a built adapter into the package and record it in the manifest; return its new dir."""
+    dest = root / suite / adapter_dir.name
+    if dest.exists():
+        shutil.rmtree(dest)
+    dest.mkdir(parents=True)
+    for name in SHIPPED_FILES:
+        shutil.copy2(adapter_dir / name, dest / name)
+    manifest = read_manifest(suite, root)
+    old = manifest["adapters"].get(skill)
+    if old and old["dir"] != dest.name and (root / suite / old["dir"]).is_dir():
+        shutil.rmtree(root / suite / old["dir"])
+    manifest["adapters"][skill] = {
+        "dir": dest.name,
+        "recipe": dict(recipe),
+        "recipe_hash": recipe_hash,
+        "sha256": file_sha256(dest / WEIGHTS),
+        "bytes": (dest / WEIGHTS).stat().st_size,
+        **provenance,
+    }
+    atomic_write_json(root / suite / MANIFEST, manifest)
+    return dest
