@@ -18,6 +18,7 @@ from smartfed.config import RunConfig
 from smartfed.fed import wire
 from smartfed.fed.accounting import maybe_measure
 from smartfed.fed.cache import BundleSpec, get_bundle
+from smartfed.fed.wire_state import ClientWire
 from smartfed.train.client import client_round
 
 
@@ -27,12 +28,14 @@ def _partition_id(context: Context) -> int:
 
 def _train(cfg: RunConfig | None, msg: Message, context: Context) -> Message:
     run_cfg = cfg or RunConfig.from_flat(context.run_config)
+    cw = ClientWire(run_cfg.fed, context.state)  # fed.wire_delta / wire_error_feedback
+    content, run_cfg = cw.receive(msg.content), cw.inner_config(run_cfg)
     own = str(context.node_config.get("dataset", ""))
     t0 = time.perf_counter()
     bundle = get_bundle(BundleSpec.from_config(run_cfg, dataset=own))
     load_s = time.perf_counter() - t0
     pid = _partition_id(context)
-    ins = wire.unpack_train_ins(msg.content)
+    ins = wire.unpack_train_ins(content)
     kwh: list[float] = []
     with maybe_measure(bundle.meter, kwh):
         update = client_round(
@@ -49,7 +52,8 @@ def _train(cfg: RunConfig | None, msg: Message, context: Context) -> Message:
         )
     update.load_s, update.energy_kwh = load_s, kwh[0]
     received = {k: v.numpy() for k, v in ins.routers.items()}  # int8: the update is vs this
-    return Message(wire.pack_train_res(update, run_cfg.fed.wire_dtype, received), reply_to=msg)
+    reply = wire.pack_train_res(update, run_cfg.fed.wire_dtype, received)
+    return Message(cw.reply(reply), reply_to=msg)
 
 
 def make_client_app(

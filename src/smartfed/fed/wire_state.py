@@ -24,14 +24,25 @@ state per client that has been sampled.
 from __future__ import annotations
 
 import dataclasses
+import importlib
 from collections.abc import Iterable, Mapping
+from typing import TYPE_CHECKING
 
 import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, RecordDict
 
 from smartfed.config import FedConfig, RunConfig
 from smartfed.errors import WireFormatError
-from smartfed.fed import wire
+
+if TYPE_CHECKING:
+    from types import ModuleType
+
+
+def _wire() -> ModuleType:
+    """:mod:`smartfed.fed.wire`, imported on first use (it imports torch; a ClientApp that only
+    forwards messages to a worker imports this module without it)."""
+    return importlib.import_module("smartfed.fed.wire")
+
 
 HELD = "smartfed.wire.held"  # ArrayRecord: the state this client decoded in its last round
 HELD_ROUND = "smartfed.wire.held-round"  # ConfigRecord {"round": r} of HELD
@@ -77,6 +88,7 @@ class ClientWire:
         """
         if not self.active:
             return content
+        wire = _wire()
         held = _held(self.store) if self.fed.wire_delta else None
         try:
             ins = wire.unpack_train_ins(content, held)
@@ -95,7 +107,10 @@ class ClientWire:
 
     def reply(self, content: RecordDict) -> RecordDict:
         """Re-encode a float32 reply as an update ``local - received`` (+ the kept residual)."""
-        if not self.active or wire.ARRAYS not in content:
+        if not self.active:
+            return content
+        wire = _wire()
+        if wire.ARRAYS not in content:
             return content
         local = wire.decode_values(content[wire.ARRAYS], None)  # type: ignore[arg-type]
         update = {k: v.astype(np.float64) - self.received[k] for k, v in local.items()}
@@ -156,6 +171,7 @@ class DownlinkRefs:
             decoded full state (as :func:`wire.pack_state`), or with ``delta`` the float32 global
             state (replies are updates and the server adds them to it).
         """
+        wire = _wire()
         full, decoded = wire.pack_state(arrays, self.wire_dtype)
         if not self.delta:
             return {p: RecordDict(dict(full.items())) for p in partitions}, decoded
@@ -174,6 +190,7 @@ class DownlinkRefs:
     def _update_records(
         self, glob: State, base: int, ref: State
     ) -> tuple[RecordDict, dict[str, np.ndarray]]:
+        wire = _wire()
         arrays, enc = wire.encode_update(
             {k: v.astype(np.float64) - ref[k] for k, v in glob.items()}, self.wire_dtype
         )
