@@ -84,7 +84,8 @@ class ServerLoop:
         with maybe_measure(self.bundle.meter, self._server_kwh), out.account.phase("eval_s"):
             state = wire.state_from_arrays(arrays)
             self.bundle.method.load_trainable_state(self.bundle.model, state)
-            set_quotas(self.bundle.model, self.strategy.quotas)
+            # the quotas this round's routers were trained under; strategy.quotas is next round's
+            set_quotas(self.bundle.model, out.quotas)
             held = self.bundle.heldout()
             eval_loss = (
                 evaluate_loss(
@@ -102,7 +103,7 @@ class ServerLoop:
         row.update(task_metrics)
         self.run.append_metrics(row)
         with out.account.phase("checkpoint_s"):
-            self._checkpoint(out.round, {k: v.numpy() for k, v in state.items()})
+            self._checkpoint(out.round, {k: v.numpy() for k, v in state.items()}, out.quotas)
         if self.bar is not None:
             self.bar.update(1)
             self.bar.set_postfix(loss=row["train_loss"], eval_loss=eval_loss)
@@ -136,6 +137,8 @@ class ServerLoop:
             "energy_kwh_server": server_kwh,
             "quotas": out.quotas,
         }
+        if self.strategy.eeqa is not None:  # EEQA's decision for the next round, logged apart
+            row["next_quotas"] = dict(self.strategy.quotas)
         usage = round_usage([u.usage for u in out.updates])
         if usage:
             row["usage"] = usage
@@ -148,8 +151,10 @@ class ServerLoop:
         self.totals["rounds"] = out.round
         return row
 
-    def _checkpoint(self, rnd: int, routers: dict[str, Any]) -> None:
-        """Resume state (``checkpoint/rNNNN``), then eval's ``checkpoint/routers.safetensors``."""
+    def _checkpoint(self, rnd: int, routers: dict[str, Any], trained: dict[str, int]) -> None:
+        """Resume state (``checkpoint/rNNNN``, next round's quotas), then eval's
+        ``checkpoint/routers.safetensors`` with the quotas ``trained`` those routers were trained
+        under."""
         eeqa = self.strategy.eeqa.to_dict() if self.strategy.eeqa else None
         target = self.run.save_checkpoint(
             Checkpoint(
@@ -161,7 +166,7 @@ class ServerLoop:
                 self.bundle.pool.fingerprint(),
             )
         )
-        save_routers(target.parent, self.bundle.model, self.bundle.pool, self.strategy.quotas)
+        save_routers(target.parent, self.bundle.model, self.bundle.pool, trained)
 
     def _tf_metrics(self, rnd: int) -> dict[str, Any]:
         """Teacher-forced EM / loss on eval rows (``tf_eval_every``) and val rows (last round)."""
