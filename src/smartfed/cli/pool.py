@@ -145,7 +145,7 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
         model, _ = load_base_model(cfg.model)
         validate_pool(pool, model)
         print(f"pool fits {cfg.model.model_name_or_path}")
-    for line in format_pool(pool, cfg.router):
+    for line in format_pool(pool, cfg.router, cfg.fed):
         print(line)
     return 0
 
