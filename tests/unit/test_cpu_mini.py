@@ -6,7 +6,7 @@ import pytest
 
 from smartfed.data.tasks import get_task
 from smartfed.data.tasks.cpu_mini import SKILLS, SUITE, TASKS
-from smartfed.data.tasks.cpu_mini.generators import is_heldout
+from smartfed.data.tasks.cpu_mini.generators import GAP_DIGITS, is_heldout, partition
 from smartfed.data.tasks.cpu_mini.render import parse_zh_numeral, run_straight_line, zh_numeral
 from smartfed.errors import DataError
 
@@ -58,42 +58,78 @@ def test_generators_deterministic_under_seed(name: str) -> None:
     assert len({(e.prompt, e.response) for e in first}) == 40
 
 
-def test_train_and_eval_keys_disjoint_across_the_whole_suite() -> None:
-    train_keys, eval_keys = set(), set()
+def test_train_val_and_eval_keys_disjoint_across_the_whole_suite() -> None:
+    keys: dict[str, set[tuple[object, ...]]] = {"train": set(), "val": set(), "eval": set()}
     for task in TASKS.values():
-        train_keys |= {tuple(e.meta["key"]) for e in task.train_examples()}
-        eval_keys |= {tuple(e.meta["key"]) for e in task.eval_examples()}
-    assert train_keys and eval_keys
-    assert not train_keys & eval_keys
-    assert all(is_heldout(k) for k in eval_keys) and not any(is_heldout(k) for k in train_keys)
+        keys["train"] |= {tuple(e.meta["key"]) for e in task.train_examples()}
+        keys["val"] |= {tuple(e.meta["key"]) for e in task.validation_examples()}
+        keys["eval"] |= {tuple(e.meta["key"]) for e in task.eval_examples()}
+        # other data seeds draw other rows from the same partitions
+        for split in ("train", "val", "eval"):
+            keys[split] |= {tuple(e.meta["key"]) for e in task.examples(split, 30, seed=5)}
+    assert all(keys.values())
+    assert not keys["train"] & keys["val"]
+    assert not keys["train"] & keys["eval"]
+    assert not keys["val"] & keys["eval"]
+    for split, found in keys.items():
+        assert {partition(k) for k in found} == {split}
+    assert all(is_heldout(k) for k in keys["val"] | keys["eval"])
+    assert not any(is_heldout(k) for k in keys["train"])
+
+
+def test_val_is_about_a_third_of_the_heldout_keys_and_train_keys_are_unchanged() -> None:
+    pairs = [(a, b) for a in range(10, 100) for b in range(a, 100)]
+    parts = [partition(k) for k in pairs]
+    heldout = sum(p != "train" for p in parts)
+    assert 0.08 < heldout / len(pairs) < 0.12
+    assert 0.25 < parts.count("val") / heldout < 0.42
+    # the train/held-out cut is the one the cached skill LoRAs were trained with
+    assert all((p == "train") == (not is_heldout(k)) for k, p in zip(pairs, parts, strict=True))
 
 
 @pytest.mark.parametrize("name", sorted(TASKS))
 def test_registered_task_gold_scores_correct_and_wrong_scores_wrong(name: str) -> None:
     task = get_task(name)
     assert task is TASKS[name]
-    train, evals = task.train_examples(), task.eval_examples()
-    assert (len(train), len(evals)) == (2000, 200)
+    train, evals, val = task.train_examples(), task.eval_examples(), task.validation_examples()
+    assert (len(train), len(evals), len(val)) == (2000, 200, 200)
     assert task.stop and 0 < task.max_new_tokens <= 64
-    for ex in train[:200] + evals:
+    assert {e.meta["split"] for e in val} == {"val"}
+    for ex in train[:200] + evals + val:
         assert task.score(ex.response, ex) is True, (ex.prompt, ex.response)
         assert ex.meta[task.label_key]
         assert task.score(ex.response + "1", ex) is False, ex.response
     assert task.score("", evals[0]) is False
 
 
+CHINESE = (
+    "cpu_mini.zh_math",
+    "cpu_mini.zh_code",
+    "cpu_mini.zh_code_gap",
+    "cpu_mini.zh_math_gap",
+    "cpu_mini.zh_code_partial",
+    "cpu_mini.zh_math_partial",
+    "cpu_mini.zh_story_code",
+    "cpu_mini.zh_code_partial_mixpool",
+)
+
+
 def test_suite_compositions_and_chinese_prompts_hide_the_digits() -> None:
-    assert len(SUITE) == 5  # three paper tasks + the two skill-gap variants
+    assert len(SUITE) == 9  # three paper tasks, two gap, two partial-gap, chain, mixed pool
     for comp in SUITE.values():
         assert comp.composite in TASKS and set(comp.skills) <= set(SKILLS)
-        assert not set(comp.irrelevant) & set(comp.skills)
-    for name in (
-        "cpu_mini.zh_math",
-        "cpu_mini.zh_code",
-        "cpu_mini.zh_code_gap",
-        "cpu_mini.zh_math_gap",
-    ):
-        for ex in TASKS[name].eval_examples():
+        assert set(comp.irrelevant) <= set(SKILLS)
+    mixed = SUITE["cpu_mini.zh_code_partial_mixpool"]
+    assert "cpu_mini.skill.code" not in mixed.skills and "cpu_mini.skill.zh" in mixed.skills
+    assert set(mixed.skills) - {"cpu_mini.skill.zh"} == set(mixed.irrelevant)
+    assert set(SUITE["cpu_mini.zh_story_code"].skills) == {
+        "cpu_mini.skill.zh",
+        "cpu_mini.skill.math",
+        "cpu_mini.skill.code",
+    }
+    for name in CHINESE:
+        task = TASKS[name]
+        for ex in task.eval_examples() + task.validation_examples() + task.train_examples()[:300]:
             assert not any(ch.isdigit() for ch in ex.prompt), ex.prompt
     ex = TASKS["cpu_mini.zh_math"].eval_examples()[0]
     assert TASKS["cpu_mini.zh_math"].score(
@@ -106,6 +142,12 @@ def test_too_many_rows_is_a_one_line_data_error() -> None:
         TASKS["cpu_mini.zh_math"].examples("eval", 5000)
     with pytest.raises(DataError, match="split"):
         TASKS["cpu_mini.skill.sort"].examples("test", 5)
+
+
+def test_tasks_outside_the_suite_have_no_validation_split() -> None:
+    from smartfed.data.tasks.base import Task
+
+    assert Task().validation_examples() == []
 
 
 @pytest.mark.parametrize("name", ["cpu_mini.zh_code_gap", "cpu_mini.zh_math_gap"])
@@ -123,3 +165,49 @@ def test_gap_composites_hide_digits_7_to_9_from_training(name: str) -> None:
     # the skill LoRA that the gap composite needs has seen the hidden digits
     zh = get_task(SUITE[name].skills[0]).train_examples()
     assert all(any(d in e.prompt for e in zh) for d in gap)
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["cpu_mini.zh_code_partial", "cpu_mini.zh_math_partial", "cpu_mini.zh_code_partial_mixpool"],
+)
+def test_partial_gap_composites_show_the_gap_digits_in_15_percent_of_training(name: str) -> None:
+    task = get_task(name)
+    train = task.train_examples()
+    gap = set("七八九")
+    with_gap = [e for e in train if gap & set(e.prompt)]
+    assert len(with_gap) == 300  # exactly 15% of 2,000, within the 10-20% asked for
+    # the prompt numerals and the operand keys agree: the gap rows are those with a 7, 8 or 9
+    assert with_gap == [e for e in train if GAP_DIGITS & set("".join(map(str, e.meta["key"])))]
+    # mixed into the split, not a block at either end
+    positions = [i for i, e in enumerate(train) if e in with_gap]
+    assert positions[0] < 100 and positions[-1] > 1900
+    for ex in task.eval_examples() + task.validation_examples():
+        assert gap & set(ex.prompt), ex.prompt
+    assert task.train_examples() == train  # deterministic
+
+
+def test_mixpool_task_has_the_partial_rows_under_its_own_name() -> None:
+    a, b = TASKS["cpu_mini.zh_code_partial"], TASKS["cpu_mini.zh_code_partial_mixpool"]
+    assert b.name != a.name
+    for split in ("train", "val", "eval"):
+        rows_a, rows_b = a.examples(split, 50), b.examples(split, 50)
+        assert [(e.prompt, e.response) for e in rows_a] == [(e.prompt, e.response) for e in rows_b]
+        assert {e.meta["task"] for e in rows_b} == {b.name}
+
+
+def test_new_composites_canonical_outputs() -> None:
+    story = TASKS["cpu_mini.zh_story_code"]
+    for ex in story.eval_examples():
+        lines = ex.response.split("\n")
+        assert len(lines) == 3 and lines[0].startswith("a = ") and lines[1].startswith("b = a ")
+        assert lines[2] == "print(b)" and int(ex.answer) >= 1
+        # every amount in the program is written in the prompt as a Chinese numeral
+        assert all(zh_numeral(int(k)) in ex.prompt for k in ex.meta["key"])
+    partial = TASKS["cpu_mini.zh_code_partial"]
+    for ex in partial.eval_examples():
+        assert ex.response.startswith("print(") and len(ex.meta["key"]) == 3
+        # a program the model writes differently but equivalently also scores (execution accuracy)
+        assert partial.score("x = 0\n" + ex.response, ex)
+    one = TASKS["cpu_mini.zh_code_partial"].eval_examples()[0]
+    assert story.score(one.response, story.eval_examples()[0]) is False

@@ -3,7 +3,10 @@
 Each generator draws one row from a ``random.Random``: ``(key, prompt, response, answer,
 category)``. ``key`` is the set of operands (or the letters) that decides the split: a fixed salted
 hash puts ~10% of all keys in the held-out partition for EVERY task of the suite, so an operand
-pair seen in any training split (skill or composite, any seed) never appears in any eval split [D].
+pair seen in any training split (skill or composite, any seed) never appears in any eval or val
+split [D]. The held-out partition is cut in two by more bits of the same hash: about a third of
+its keys form the ``val`` partition (learning-rate tuning), the rest the ``eval`` partition, so
+val and eval keys are disjoint too, for every task and seed [D].
 """
 
 from __future__ import annotations
@@ -14,12 +17,15 @@ import string
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from smartfed.data.tasks.cpu_mini.render import zh_numeral
+from smartfed.data.tasks.cpu_mini.render import run_straight_line, zh_numeral
 
 SPLIT_SALT = "cpu-mini-split-v1"
 """[D] Fixed salt of the train/held-out partition (independent of the data seed)."""
 HELDOUT_PERCENT = 10
-"""[D] Share of operand keys reserved for evaluation."""
+"""[D] Share of operand keys held out of every training split (val + eval)."""
+VAL_PERCENT_OF_HELDOUT = 33
+"""[D] Share of the held-out keys that form the ``val`` partition (the rest is ``eval``)."""
+SPLITS = ("train", "val", "eval")
 
 
 @dataclass(frozen=True)
@@ -53,10 +59,26 @@ NAMES = (
 ITEMS = ("apples", "coins", "books", "stamps", "marbles", "cards")
 
 
+def _digest(key: tuple[object, ...]) -> bytes:
+    return hashlib.sha256(f"{SPLIT_SALT}|{key!r}".encode()).digest()
+
+
 def is_heldout(key: tuple[object, ...]) -> bool:
-    """Return whether ``key`` is held out (the same answer for every task and seed)."""
-    digest = hashlib.sha256(f"{SPLIT_SALT}|{key!r}".encode()).digest()
-    return int.from_bytes(digest[:4], "big") % 100 < HELDOUT_PERCENT
+    """Return whether ``key`` is held out of training (the same answer for every task and seed)."""
+    return int.from_bytes(_digest(key)[:4], "big") % 100 < HELDOUT_PERCENT
+
+
+def partition(key: tuple[object, ...]) -> str:
+    """Return the split ``key`` belongs to: ``train``, ``val`` or ``eval`` (task/seed independent).
+
+    Bytes 0-3 of the salted hash decide train vs held out (unchanged since the first version, so
+    the training rows of every task are the same as before ``val`` existed); bytes 4-7 split the
+    held-out keys into ``val`` (``VAL_PERCENT_OF_HELDOUT``) and ``eval``.
+    """
+    digest = _digest(key)
+    if int.from_bytes(digest[:4], "big") % 100 >= HELDOUT_PERCENT:
+        return "train"
+    return "val" if int.from_bytes(digest[4:8], "big") % 100 < VAL_PERCENT_OF_HELDOUT else "eval"
 
 
 def _compute(a: int, op: str, b: int) -> int:
@@ -169,6 +191,78 @@ def composite_hard_math(rng: random.Random) -> Row:
     return Row(_key(x, y, z), prompt, code, str(_compute(first, op2, z)), f"{op1}_{op2}")
 
 
+def composite_zh_code3(rng: random.Random) -> Row:
+    """Chinese code, three operands: Chinese instruction -> ``print(47 + 38 * 19)`` (run to score).
+
+    Two operations from plus/minus/times over three 2-digit operands; the program is the literal
+    transcription (Python's precedence decides the printed value), so there is one canonical
+    output.
+    """
+    op1, op2 = rng.choice(tuple(OPS)), rng.choice(tuple(OPS))
+    a, b, c = (rng.randint(10, 99) for _ in range(3))
+    zh = f"{zh_numeral(a)}{OPS[op1][1]}{zh_numeral(b)}{OPS[op2][1]}{zh_numeral(c)}"
+    expr = f"{a} {OPS[op1][0]} {b} {OPS[op2][0]} {c}"
+    value = run_straight_line(f"print({expr})")
+    return Row(
+        _key(a, b, c),
+        f"用Python写一个程序，打印{zh}。",
+        f"print({expr})",
+        str(value),
+        f"{op1}_{op2}",
+    )
+
+
+ZH_NAMES = ("汤姆", "安娜", "小李", "玛丽亚", "萨姆", "艾玛")
+"""Chinese names of the Chinese stories (the ``NAMES`` of ``skill.math``)."""
+ZH_ITEMS = (
+    ("苹果", "个"),
+    ("硬币", "枚"),
+    ("书", "本"),
+    ("邮票", "张"),
+    ("弹珠", "颗"),
+    ("卡片", "张"),
+)
+"""Chinese items with their measure words (the ``ITEMS`` of ``skill.math``)."""
+ZH_VERBS = {"plus": "买了{}{}", "minus": "送出了{}{}"}
+"""[D] The story verbs: buys N (more) -> ``+``, gives away N -> ``-`` (``skill.math``'s wording)."""
+STORY_WORDS = ("先", "又")
+"""[D] first / then: two events per story of ``zh_story_code``, one program line each. The story
+is terse so that every row fits 128 tokens with SmolLM2's chat template (worst row 125): a third
+event, or the name repeated in the question, goes over and training would cut the prompt's
+start."""
+
+
+def composite_zh_story_code(rng: random.Random) -> Row:
+    """Chinese story -> three-line program: zh numerals + story wording (math) + programs (code).
+
+    ``汤姆有四十七个苹果，先买了三十八个，又送出了十九个。现在有几个？写一个Python程序。``
+    -> ``a = 47 + 38\\nb = a - 19\\nprint(b)``. All amounts are 2-digit; a ``minus`` never takes
+    the count below 1 (it becomes a ``plus`` instead).
+    """
+    name = rng.choice(ZH_NAMES)
+    item, measure = rng.choice(ZH_ITEMS)
+    count = rng.randint(10, 99)
+    numbers, ops, lines, events = [count], [], [], []
+    src = str(count)
+    for word, target in zip(STORY_WORDS, "ab", strict=True):
+        op = rng.choice(("plus", "minus"))
+        if op == "minus" and count <= 10:
+            op = "plus"
+        n = rng.randint(10, min(99, count - 1)) if op == "minus" else rng.randint(10, 99)
+        count = _compute(count, op, n)
+        lines.append(f"{target} = {src} {OPS[op][0]} {n}")
+        events.append(word + ZH_VERBS[op].format(zh_numeral(n), measure))
+        numbers.append(n)
+        ops.append(op)
+        src = target
+    prompt = (
+        f"{name}有{zh_numeral(numbers[0])}{measure}{item}，{'，'.join(events)}。"
+        f"现在有几{measure}？写一个Python程序。"
+    )
+    code = "\n".join([*lines, f"print({src})"])
+    return Row(_key(*numbers), prompt, code, str(count), "_".join(ops))
+
+
 def skill_reverse(rng: random.Random) -> Row:
     """Control (irrelevant skill): reverse a random lowercase letter string."""
     word = "".join(rng.choice(string.ascii_lowercase) for _ in range(rng.randint(4, 6)))
@@ -190,7 +284,8 @@ def skill_sort(rng: random.Random) -> Row:
 
 GAP_DIGITS = frozenset("789")
 """[D] The skill gap of the ``*_gap`` composites: digits whose Chinese numerals (七八九) never occur
-in their training rows, and at least once in every one of their eval rows."""
+in their training rows, and at least once in every one of their val and eval rows (the
+``*_partial`` composites: in a fixed share of their training rows)."""
 
 
 def uses_gap_digit(row: Row) -> bool:
@@ -199,8 +294,30 @@ def uses_gap_digit(row: Row) -> bool:
 
 
 def gap_accept(row: Row, split: str) -> bool:
-    """Row filter of a ``*_gap`` composite: train rows avoid the gap digits, eval rows need one."""
-    return uses_gap_digit(row) == (split == "eval")
+    """Row filter of a ``*_gap`` composite: train rows avoid the gap digits, val/eval rows need
+    one."""
+    return uses_gap_digit(row) == (split != "train")
+
+
+def sample_partial_gap(
+    gen: Generator, name: str, split: str, n: int, seed: int, fraction: float
+) -> list[Row]:
+    """Rows of a ``*_partial`` composite: ``round(fraction * n)`` train rows carry a gap digit.
+
+    The rest of the train rows avoid the gap digits; every val/eval row carries one. The two kinds
+    of train rows are drawn apart (so the share is exact, not a sampling accident) and shuffled
+    together with a seeded RNG.
+
+    Raises:
+        ValueError: the partition cannot supply the rows (asked for too many).
+    """
+    if split != "train":
+        return sample_rows(gen, name, split, n, seed, lambda row, _s: uses_gap_digit(row))
+    n_gap = round(fraction * n)
+    rows = sample_rows(gen, f"{name}|gap", split, n_gap, seed, lambda row, _s: uses_gap_digit(row))
+    rows += sample_rows(gen, name, split, n - n_gap, seed, lambda row, _s: not uses_gap_digit(row))
+    random.Random(f"cpu_mini|{name}|mix|{seed}").shuffle(rows)
+    return rows
 
 
 def sample_rows(
@@ -211,15 +328,15 @@ def sample_rows(
     seed: int,
     accept: RowFilter | None = None,
 ) -> list[Row]:
-    """Draw ``n`` distinct rows of ``split`` ("train" | "eval"), seeded by (name, split, seed).
+    """Draw ``n`` distinct rows of ``split`` (train | val | eval), seeded by (name, split, seed).
 
-    ``accept(row, split)`` optionally filters the rows further (the skill-gap composites).
+    A row belongs to ``split`` when :func:`partition` puts its key there. ``accept(row, split)``
+    optionally filters the rows further (the skill-gap composites).
 
     Raises:
         ValueError: the partition cannot supply ``n`` distinct rows (asked for too many).
     """
     rng = random.Random(f"cpu_mini|{name}|{split}|{seed}")
-    want_heldout = split == "eval"
     rows: list[Row] = []
     seen: set[tuple[str, str]] = set()
     attempts = 0
@@ -228,7 +345,7 @@ def sample_rows(
         if attempts > 50 * n + 10_000:
             raise ValueError(f"{name}: cannot draw {n} distinct {split} rows; ask for fewer")
         row = gen(rng)
-        if is_heldout(row.key) != want_heldout or (row.prompt, row.response) in seen:
+        if partition(row.key) != split or (row.prompt, row.response) in seen:
             continue
         if accept is not None and not accept(row, split):
             continue

@@ -11,6 +11,19 @@ composite              skills composed             paper task it stands for
 ``cpu_mini.hard_math`` ``skill.math`` + ``skill.code`` hard math, PAL (English math + English code)
 =====================  ==========================  ==========================================
 
+Composites that separate methods [D] (docs/cpu-mini.md):
+
+==================================== ============================================================
+``cpu_mini.zh_code_gap``             zh_code, no 七/八/九 in training rows, one in every eval row
+``cpu_mini.zh_code_partial``         three-operand zh_code, 七/八/九 in 15% of the training rows
+``cpu_mini.zh_math_partial``         zh_math, 七/八/九 in 15% of the training rows
+``cpu_mini.zh_story_code``           Chinese two-event story -> three-line program (zh+math+code)
+``cpu_mini.zh_code_partial_mixpool`` the zh_code_partial rows over a partly relevant pool (skill.zh
+                                     and the two controls, no code LoRA)
+==================================== ============================================================
+
+Every split comes in three key-disjoint parts: ``train``, ``val`` (tuning) and ``eval``.
+
 Controls: ``skill.reverse`` and ``skill.sort`` are irrelevant skills (a pool of irrelevant LoRAs),
 and a router over random experts with the pool's shapes is built by the benchmark from these
 skills' shapes. Every composite is chain-style (the output spells out an intermediate step: the
@@ -34,11 +47,18 @@ PREFIX = "cpu_mini."
 TRAIN_ROWS = 2000
 """[D] Rows per training split (a few hundred steps of batch 8 see each row about once)."""
 EVAL_ROWS = 200
-"""[D] Rows per held-out split (benchmarks score the first 100-200)."""
+"""[D] Rows per eval split (benchmarks score the first 100-200)."""
+VAL_ROWS = 200
+"""[D] Rows per validation split (learning-rate tuning; keys disjoint from train and eval)."""
+PARTIAL_GAP_FRACTION = 0.15
+"""[D] Share of the training rows of a ``*_partial`` composite that carry the gap digits."""
 DATA_SEED = 0
 """[D] Seed of the row draws behind ``train_examples`` / ``eval_examples``."""
 STOP = ("<|im_end|>", "\n\n")
 _INT = re.compile(r"-?\d+")
+MIXPOOL = "zh_code_partial_mixpool"
+"""[D] The ``zh_code_partial`` rows under their own name, so the suite can pair them with a partly
+relevant pool (:data:`SUITE`)."""
 
 
 def _last_int(text: str) -> str | None:
@@ -56,6 +76,11 @@ class CpuMiniTask(Task):
             or ``text`` (whitespace-normalised exact match).
         description: one line.
         max_new_tokens: generation budget [D].
+        accept: optional row filter (the ``*_gap`` composites).
+        gap_fraction: when set, a partial skill gap: this share of the training rows carries a
+            gap digit, every val/eval row does (the ``*_partial`` composites).
+        rows_of: draw the rows of this task (short name) instead of its own: the same rows under
+            another name (default: its own).
     """
 
     label_key = "category"
@@ -69,6 +94,8 @@ class CpuMiniTask(Task):
         description: str,
         max_new_tokens: int,
         accept: g.RowFilter | None = None,
+        gap_fraction: float | None = None,
+        rows_of: str = "",
     ) -> None:
         self.name = PREFIX + short
         self.gen = gen
@@ -77,17 +104,26 @@ class CpuMiniTask(Task):
         self.max_new_tokens = max_new_tokens
         self.metric = "execution_accuracy" if kind == "program" else "accuracy"
         self.accept = accept
+        self.gap_fraction = gap_fraction
+        self.rows_of = PREFIX + (rows_of or short)
 
     def examples(self, split: str, n: int, seed: int = DATA_SEED) -> list[Example]:
-        """Return ``n`` rows of ``split`` ("train" | "eval") drawn with ``seed`` (deterministic).
+        """Return ``n`` rows of ``split`` (train | val | eval) drawn with ``seed`` (deterministic).
 
         Raises:
             DataError: an unknown split or more rows than the partition holds.
         """
-        if split not in ("train", "eval"):
-            raise DataError(f"{self.name}: split must be 'train' or 'eval', got {split!r}")
+        if split not in g.SPLITS:
+            raise DataError(
+                f"{self.name}: split must be one of {', '.join(g.SPLITS)}, got {split!r}"
+            )
         try:
-            rows = g.sample_rows(self.gen, self.name, split, n, seed, self.accept)
+            if self.gap_fraction is not None:
+                rows = g.sample_partial_gap(
+                    self.gen, self.rows_of, split, n, seed, self.gap_fraction
+                )
+            else:
+                rows = g.sample_rows(self.gen, self.rows_of, split, n, seed, self.accept)
         except ValueError as err:
             raise DataError(str(err)) from err
         return [
@@ -105,8 +141,12 @@ class CpuMiniTask(Task):
         return self.examples("train", TRAIN_ROWS)
 
     def eval_examples(self, data_dir: str | os.PathLike[str] | None = None) -> list[Example]:
-        """Return the 200-row held-out split (operand keys disjoint from every training split)."""
+        """Return the 200-row eval split (keys disjoint from every train and val split)."""
         return self.examples("eval", EVAL_ROWS)
+
+    def validation_examples(self, data_dir: str | os.PathLike[str] | None = None) -> list[Example]:
+        """Return the 200-row validation split (keys disjoint from every train and eval split)."""
+        return self.examples("val", VAL_ROWS)
 
     def extract(self, prediction: str, example: Example) -> str | None:
         """Return the scored part of an output: number, program's printed value, or text."""
@@ -184,12 +224,62 @@ def _tasks() -> dict[str, CpuMiniTask]:
     for short in ("zh_code", "zh_math"):
         base = tasks[PREFIX + short]
         gap = CpuMiniTask(
-            f"{short}_gap", base.gen, base.kind,
+            f"{short}_gap",
+            base.gen,
+            base.kind,
             f"{base.description}; skill gap: no 七/八/九 digit in training rows, one in every "
             "eval row (only skill.zh's LoRA has seen them)",
-            base.max_new_tokens, accept=g.gap_accept,
+            base.max_new_tokens,
+            accept=g.gap_accept,
         )
         tasks[gap.name] = gap
+    for short, gen, kind, mnt, desc in (
+        (
+            "zh_code_partial",
+            g.composite_zh_code3,
+            "program",
+            32,
+            "composite Chinese code, three operands: Chinese instruction -> 'print(47 + 38 * 19)', "
+            "execution accuracy",
+        ),
+        (
+            "zh_math_partial",
+            g.composite_zh_math,
+            "number",
+            24,
+            tasks[PREFIX + "zh_math"].description,
+        ),
+    ):
+        task = CpuMiniTask(
+            short,
+            gen,
+            kind,
+            f"{desc}; partial skill gap: 七/八/九 in {PARTIAL_GAP_FRACTION:.0%} of the training "
+            "rows, in every val/eval row",
+            mnt,
+            gap_fraction=PARTIAL_GAP_FRACTION,
+        )
+        tasks[task.name] = task
+    story = CpuMiniTask(
+        "zh_story_code",
+        g.composite_zh_story_code,
+        "program",
+        "composite three-skill chain: Chinese two-event story -> a three-line program "
+        "(zh numerals + math story wording + code), execution accuracy",
+        48,
+    )
+    tasks[story.name] = story
+    mixed = tasks[PREFIX + "zh_code_partial"]
+    tasks[PREFIX + MIXPOOL] = CpuMiniTask(
+        MIXPOOL,
+        mixed.gen,
+        mixed.kind,
+        f"{mixed.description}; routed over a partly relevant pool (skill.zh + two irrelevant "
+        "LoRAs, no code LoRA)",
+        mixed.max_new_tokens,
+        gap_fraction=PARTIAL_GAP_FRACTION,
+        rows_of="zh_code_partial",
+    )
     return tasks
 
 
@@ -203,13 +293,15 @@ class Composition:
 
     Attributes:
         composite: the composite task name (train and eval on it).
-        skills: the two relevant skill tasks whose LoRAs form the pool [P: two LoRAs per task].
+        skills: the skill tasks whose LoRAs form the pool of the ``main`` runs [P: two relevant
+            LoRAs per task; D: three for the three-skill chain, and one relevant plus two
+            irrelevant ones for the partly relevant pool].
         irrelevant: skill tasks unrelated to the composite (the irrelevant-pool control).
         paper_task: the paper task this mirrors (SPEC §1.5).
     """
 
     composite: str
-    skills: tuple[str, str]
+    skills: tuple[str, ...]
     irrelevant: tuple[str, ...]
     paper_task: str
 
@@ -247,6 +339,32 @@ SUITE: dict[str, Composition] = {
             (PREFIX + "skill.math", PREFIX + "skill.code"),
             CONTROL_SKILLS,
             "hard math, PAL (MathCodeInstruct -> GSM-Hard)",
+        ),
+        Composition(
+            PREFIX + "zh_code_partial",
+            (PREFIX + "skill.zh", PREFIX + "skill.code"),
+            CONTROL_SKILLS,
+            "Chinese code (DoIT), partial skill gap: the digits 7-9 in 15% of the training rows",
+        ),
+        Composition(
+            PREFIX + "zh_math_partial",
+            (PREFIX + "skill.zh", PREFIX + "skill.math"),
+            CONTROL_SKILLS,
+            "Chinese math (Math23K -> MGSM-zh), partial skill gap: the digits 7-9 in 15% of the "
+            "training rows",
+        ),
+        Composition(
+            PREFIX + "zh_story_code",
+            (PREFIX + "skill.zh", PREFIX + "skill.math", PREFIX + "skill.code"),
+            CONTROL_SKILLS,
+            "a chain of the three: Chinese math story (MGSM-zh) answered by a program (PAL)",
+        ),
+        Composition(
+            PREFIX + MIXPOOL,
+            (PREFIX + "skill.zh", *CONTROL_SKILLS),
+            CONTROL_SKILLS,
+            "Chinese code, partial skill gap, with a partly relevant pool: the Chinese LoRA and "
+            "two irrelevant ones, no code LoRA",
         ),
     )
 }
