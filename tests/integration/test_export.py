@@ -102,3 +102,32 @@ def test_lora_baseline_run_exports_as_is(
             exported(input_ids=IDS).logits, trained(input_ids=IDS).logits, atol=2e-5, rtol=1e-4
         )
     assert report["loss_exported"] == pytest.approx(report["loss_routed"], abs=1e-4)
+
+
+def test_exported_adapter_loads_with_auto_peft_and_has_a_model_card(
+    run: Any, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from peft import AutoPeftModelForCausalLM
+
+    out = tmp_path / "auto"
+    assert main(["export", run.output_dir, "--merged", "--output_dir", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert len(printed.splitlines()) <= 6 and "{" not in printed  # a summary, not the report JSON
+    config = json.loads((out / "adapter_config.json").read_text())
+    assert config["task_type"] == "CAUSAL_LM"
+    assert Path(config["base_model_name_or_path"]) == Path(run.model.model_name_or_path).resolve()
+    auto = AutoPeftModelForCausalLM.from_pretrained(out, torch_dtype=torch.float32)
+    direct = load_adapter(_model(run), out)
+    with torch.no_grad():
+        torch.testing.assert_close(
+            auto(input_ids=IDS).logits, direct(input_ids=IDS).logits, atol=1e-5, rtol=1e-5
+        )
+    card = (out / "README.md").read_text()
+    report = json.loads((out / "export_report.json").read_text())
+    for fragment in (
+        "AutoPeftModelForCausalLM.from_pretrained",
+        f"`{run.train.method}`",
+        f"{report['loss_exported']:.4f}",
+        *(f"`{Path(s).name}`" for s in run.pool.sources),
+    ):
+        assert fragment in card

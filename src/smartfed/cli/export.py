@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 
 from smartfed.errors import ConfigError
 
@@ -30,15 +29,24 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "--calibration_limit",
         type=int,
         default=64,
+        metavar="N",
         help="training rows used to average the routing (default 64)",
     )
     parser.add_argument(
-        "--eval_limit",
+        "--compare_accuracy",
         type=int,
         default=0,
-        help="also compare task accuracy on the first N eval examples (0 = off)",
+        metavar="N",
+        help="also compare task accuracy of run and adapter on the first N eval examples "
+        "(default 0 = off; the held-out loss is always compared)",
     )
-    parser.add_argument("--batch_size", type=int, default=8, help="rows per forward pass")
+    parser.add_argument(
+        "--eval_batch_size",
+        type=int,
+        default=8,
+        metavar="N",
+        help="rows per forward pass when averaging the routing and comparing (default 8)",
+    )
     parser.set_defaults(handler=run)
 
 
@@ -52,8 +60,27 @@ def run(args: argparse.Namespace) -> int:
         args.run_dir,
         args.output_dir,
         calibration_limit=args.calibration_limit,
-        eval_limit=args.eval_limit,
-        batch_size=args.batch_size,
+        eval_limit=args.compare_accuracy,
+        batch_size=args.eval_batch_size,
     )
-    print(json.dumps(report, indent=2))
+    print(
+        f"exported {report['method']} run {report['run_dir']} -> {report['output_dir']}: "
+        f"one PEFT LoRA of total rank {report['total_rank']} over {len(report['ranks'])} matrices"
+    )
+    print(
+        f"held-out loss ({report['loss_on']} rows, n={report['eval_rows']}): "
+        f"{report['loss_routed']:.4f} run model vs {report['loss_exported']:.4f} exported"
+    )
+    for key, value in sorted(report.items()):
+        if key.endswith("_exported") and not key.startswith("loss") and value is not None:
+            name = key.removesuffix("_exported")
+            routed = report.get(name + "_routed", float("nan"))
+            print(
+                f"{name} on {report.get('eval_task')} (n={report.get('eval_n')}): "
+                f"{routed:.4f} run model vs {value:.4f} exported"
+            )
+    print(
+        f"load it: AutoPeftModelForCausalLM.from_pretrained({str(report['output_dir'])!r}); "
+        "model card README.md, every number in export_report.json"
+    )
     return 0

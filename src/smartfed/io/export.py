@@ -11,8 +11,11 @@ which is
    ``B' = B[:, keep] * (c_m g_bar_i s_i)`` ``(d_out, r'_m)`` (no SVD).
 3. Write PEFT's format: ``adapter_config.json`` (``r``, ``lora_alpha = r`` so scaling 1, per-matrix
    ``rank_pattern``/``alpha_pattern``, ``target_modules``) and ``adapter_model.safetensors`` (keys
-   ``base_model.model.<matrix>.lora_A.weight`` / ``.lora_B.weight``), loadable by
-   ``PeftModel.from_pretrained``.
+   ``base_model.model.<matrix>.lora_A.weight`` / ``.lora_B.weight``), ``task_type = CAUSAL_LM``
+   and ``base_model_name_or_path`` a loadable hub id or local directory (``default`` = the
+   converted embedded SmolLM2 in the cache), so ``AutoPeftModelForCausalLM.from_pretrained(dir)``
+   loads it; plus a model card ``README.md`` (base model, pool, method, data, metrics, how to
+   load).
 4. Measure what folding loses: held-out loss (the run's held-out rows, or calibration rows when the
 run
    held none out) of the routed model vs the exported LoRA, and optionally task accuracy; written to
@@ -39,6 +42,7 @@ log = get_logger(__name__)
 REPORT_FILE = "export_report.json"
 WEIGHTS_FILE = "adapter_model.safetensors"
 CONFIG_FILE = "adapter_config.json"
+CARD_FILE = "README.md"
 
 
 @torch.no_grad()
@@ -134,8 +138,9 @@ def write_peft_adapter(
         raise CheckpointError(
             f"no expert of {empty[0]} was ever selected; use more calibration data"
         )
-    config = peft_adapter_config(ranks, base_model)
-    text = json.dumps(config.to_dict(), indent=2, sort_keys=True, default=list) + "\n"
+    config = peft_adapter_config(ranks, base_model).to_dict()
+    config["task_type"] = "CAUSAL_LM"  # AutoPeftModelForCausalLM / PeftModelForCausalLM
+    text = json.dumps(config, indent=2, sort_keys=True, default=list) + "\n"
     state = {}
     for m, (a, b) in factors.items():
         state[f"base_model.model.{m}.lora_A.weight"] = a
@@ -256,7 +261,7 @@ def export_merged(
             for k, p in params.items()
             if k.endswith(".lora_A.weight")
         }
-    ranks = write_peft_adapter(factors, out, cfg.model.model_name_or_path)
+    ranks = write_peft_adapter(factors, out, base_model_reference(mcfg))
     exported = load_adapter(load_base_model(mcfg)[0], out)
     eval_rows, eval_on = (held, "heldout") if held else (calib, "calibration")
     report: dict[str, Any] = {
@@ -281,6 +286,9 @@ def export_merged(
         )
     report["seconds"] = round(time.perf_counter() - t0, 2)
     atomic_write_json(out / REPORT_FILE, report)
+    from smartfed.io.model_card import model_card
+
+    atomic_write_text(out / CARD_FILE, model_card(cfg, report, base_model_reference(mcfg)))
     log.info(
         "exported %s -> %s (rank %d, loss %.4f run model vs %.4f exported)",
         run_dir,
@@ -322,3 +330,13 @@ def _accuracy(
             len(records), 1
         )
     return res
+
+
+def base_model_reference(mcfg: ModelConfig) -> str:
+    """What ``base_model_name_or_path`` must say for PEFT to load the base: a hub id as given,
+    else the absolute local directory (a GGUF / ``default`` = its converted safetensors copy)."""
+    from smartfed.model.base import local_model_dir
+
+    location = local_model_dir(mcfg).location
+    path = Path(location).expanduser()
+    return str(path.resolve()) if path.exists() else location
