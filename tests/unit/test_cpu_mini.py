@@ -109,8 +109,8 @@ CHINESE = (
     "cpu_mini.zh_math_gap",
     "cpu_mini.zh_code_partial",
     "cpu_mini.zh_math_partial",
-    "cpu_mini.zh_story_code",
-    "cpu_mini.zh_code_partial_mixpool",
+    "cpu_mini.zh_code_chain",
+    "cpu_mini.zh_code_partpool",
 )
 
 
@@ -119,10 +119,10 @@ def test_suite_compositions_and_chinese_prompts_hide_the_digits() -> None:
     for comp in SUITE.values():
         assert comp.composite in TASKS and set(comp.skills) <= set(SKILLS)
         assert set(comp.irrelevant) <= set(SKILLS)
-    mixed = SUITE["cpu_mini.zh_code_partial_mixpool"]
+    mixed = SUITE["cpu_mini.zh_code_partpool"]
     assert "cpu_mini.skill.code" not in mixed.skills and "cpu_mini.skill.zh" in mixed.skills
     assert set(mixed.skills) - {"cpu_mini.skill.zh"} == set(mixed.irrelevant)
-    assert set(SUITE["cpu_mini.zh_story_code"].skills) == {
+    assert set(SUITE["cpu_mini.zh_code_chain"].skills) == {
         "cpu_mini.skill.zh",
         "cpu_mini.skill.math",
         "cpu_mini.skill.code",
@@ -169,7 +169,7 @@ def test_gap_composites_hide_digits_7_to_9_from_training(name: str) -> None:
 
 @pytest.mark.parametrize(
     "name",
-    ["cpu_mini.zh_code_partial", "cpu_mini.zh_math_partial", "cpu_mini.zh_code_partial_mixpool"],
+    ["cpu_mini.zh_code_partial", "cpu_mini.zh_math_partial", "cpu_mini.zh_code_partpool"],
 )
 def test_partial_gap_composites_show_the_gap_digits_in_15_percent_of_training(name: str) -> None:
     task = get_task(name)
@@ -187,8 +187,8 @@ def test_partial_gap_composites_show_the_gap_digits_in_15_percent_of_training(na
     assert task.train_examples() == train  # deterministic
 
 
-def test_mixpool_task_has_the_partial_rows_under_its_own_name() -> None:
-    a, b = TASKS["cpu_mini.zh_code_partial"], TASKS["cpu_mini.zh_code_partial_mixpool"]
+def test_partpool_task_has_the_partial_rows_under_its_own_name() -> None:
+    a, b = TASKS["cpu_mini.zh_code_partial"], TASKS["cpu_mini.zh_code_partpool"]
     assert b.name != a.name
     for split in ("train", "val", "eval"):
         rows_a, rows_b = a.examples(split, 50), b.examples(split, 50)
@@ -197,7 +197,7 @@ def test_mixpool_task_has_the_partial_rows_under_its_own_name() -> None:
 
 
 def test_new_composites_canonical_outputs() -> None:
-    story = TASKS["cpu_mini.zh_story_code"]
+    story = TASKS["cpu_mini.zh_code_chain"]
     for ex in story.eval_examples():
         lines = ex.response.split("\n")
         assert len(lines) == 3 and lines[0].startswith("a = ") and lines[1].startswith("b = a ")

@@ -226,13 +226,13 @@ ZH_ITEMS = (
 ZH_VERBS = {"plus": "买了{}{}", "minus": "送出了{}{}"}
 """[D] The story verbs: buys N (more) -> ``+``, gives away N -> ``-`` (``skill.math``'s wording)."""
 STORY_WORDS = ("先", "又")
-"""[D] first / then: two events per story of ``zh_story_code``, one program line each. The story
+"""[D] first / then: two events per story of ``zh_code_chain``, one program line each. The story
 is terse so that every row fits 128 tokens with SmolLM2's chat template (worst row 125): a third
 event, or the name repeated in the question, goes over and training would cut the prompt's
 start."""
 
 
-def composite_zh_story_code(rng: random.Random) -> Row:
+def composite_zh_code_chain(rng: random.Random) -> Row:
     """Chinese story -> three-line program: zh numerals + story wording (math) + programs (code).
 
     ``汤姆有四十七个苹果，先买了三十八个，又送出了十九个。现在有几个？写一个Python程序。``

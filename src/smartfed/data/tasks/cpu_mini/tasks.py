@@ -13,14 +13,14 @@ composite              skills composed             paper task it stands for
 
 Composites that separate methods [D] (docs/cpu-mini.md):
 
-==================================== ============================================================
-``cpu_mini.zh_code_gap``             zh_code, no 七/八/九 in training rows, one in every eval row
-``cpu_mini.zh_code_partial``         three-operand zh_code, 七/八/九 in 15% of the training rows
-``cpu_mini.zh_math_partial``         zh_math, 七/八/九 in 15% of the training rows
-``cpu_mini.zh_story_code``           Chinese two-event story -> three-line program (zh+math+code)
-``cpu_mini.zh_code_partial_mixpool`` the zh_code_partial rows over a partly relevant pool (skill.zh
-                                     and the two controls, no code LoRA)
-==================================== ============================================================
+============================= ===================================================================
+``cpu_mini.zh_code_gap``      zh_code, no 七/八/九 in training rows, one in every eval row
+``cpu_mini.zh_code_partial``  three-operand zh_code, 七/八/九 in 15% of the training rows
+``cpu_mini.zh_math_partial``  zh_math, 七/八/九 in 15% of the training rows
+``cpu_mini.zh_code_chain``    Chinese two-event story -> three-line program (zh + math + code)
+``cpu_mini.zh_code_partpool`` the zh_code_partial rows over a partly relevant pool (skill.zh and
+                              the two controls, no code LoRA)
+============================= ===================================================================
 
 Every split comes in three key-disjoint parts: ``train``, ``val`` (tuning) and ``eval``.
 
@@ -56,7 +56,7 @@ DATA_SEED = 0
 """[D] Seed of the row draws behind ``train_examples`` / ``eval_examples``."""
 STOP = ("<|im_end|>", "\n\n")
 _INT = re.compile(r"-?\d+")
-MIXPOOL = "zh_code_partial_mixpool"
+PARTPOOL = "zh_code_partpool"
 """[D] The ``zh_code_partial`` rows under their own name, so the suite can pair them with a partly
 relevant pool (:data:`SUITE`)."""
 
@@ -261,8 +261,8 @@ def _tasks() -> dict[str, CpuMiniTask]:
         )
         tasks[task.name] = task
     story = CpuMiniTask(
-        "zh_story_code",
-        g.composite_zh_story_code,
+        "zh_code_chain",
+        g.composite_zh_code_chain,
         "program",
         "composite three-skill chain: Chinese two-event story -> a three-line program "
         "(zh numerals + math story wording + code), execution accuracy",
@@ -270,8 +270,8 @@ def _tasks() -> dict[str, CpuMiniTask]:
     )
     tasks[story.name] = story
     mixed = tasks[PREFIX + "zh_code_partial"]
-    tasks[PREFIX + MIXPOOL] = CpuMiniTask(
-        MIXPOOL,
+    tasks[PREFIX + PARTPOOL] = CpuMiniTask(
+        PARTPOOL,
         mixed.gen,
         mixed.kind,
         f"{mixed.description}; routed over a partly relevant pool (skill.zh + two irrelevant "
@@ -354,13 +354,13 @@ SUITE: dict[str, Composition] = {
             "training rows",
         ),
         Composition(
-            PREFIX + "zh_story_code",
+            PREFIX + "zh_code_chain",
             (PREFIX + "skill.zh", PREFIX + "skill.math", PREFIX + "skill.code"),
             CONTROL_SKILLS,
             "a chain of the three: Chinese math story (MGSM-zh) answered by a program (PAL)",
         ),
         Composition(
-            PREFIX + MIXPOOL,
+            PREFIX + PARTPOOL,
             (PREFIX + "skill.zh", *CONTROL_SKILLS),
             CONTROL_SKILLS,
             "Chinese code, partial skill gap, with a partly relevant pool: the Chinese LoRA and "
