@@ -35,6 +35,9 @@ def _write_run(root: Path, rounds: int = 4, truncated_tail: bool = False) -> Pat
             "bytes_up": 1000,
             "bytes_down": 2000,
             "wall_s": 1.5,
+            "payload_up": 900,
+            "energy_kwh_clients": 1e-6,
+            "eval_n": 20,
             "quotas": quotas,
             "usage": usage,
         }
@@ -69,7 +72,8 @@ def test_report_writes_markdown_and_three_pngs(tmp_path: Path) -> None:
     assert "The total budget is 24 in every round." in md
     assert "| 4 | 6 | 24 | 1 | 7 | 2 |" in md  # round 4: min 1, max 7, two matrices moved
     assert "zh_lora" in md and "math_lora" in md
-    assert "eval_accuracy" in md and "truncated" in md
+    assert "| round | train loss | MB up | MB down | wall s | accuracy |" in md
+    assert "truncated" in md
     assert "![quotas](quotas.png)" in md
     assert not list(run.glob(".*tmp"))  # atomic writes leave no temp files
 
@@ -149,3 +153,19 @@ def test_cli_report_success_and_error(tmp_path: Path, capsys: pytest.CaptureFixt
     assert exit_info.value.code == 2
     err = capsys.readouterr().err
     assert err.startswith("smartfed: error: run directory") and err.count("\n") == 1
+
+
+def test_summary_table_has_no_dicts_and_metrics_are_only_task_metrics(tmp_path: Path) -> None:
+    run = _write_run(tmp_path / "run")
+    quotas = dict.fromkeys(_matrices(), 4)
+    summary = {"rounds": 4, "final_quotas": quotas, "dp": None, "final_eval_accuracy": 0.4}
+    summary["phases"] = {"train_s": 1.0, "eval_s": 2.0}
+    (run / "summary.json").write_text(json.dumps(summary))
+    record = load_run(run)
+    assert record.eval_keys() == ["eval_accuracy"]  # not payload_up, energy or eval_n
+    assert record.final_metrics() == {"eval_accuracy": 0.4}
+    md = write_report(run).markdown.read_text(encoding="utf-8")
+    summary_part = md.split("## Rounds")[0]
+    assert "{" not in summary_part
+    assert "| final_quotas | 6 matrices, K_m min 4 / median 4 / max 4, total 24;" in summary_part
+    assert "| phases | train_s 1, eval_s 2 |" in summary_part

@@ -46,11 +46,46 @@ def _table(header: list[str], rows: list[list[Any]]) -> list[str]:
     return lines
 
 
+ROUND_COLUMNS = {
+    "train_loss": "train loss",
+    "eval_loss": "held-out loss",
+    "bytes_up": "MB up",
+    "bytes_down": "MB down",
+    "wall_s": "wall s",
+}
+
+
 def _round_table(record: RunRecord) -> list[str]:
-    cols = ["train_loss", "bytes_up", "bytes_down", "wall_s", *record.eval_keys()]
-    cols = [c for c in cols if record.series(c)[0]]
-    rows = [[row["round"], *[row.get(c, "") for c in cols]] for row in record.rows]
-    return _table(["round", *cols], rows)
+    cols = [c for c in [*ROUND_COLUMNS, *record.eval_keys()] if record.series(c)[0]]
+    header = [ROUND_COLUMNS.get(c, c.removeprefix("eval_")) for c in cols]
+    rows = [[row["round"], *[_cell(c, row.get(c, "")) for c in cols]] for row in record.rows]
+    return _table(["round", *header], rows)
+
+
+def _cell(key: str, value: Any) -> Any:
+    if key.startswith("bytes_") and isinstance(value, int | float):
+        return f"{value / 1e6:.3f}"
+    return value
+
+
+def _summary_rows(summary: dict[str, Any]) -> list[list[Any]]:
+    """Scalar entries as they are; quotas as one line; other nested values by their size."""
+    from smartfed.quota.allocate import describe_quotas
+
+    rows: list[list[Any]] = []
+    for key, value in sorted(summary.items()):
+        if key == "final_quotas" and isinstance(value, dict):
+            rows.append([key, describe_quotas(value)])
+        elif isinstance(value, dict):
+            inner = ", ".join(
+                f"{k} {_fmt(v)}" for k, v in value.items() if not isinstance(v, dict | list)
+            )
+            rows.append([key, inner or f"{len(value)} entries (summary.json)"])
+        elif isinstance(value, list):
+            rows.append([key, f"{len(value)} entries (summary.json)"])
+        elif value is not None:
+            rows.append([key, value])
+    return rows
 
 
 def _quota_section(record: RunRecord) -> list[str]:
@@ -95,7 +130,7 @@ def render_markdown(record: RunRecord, images: list[Path]) -> str:
     lines = [f"# SmartFed run report: `{record.run_dir.name}`", ""]
     if record.summary:
         lines += ["## Summary", ""]
-        lines += _table(["key", "value"], [[k, v] for k, v in sorted(record.summary.items())])
+        lines += _table(["key", "value"], _summary_rows(record.summary))
     else:
         lines += ["_No summary.json: the run has not finished._"]
     if record.skipped_last_line:

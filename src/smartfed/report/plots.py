@@ -32,25 +32,40 @@ def _save(fig: Any, path: Path) -> Path:
 
 
 def plot_metrics(record: RunRecord, path: Path) -> Path | None:
-    """Plot train loss and every evaluation metric against the round; ``None`` if neither exists."""
-    loss = record.series("train_loss")
+    """Loss (train, held-out), task accuracy and MB sent per round; ``None`` without any of them.
+
+    One panel per quantity so no axis mixes units (accuracy in [0, 1], losses, megabytes).
+    """
+    losses = {k: record.series(k) for k in ("train_loss", "eval_loss")}
+    losses = {k: v for k, v in losses.items() if v[0]}
     evals = {k: record.series(k) for k in record.eval_keys()}
     evals = {k: v for k, v in evals.items() if v[0]}
-    if not loss[0] and not evals:
+    sent = [
+        (int(r["round"]), (r.get("bytes_up", 0) + r.get("bytes_down", 0)) / 1e6)
+        for r in record.rows
+        if isinstance(r.get("bytes_up"), int | float)
+    ]
+    panels = [p for p in (losses, evals, sent) if p]
+    if not losses and not evals:
         return None
-    panels = int(bool(loss[0])) + int(bool(evals))
-    fig = _figure(5.0 * panels, 3.6)
-    axes = fig.subplots(1, panels, squeeze=False)[0]
-    if loss[0]:
-        ax = axes[0]
-        ax.plot(*loss, marker="o")
-        ax.set(title="train loss", xlabel="round", ylabel="loss")
-    if evals:
-        ax = axes[-1]
-        for key, (xs, ys) in evals.items():
-            ax.plot(xs, ys, marker="o", label=key)
-        ax.set(title="evaluation", xlabel="round")
+    fig = _figure(4.6 * len(panels), 3.6)
+    axes = list(fig.subplots(1, len(panels), squeeze=False)[0])
+    if losses:
+        ax = axes.pop(0)
+        for key, (xs, ys) in losses.items():
+            ax.plot(xs, ys, marker="o", label={"train_loss": "train", "eval_loss": "held-out"}[key])
+        ax.set(title="loss", xlabel="round", ylabel="loss (response tokens)")
         ax.legend(fontsize="small")
+    if evals:
+        ax = axes.pop(0)
+        for key, (xs, ys) in evals.items():
+            ax.plot(xs, ys, marker="o", label=key.removeprefix("eval_"))
+        ax.set(title="task accuracy", xlabel="round", ylabel="accuracy", ylim=(-0.02, 1.02))
+        ax.legend(fontsize="small")
+    if sent:
+        ax = axes.pop(0)
+        ax.bar([x for x, _ in sent], [y for _, y in sent])
+        ax.set(title="communication", xlabel="round", ylabel="MB sent (up + down)")
     return _save(fig, path)
 
 

@@ -1,6 +1,6 @@
 """Read a run directory (metrics.jsonl, summary.json, config.json) for `smartfed report`.
 
-Layout: docs/ARCHITECTURE.md "Run directory" and SPEC.md §2.3.
+Layout: docs/ARCHITECTURE.md "Run directory".
 """
 
 from __future__ import annotations
@@ -28,6 +28,8 @@ BOOKKEEPING = {
     "quotas",
     "usage",
 }
+# ``eval_*`` keys that are not task metrics (the held-out loss has its own plot, counts are counts).
+NOT_METRICS = {"eval_loss", "eval_n", "eval_task"}
 _MATRIX = re.compile(r"(?:^|\.)layers\.(\d+)\.(?:.*\.)?([^.]+)$")
 
 
@@ -65,9 +67,24 @@ class RunRecord:
         return xs, ys
 
     def eval_keys(self) -> list[str]:
-        """Numeric per-round keys that are evaluation metrics (everything not bookkeeping)."""
-        keys = {k for row in self.rows for k, v in row.items() if _is_number(v)}
+        """Per-round task metrics: numeric ``eval_*`` keys except the held-out loss and counts
+        (e.g. ``eval_execution_accuracy``; bytes, energy and timings are not metrics)."""
+        keys = {
+            k
+            for row in self.rows
+            for k, v in row.items()
+            if _is_number(v) and k.startswith("eval_") and k not in NOT_METRICS
+        }
         return sorted(keys - BOOKKEEPING)
+
+    def final_metrics(self) -> dict[str, float]:
+        """The last measured value of every task metric (``eval_execution_accuracy`` -> 0.9)."""
+        out: dict[str, float] = {}
+        for key in self.eval_keys():
+            _, ys = self.series(key)
+            if ys:
+                out[key] = ys[-1]
+        return out
 
 
 def _is_number(value: Any) -> bool:
