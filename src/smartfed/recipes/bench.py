@@ -21,217 +21,32 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from smartfed.config import ModelConfig, RunConfig, Scalar
-from smartfed.data.tasks.cpu_mini import DATA_FRACTION_VARIANT
 from smartfed.errors import ConfigError, SmartFedError
 from smartfed.log import get_logger
+from smartfed.recipes.bench_presets import (  # noqa: F401 - re-exported: the bench's grid
+    ALL_ROUTED,
+    COMMON,
+    LR_GRID,
+    METHOD_LR,
+    PRESETS,
+    PRIMARY,
+    ROUTER_METHODS,
+    TRAINABLE,
+    V2,
+    V2_TASKS,
+    VARIANTS,
+    Cell,
+    Preset,
+    get_preset,
+    v2_tasks,
+)
 
 log = get_logger(__name__)
-
-VARIANTS: dict[str, dict[str, Scalar]] = {
-    "main": {},
-    "irrelevant": {},
-    "random": {},
-    "data10": {"data_fraction": DATA_FRACTION_VARIANT},
-    "eeqa_warmup3": {"eeqa_warmup_rounds": 3},
-    "topk_all": {"topk_experts": 16},
-    "scale_rank": {"output_scale_mode": "rank", "renormalize_topk": False},
-    "router_init0": {"router_init_std": 0.0},
-    "wire_bf16": {"wire_dtype": "bfloat16"},
-    "wire_int8": {"wire_dtype": "int8"},
-    "router_proj64": {"router_proj_dim": 64},
-}
-"""[D] Variant -> run-config overrides. ``irrelevant`` / ``random`` change the pool instead
-(:func:`pool_sources`); ``data10`` is the paper's 10%-data setting [P]; the others are the
-attempts at closing SmartFed's gap that the paper leaves open (EEQA schedule, no sparsity = all
-M = 16 experts, the mixture scale, router initialisation) and the cheaper router transfers (bf16 /
-int8 on the wire, a router on a fixed 64-dim projection of x), run with the ``tuning`` preset."""
-ROUTER_METHODS = ("smartfed", "smartfed_no_eeqa", "mole")
-
-COMMON: dict[str, Scalar] = {
-    "num_clients": 8,
-    "sample_clients": 2,
-    "num_rounds": 8,
-    "local_steps": 5,
-    "batch_size": 8,
-    "topk_experts": 8,
-    "heldout_examples": 64,
-    "eval_every": 4,
-    "eval_limit": 50,
-    "max_new_tokens": 40,
-    "eval_batch_size": 25,
-    "max_seq_len": 128,
-    "partitioner": "iid",
-}
-"""[D] The CPU-scale protocol: the paper's shape (2 sampled clients, FedAvg, local AdamW steps,
-K of M experts) at a size 2 cores finish (paper: 20 clients, 20 rounds, 10 steps, batch 16)."""
-
-METHOD_LR: dict[str, float] = {
-    "smartfed": 5e-3,
-    "smartfed_no_eeqa": 5e-3,
-    "mole": 5e-3,
-    "fedit": 2e-3,
-    "ffa_lora": 2e-3,
-    "merge_fedit": 2e-3,
-    "pool_fedit": 2e-3,
-    "merge": 2e-3,
-}
-"""[D] Learning rate per method family: routers 5e-3, LoRAs 2e-3 (the rates that learned in
-cpu-scale-findings.md: a router at 1e-3 lagged far behind 5e-3 at 60 steps); merge and lorahub
-train nothing (lorahub's search has its own step size). The paper uses 5e-4 for all at 7B."""
-
-
-@dataclass(frozen=True)
-class Cell:
-    """Methods run on one task in one variant, for seeds ``0 .. seeds-1``."""
-
-    task: str
-    variant: str
-    methods: tuple[str, ...]
-    seeds: int
-
-
-@dataclass(frozen=True)
-class Preset:
-    """A named bench grid: cells plus run-config overrides shared by every run.
-
-    Attributes:
-        cells: the grid's cells.
-        overrides: run-config keys shared by every run of the preset.
-        lr_grid: learning-rate multipliers swept on seed 0 for every method in ``tuned`` [D];
-            empty = each method runs at its :data:`METHOD_LR` rate.
-        tuned: the methods that get the sweep (the trainable ones).
-        pool_seeds: the skill-LoRA pool of run seed ``k`` is trained with seed
-            ``pool_seeds[k % len(pool_seeds)]``.
-    """
-
-    cells: tuple[Cell, ...]
-    overrides: dict[str, Scalar] = field(default_factory=dict)
-    lr_grid: tuple[float, ...] = ()
-    tuned: tuple[str, ...] = ()
-    pool_seeds: tuple[int, ...] = (0,)
-
-    def pool_seed(self, seed: int) -> int:
-        """The pool seed of run seed ``seed``."""
-        return self.pool_seeds[seed % len(self.pool_seeds)]
-
-    def sweeps(self, method: str) -> bool:
-        """Whether ``method`` gets the learning-rate sweep."""
-        return bool(self.lr_grid) and method in self.tuned
-
-    @property
-    def tasks(self) -> tuple[str, ...]:
-        """The preset's tasks in order (the first is its primary task)."""
-        return tuple(dict.fromkeys(c.task for c in self.cells))
-
-
-ALL_ROUTED = ("smartfed", "smartfed_no_eeqa", "fedit", "pool_fedit", "merge", "lorahub", "mole")
-PRIMARY = "cpu_mini.zh_code_gap"
-TRAINABLE = ("smartfed", "smartfed_no_eeqa", "fedit", "pool_fedit", "mole")
-"""The methods whose learning rate is swept (merge trains nothing, lorahub searches)."""
-LR_GRID = (1 / 3, 1.0, 3.0)
-"""[D] Learning-rate multipliers of the v2 sweep, the same for every method, around each family's
-:data:`METHOD_LR` rate (routers 1.7e-3 / 5e-3 / 1.5e-2, LoRAs 6.7e-4 / 2e-3 / 6e-3)."""
-V2_TASKS = (
-    "cpu_mini.zh_code_partial",
-    "cpu_mini.zh_code_chain",
-    "cpu_mini.zh_code_partpool",
-    PRIMARY,
-)
-"""[D] The v2 tasks: the partial skill gap (its primary task), a harder chain, a partly relevant
-pool, and the full skill gap ``zh_code_gap`` kept as one labelled task. Names not in the suite
-(yet) are left out (:func:`v2_tasks`)."""
-V2: dict[str, Scalar] = {
-    "num_rounds": 10,
-    "local_steps": 5,
-    "eval_every": 0,
-    "eval_limit": 200,
-    "tf_eval_every": 1,
-    "val_examples": 200,
-    "heldout_examples": 64,
-}
-"""[D] The v2 protocol on top of :data:`COMMON`: teacher-forced accuracy and eval-distribution
-loss every round on 200 eval rows, greedy generation (the task metric) after the last round only,
-the sweep's score on 200 val rows after the last round."""
-
-
-def v2_tasks() -> tuple[str, ...]:
-    """The :data:`V2_TASKS` that exist in the cpu-mini suite, in order."""
-    from smartfed.data.tasks.cpu_mini import SUITE
-
-    return tuple(t for t in V2_TASKS if t in SUITE) or (PRIMARY,)
-
-
-def _v2_preset() -> Preset:
-    return Preset(
-        cells=tuple(Cell(t, "main", (*TRAINABLE, "merge"), 3) for t in v2_tasks()),
-        overrides=V2,
-        lr_grid=LR_GRID,
-        tuned=TRAINABLE,
-        pool_seeds=(1, 0),
-    )
-
-
-PRESETS: dict[str, Preset] = {
-    "quick": Preset(
-        cells=(
-            Cell(PRIMARY, "main", ALL_ROUTED, 3),
-            Cell(PRIMARY, "irrelevant", ("smartfed",), 2),
-            Cell(PRIMARY, "random", ("smartfed",), 2),
-            Cell(PRIMARY, "data10", ("smartfed", "fedit"), 2),
-            Cell("cpu_mini.hard_math", "main", ("smartfed", "fedit", "pool_fedit"), 2),
-        ),
-    ),
-    "demo": Preset(
-        cells=(Cell(PRIMARY, "main", ("smartfed", "fedit", "merge"), 1),),
-        overrides={"num_rounds": 4, "eval_every": 0, "eval_limit": 25},
-    ),
-    "tuning": Preset(
-        cells=(
-            *(
-                Cell(PRIMARY, v, ("smartfed",), 2)
-                for v in ("wire_bf16", "wire_int8", "router_proj64")
-            ),
-            *(
-                Cell(PRIMARY, v, ("smartfed",), 1)
-                for v in ("eeqa_warmup3", "topk_all", "scale_rank", "router_init0")
-            ),
-        ),
-    ),
-    "full": Preset(
-        cells=tuple(
-            Cell(task, variant, methods, 3)
-            for task in (PRIMARY, "cpu_mini.zh_code", "cpu_mini.zh_math_gap", "cpu_mini.hard_math")
-            for variant, methods in (
-                ("main", (*ALL_ROUTED, "ffa_lora", "merge_fedit")),
-                ("irrelevant", ROUTER_METHODS),
-                ("random", ("smartfed",)),
-                ("data10", ("smartfed", "fedit")),
-            )
-        ),
-        overrides={"num_rounds": 20, "eval_limit": 100},
-    ),
-    "v2": _v2_preset(),
-}
-"""[D] ``quick``: the committed ``benchmarks/results/cpu-mini.json``; ``demo``: ``make demo``;
-``tuning``: SmartFed variants on the primary task; ``full``: every method, task and control with
-the paper's 20 rounds (hours on 2 cores); ``v2``: the tuned comparison (equal learning-rate sweep
-on a validation split, accuracy every round, 3 seeds on 2 pools; docs/cpu-mini.md)."""
-
-
-def get_preset(name: str) -> Preset:
-    """Return a preset by name.
-
-    Raises:
-        ConfigError: unknown name (lists the presets).
-    """
-    if name not in PRESETS:
-        raise ConfigError(f"--preset {name!r} is unknown; choose one of {', '.join(PRESETS)}")
-    return PRESETS[name]
 
 
 @dataclass(frozen=True)
