@@ -21,7 +21,9 @@ IDS = torch.tensor([[1, 5, 9, 20, 33, 41, 7, 2], [3, 3, 8, 60, 12, 4, 5, 6]])
 
 
 def _base(model_dir: Path):  # type: ignore[no-untyped-def]
-    return load_base_model(ModelConfig(model_name_or_path=str(model_dir), dtype="float32"))[0]
+    return load_base_model(
+        ModelConfig(model_name_or_path=str(model_dir), dtype="float32", device="cpu")
+    )[0]
 
 
 def _prepared(name: str, model_dir: Path, pool_dirs: list[Path]):  # type: ignore[no-untyped-def]
@@ -151,15 +153,20 @@ def test_lorahub_weights_are_exact_and_the_search_is_seeded(
     )
 
 
-def test_mole_routes_whole_loras(tiny_model_dir: Path, tiny_pool: list[Path]) -> None:
+def test_mole_gates_whole_loras_and_starts_at_the_mean_merge(
+    tiny_model_dir: Path, tiny_pool: list[Path]
+) -> None:
     from smartfed.model.state import more_layers
 
     model, method = _prepared("mole", tiny_model_dir, tiny_pool)
     state = method.trainable_state(model)
     v = "model.layers.0.self_attn.v_proj"
-    assert state[v + ".router.weight"].shape == (3, 64)  # all three LoRAs target v_proj
-    assert state["model.layers.0.self_attn.k_proj.router.weight"].shape == (1, 64)
+    assert state[v + ".router.weight"].shape == (3, 3 * 32)  # 3 LoRAs, gate on their outputs
+    assert "model.layers.0.self_attn.k_proj.router.weight" not in state  # one LoRA: gate 1
     layer = more_layers(model)[v]
+    with torch.no_grad():
+        state[v + ".router.weight"].normal_()
+    method.load_trainable_state(model, state)
     routing = layer.route(torch.randn(5, 64))
     gates = routing.weights[0]
     groups = layer.bank.adapter_index
@@ -167,7 +174,7 @@ def test_mole_routes_whole_loras(tiny_model_dir: Path, tiny_pool: list[Path]) ->
         assert torch.allclose(
             gates[groups == g], gates[groups == g][0].expand(int((groups == g).sum()))
         )
-    # zero router = uniform gates over the LoRAs of each matrix, c = 1: the per-matrix mean merge
+    # zero gates = uniform over the LoRAs of each matrix, c = 1: the per-matrix mean merge
     method.load_trainable_state(model, {k: torch.zeros_like(t) for k, t in state.items()})
     torch.testing.assert_close(
         _logits(model), _peft_reference(tiny_model_dir, tiny_pool), atol=2e-5, rtol=1e-4

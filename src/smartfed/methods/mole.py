@@ -63,7 +63,8 @@ class MoLEGate(nn.Module):
         temperature: initial ``tau`` (> 0).
 
     Attributes:
-        weight: ``e``, shape ``(N, N * d_out)``, float32, zero at init (only when ``N >= 2``).
+        weight: ``e``, shape ``(N, N * d_out)``, float32, zero at init (``N = 1``: an unused zero
+            buffer, never trained or sent).
         log_temperature: ``log tau``, shape ``(1,)`` (only when ``N >= 2``).
         pool_index: pool position of each of the ``N`` LoRAs, ``(N,)``.
         groups: LoRA (``0..N-1``) of each expert, ``(M,)``.
@@ -82,6 +83,8 @@ class MoLEGate(nn.Module):
         if n > 1:
             self.weight = nn.Parameter(torch.zeros(n, n * bank.d_out))
             self.log_temperature = nn.Parameter(torch.tensor([math.log(temperature)]))
+        else:  # constant gate 1; a zero buffer for code that reads every router's ``weight``
+            self.register_buffer("weight", torch.zeros(1, bank.d_out), persistent=False)
         device = bank.A.device
         self.register_buffer("pool_index", pool_index.to(device), persistent=False)
         self.register_buffer("groups", groups.long().to(device), persistent=False)
@@ -165,7 +168,8 @@ def balancing_loss(model: nn.Module, attention_mask: torch.Tensor) -> torch.Tens
 
     ``q_n``: mean gate of pool LoRA ``n`` over the real tokens (``attention_mask``, ``(batch,
     seq)``) and over every gate with ``N >= 2`` that contains ``n`` [D]; masked LoRAs are left out.
-    The minimum, with every ``q_n`` equal, is ``N log N`` for a homogeneous pool of ``N`` LoRAs.
+    When every gate holds the same ``N`` LoRAs the minimum is ``N log N`` (every ``q_n = 1/N``);
+    in a heterogeneous pool the balance point is not "uniform in every gate".
 
     Returns:
         A float32 scalar with gradient (0 when no gate recorded probabilities).
