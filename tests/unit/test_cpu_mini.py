@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import pytest
 
 from smartfed.data.tasks import get_task
@@ -211,3 +214,41 @@ def test_new_composites_canonical_outputs() -> None:
         assert partial.score("x = 0\n" + ex.response, ex)
     one = TASKS["cpu_mini.zh_code_partial"].eval_examples()[0]
     assert story.score(one.response, story.eval_examples()[0]) is False
+
+
+def test_cpu_mini_pool_entries_parse_or_fail_with_the_fix() -> None:
+    from smartfed.errors import ConfigError
+    from smartfed.recipes.pool_train import parse_cpu_mini_source
+
+    assert parse_cpu_mini_source("cpu-mini:skill.zh@1") == ("cpu_mini.skill.zh", 1)
+    assert parse_cpu_mini_source("cpu-mini:cpu_mini.skill.code") == ("cpu_mini.skill.code", 0)
+    assert parse_cpu_mini_source("lora/zh") is None
+    with pytest.raises(ConfigError, match="unknown cpu-mini skill 'skill.cantonese'"):
+        parse_cpu_mini_source("cpu-mini:skill.cantonese@1")
+    with pytest.raises(ConfigError, match="pool seed after '@'"):
+        parse_cpu_mini_source("cpu-mini:skill.zh@one")
+
+
+def test_train_config_pool_entries_pick_the_pool_seed(tiny_model_dir: Path, tmp_path: Path) -> None:
+    from smartfed.config import RunConfig
+    from smartfed.recipes.pool_train import ensure_cpu_mini_pool
+    from smartfed.recipes.train import with_cpu_mini_pool
+
+    cfg = RunConfig.from_flat(
+        {
+            "model_name_or_path": str(tiny_model_dir),
+            "dtype": "float32",
+            "cache_dir": str(tmp_path),
+            "lora_pool": "cpu-mini:skill.sort@1,some/other_dir",
+            "task": "cpu_mini.zh_code_partpool",
+            "output_dir": str(tmp_path / "run"),
+        }
+    )
+    expanded = with_cpu_mini_pool(cfg)
+    built = ensure_cpu_mini_pool(
+        cfg.model, cache_dir=tmp_path, skills=["cpu_mini.skill.sort"], seed=1, progress=False
+    )["cpu_mini.skill.sort"]
+    assert expanded.pool.sources == (str(built), "some/other_dir")
+    assert (built / "adapter_model.safetensors").is_file()
+    assert json.loads((built / "training_record.json").read_text())["recipe"]["seed"] == 1
+    assert with_cpu_mini_pool(expanded) == expanded  # plain dirs stay as they are

@@ -4,6 +4,11 @@
 dir of every cpu-mini skill LoRA, training the missing ones under
 ``<cache>/pools/cpu-mini/<skill>-<hash>`` where the hash covers the base model, dtype, the recipe,
 the seed and the data-generator version.
+
+``smartfed train`` accepts the same LoRAs as pool entries ``cpu-mini:<skill>[@<pool seed>]``
+(``--lora_pool cpu-mini:skill.zh@1,cpu-mini:skill.code@1``): :func:`expand_cpu_mini_sources`
+replaces each by its cached adapter dir (building it first if needed), so the pool seed is a
+choice of the run, independent of the run's own ``seed``.
 """
 
 from __future__ import annotations
@@ -119,6 +124,60 @@ def ensure_cpu_mini_pool(
             log.info("building skill LoRA %s -> %s", skill, path)
             train_skill_lora(model_cfg, recipe, path, resume=True, progress=progress)
         out[skill] = path
+    return out
+
+
+SOURCE_PREFIX = "cpu-mini:"
+"""Pool entries ``cpu-mini:<skill>[@<pool seed>]`` name a cpu-mini skill LoRA (pool seed 0 if
+omitted), e.g. ``cpu-mini:skill.zh@1``."""
+
+
+def parse_cpu_mini_source(source: str) -> tuple[str, int] | None:
+    """Return ``(skill task name, pool seed)`` of a ``cpu-mini:`` pool entry, None for others.
+
+    Raises:
+        ConfigError: a ``cpu-mini:`` entry with an unknown skill or a seed that is not an integer.
+    """
+    if not source.startswith(SOURCE_PREFIX):
+        return None
+    body = source.removeprefix(SOURCE_PREFIX)
+    skill, _, seed = body.partition("@")
+    name = "cpu_mini." + skill.removeprefix("cpu_mini.")
+    if name not in SKILL_STEPS:
+        short = ", ".join(s.removeprefix("cpu_mini.") for s in SKILL_STEPS)
+        raise ConfigError(
+            f"--lora_pool entry {source!r}: unknown cpu-mini skill {skill!r}; choose one of {short}"
+        )
+    if seed and not seed.isdigit():
+        raise ConfigError(
+            f"--lora_pool entry {source!r}: the pool seed after '@' must be a non-negative "
+            "integer, e.g. cpu-mini:skill.zh@1"
+        )
+    return name, int(seed or 0)
+
+
+def expand_cpu_mini_sources(
+    sources: Sequence[str], model_cfg: ModelConfig, progress: bool = False
+) -> list[str]:
+    """Replace every ``cpu-mini:<skill>[@<seed>]`` entry by its adapter dir; keep the others.
+
+    The LoRA is the one :func:`ensure_cpu_mini_pool` caches for ``model_cfg`` (its model, dtype
+    and ``cache_dir``) and that pool seed; a missing one is trained first (minutes on a CPU).
+
+    Raises:
+        ConfigError: a malformed ``cpu-mini:`` entry.
+    """
+    out: list[str] = []
+    for source in sources:
+        parsed = parse_cpu_mini_source(source)
+        if parsed is None:
+            out.append(source)
+            continue
+        skill, seed = parsed
+        dirs = ensure_cpu_mini_pool(
+            model_cfg, cache_dir=model_cfg.cache_dir, skills=[skill], seed=seed, progress=progress
+        )
+        out.append(str(dirs[skill]))
     return out
 
 

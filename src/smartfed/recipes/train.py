@@ -59,6 +59,7 @@ def run_train(cfg: RunConfig, client_mods: Sequence[Callable[..., Any]] = ()) ->
         SmartFedError: bad input, or a job that stopped early (resume with ``--resume``).
     """
     os.environ.update(FLOWER_ENV)
+    cfg = with_cpu_mini_pool(cfg)
     app_cfg = prepare_run(cfg)
     if cfg.fed.engine == "deployment":
         from smartfed.recipes.deploy_local import run_deployment
@@ -69,6 +70,23 @@ def run_train(cfg: RunConfig, client_mods: Sequence[Callable[..., Any]] = ()) ->
 
         simulate(app_cfg, client_mods)
     return read_summary(cfg)
+
+
+def with_cpu_mini_pool(cfg: RunConfig) -> RunConfig:
+    """``cfg`` with its ``cpu-mini:<skill>[@<pool seed>]`` pool entries replaced by adapter dirs.
+
+    The LoRAs are built first if not cached (``smartfed.recipes.pool_train``); other entries and a
+    config without such entries are returned as they are.
+
+    Raises:
+        ConfigError: a malformed ``cpu-mini:`` entry.
+    """
+    from smartfed.recipes.pool_train import SOURCE_PREFIX, expand_cpu_mini_sources
+
+    if not any(s.startswith(SOURCE_PREFIX) for s in cfg.pool.sources):
+        return cfg
+    sources = expand_cpu_mini_sources(cfg.pool.sources, cfg.model)
+    return dataclasses.replace(cfg, pool=dataclasses.replace(cfg.pool, lora_pool=",".join(sources)))
 
 
 def read_summary(cfg: RunConfig) -> dict[str, Any]:
