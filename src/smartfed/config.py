@@ -83,7 +83,9 @@ class PoolConfig:
     """Which LoRA modules form the expert pool."""
 
     lora_pool: str = ""
-    """Comma-separated registered names or PEFT adapter dirs / hub ids (SPEC.md §2.2)."""
+    """Comma-separated registered names or PEFT adapter dirs / hub ids (SPEC.md §2.2).
+    ``smartfed train`` also takes ``cpu-mini:<skill>[@<pool seed>]`` (e.g. ``cpu-mini:skill.zh@1``):
+    that cpu-mini skill LoRA, trained with that seed and cached (docs/cpu-mini.md)."""
     registry: str = ""
     """Pool registry JSON; empty = ``$SMARTFED_CACHE/registry.json``."""
 
