@@ -25,7 +25,7 @@ from smartfed.errors import ConfigError
 
 Scalar = bool | int | float | str
 DTYPES = ("bfloat16", "float32", "float16")
-OUTPUT_SCALE_MODES = ("rank", "topk", "constant")
+OUTPUT_SCALE_MODES = ("rank", "topk", "quota", "constant")
 PARTITIONERS = ("iid", "dirichlet")
 ENGINES = ("simulation", "deployment")
 WIRE_DTYPES = ("float32", "bfloat16", "int8")
@@ -101,9 +101,12 @@ class RouterConfig:
 
     topk_experts: int = 32
     """Experts applied per token per matrix (K) [P: 32]."""
-    output_scale_mode: Literal["rank", "topk", "constant"] = "topk"
+    output_scale_mode: Literal["rank", "topk", "quota", "constant"] = "topk"
     """[D] Mixture scale c in ``W0 x + c * sum_topK g_i E_i(x)``: ``rank`` = mean rank of the source
-    LoRAs on that matrix, ``topk`` = K_m, ``constant`` = ``output_scale``. Default ``topk`` with
+    LoRAs on that matrix, ``topk`` = the uniform K of the matrix, ``min(topk_experts, M_m)``, kept
+    fixed when EEQA moves K_m (so moving budget does not rescale a layer), ``quota`` = the current
+    K_m (EEQA's budget also moves the gain; for ablations), ``constant`` = ``output_scale``.
+    Default ``topk`` with
     ``renormalize_topk`` (each kept expert at about its LoRA's full strength), measured in
     benchmarks/results/output_scale.json (+ ``_router_seed1``): routers only over two r=8 skill
     LoRAs on SmolLM2-135M, 25 steps, held-out composite loss 0.80 / 0.81 (topk + renorm) vs
@@ -117,7 +120,10 @@ class RouterConfig:
     router_init_std: float = 0.01
     """[D] Normal init std of W_router (M x d_in)."""
     load_balance_coef: float = 0.0
-    """[D] Weight of an optional load-balancing loss (0 = off)."""
+    """[D] Weight of the Switch-Transformer balancing loss of the top-K routers (Fedus et al. 2021:
+    ``M * sum_i f_i P_i`` per MoRE layer, averaged over layers) added to the local loss of
+    ``smartfed`` / ``smartfed_no_eeqa``; 0 = off (the paper's setting). Refused > 0 for methods
+    without a top-K router (``mole`` has ``mole_balance_coef``)."""
     router_proj_dim: int = 0
     """[D] 0 = off: full routers ``W_router: (M x d_in)``. ``h > 0``: logits = ``W_r (P x)`` with a
     fixed random projection ``P: (h x d_in)``, entries N(0, 1/h), seeded from ``seed`` and the

@@ -82,15 +82,19 @@ def test_token_importance_auto_reference(d_in: int, d_out: int, expect_ref: str)
     z = torch.randn(n, m, generator=g, dtype=torch.bfloat16)
     b = torch.randn(d_out, m, generator=g)
     scale = torch.rand(m, generator=g) + 0.5
-    got = token_importance(x, y, z, b, scale, b.pow(2).sum(0)).double()
+    got = token_importance(x, y, z, b, scale, b.pow(2).sum(0), reference="auto").double()
     ref = x if expect_ref == "x" else y
     want = _brute(ref.float(), z.float() * scale, b)
     torch.testing.assert_close(got, want, rtol=1e-3, atol=1e-7)
+    # the default: direction of W0 x, norm of x, for every matrix
+    norm = token_importance(x, y, z, b, scale, b.pow(2).sum(0)).double()
+    r = y.float() * x.float().norm(dim=-1, keepdim=True) / y.float().norm(dim=-1, keepdim=True)
+    torch.testing.assert_close(norm, _brute(r, z.float() * scale, b), rtol=1e-3, atol=1e-7)
     out = token_importance(x, y, z, b, scale, b.pow(2).sum(0), reference="output").double()
     torch.testing.assert_close(out, _brute(y.float(), z.float() * scale, b), rtol=1e-3, atol=1e-7)
     idx = torch.rand(n, m, generator=g).topk(3, -1).indices
     sel = token_importance(x, y, z, b, scale, b.pow(2).sum(0), indices=idx).double()
-    torch.testing.assert_close(sel, got.gather(-1, idx))
+    torch.testing.assert_close(sel, norm.gather(-1, idx))
     if d_in != d_out:
         with pytest.raises(ValueError, match="d_in == d_out"):
             token_importance(x, y, z, b, scale, b.pow(2).sum(0), reference="input")
@@ -130,7 +134,7 @@ def _expected_scores(infos: list, bank: nn.Module, keep: torch.Tensor) -> list[f
             t.reshape(-1, t.shape[-1])[keep.reshape(-1)] for t in (info.x, info.base_out, info.z)
         )
         w, idx = (t.reshape(-1, t.shape[-1])[keep.reshape(-1)] for t in info.routing)
-        ref = x if x.shape[-1] == y.shape[-1] else y
+        ref = y * x.norm(dim=-1, keepdim=True) / y.norm(dim=-1, keepdim=True)  # |x| W0x/|W0x|
         d = _brute(ref, z * bank.scaling, bank.B.float())
         gate = torch.zeros_like(d).scatter(-1, idx, (w / w.sum(-1, keepdim=True)).double())
         total += (gate * d).sum(0)

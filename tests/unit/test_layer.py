@@ -85,12 +85,14 @@ def test_delta_weight_matches_apply_experts(pool) -> None:  # type: ignore[no-un
     assert layer.get_delta_weight().shape == (32, 64)
 
 
-@pytest.mark.parametrize(("mode", "want"), [("rank", 14 / 3), ("topk", 6.0), ("constant", 3.0)])
+@pytest.mark.parametrize(
+    ("mode", "want"), [("rank", 14 / 3), ("topk", 6.0), ("quota", 6.0), ("constant", 3.0)]
+)
 def test_output_scale_modes(pool, mode: str, want: float) -> None:  # type: ignore[no-untyped-def]
     layer = _layer(pool, k=6, mode=mode)
     assert layer.output_scale == pytest.approx(want)
-    layer.set_quota(2)
-    assert layer.output_scale == pytest.approx(2.0 if mode == "topk" else want)
+    layer.set_quota(2)  # only `quota` follows K_m; `topk` keeps the K the layer was built with
+    assert layer.output_scale == pytest.approx(2.0 if mode == "quota" else want)
 
 
 @pytest.mark.parametrize("k", [0, 15, -1, 2.5, True])

@@ -5,10 +5,13 @@ the input representation; the exact formula is not public. Our formula [D] (reas
 docs/method.md, "EEQA importance"):
 
 * Per token and expert, the *perturbation* ``d_i = 1 - cos(r, r + E_i(x))`` with
-  ``E_i(x) = s_i z_i B[:, i]`` (``z = A x``) and the reference ``r`` = the input ``x`` where
-  ``d_out == d_in`` and the frozen output ``W0 x`` otherwise (GQA k/v, MLP). ``cos(r, r + e)`` is
-  a function of the paper's ``cos(e, r)`` and of ``|e| / |r|``, so ``d_i`` is 0 for an expert that
-  adds nothing and grows as it turns the representation away from ``r``.
+  ``E_i(x) = s_i z_i B[:, i]`` (``z = A x``) and one reference for every matrix [D]:
+  ``r = |x| * W0 x / |W0 x|``, the direction of the frozen output with the norm of the input.
+  ``cos(r, r + e)`` is a function of the paper's ``cos(e, r)`` and of ``|e| / |r| = |e| / |x|``,
+  so ``d_i`` is 0 for an expert that adds nothing and grows as it turns the representation away
+  from ``r``. The score does not change when a matrix's input or its base weight is rescaled, so
+  square (q) and GQA/MLP matrices are compared on one scale (the former references, ``x`` for
+  square matrices and ``W0 x`` otherwise, made a score follow ``(|W0 x| / |x|)^2``).
 * Only the top-K experts the router selected count, each with its gate renormalised over the
   selected set (a token spreads one unit of weight), so a matrix's score does not grow with its own
   K_m (no rich-get-richer loop between rounds).
@@ -32,8 +35,8 @@ from smartfed.model.state import more_layers
 from smartfed.routing.layer import MoREForwardInfo, MoRELinear
 
 _EPS = 1e-12
-Reference = Literal["auto", "input", "output"]
-REFERENCES = ("auto", "input", "output")
+Reference = Literal["normalized", "auto", "input", "output"]
+REFERENCES = ("normalized", "auto", "input", "output")
 
 
 def expert_perturbation(
@@ -99,7 +102,7 @@ def token_importance(
     b: torch.Tensor,
     scale: torch.Tensor,
     b_sq: torch.Tensor,
-    reference: Reference = "auto",
+    reference: Reference = "normalized",
     indices: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Return the perturbation of every (or every selected) expert per token of one MoRE matrix.
@@ -111,8 +114,10 @@ def token_importance(
         b: expert output directions ``B``, shape ``(d_out, M)``, float32.
         scale: per-expert LoRA scaling ``s_i``, shape ``(M,)``, float32.
         b_sq: ``|B[:, i]|^2``, shape ``(M,)``, float32.
-        reference: ``input`` (``r = x``, needs ``d_in == d_out``), ``output`` (``r = W0 x``) or
-            ``auto`` (input when the dimensions agree, else output) [D].
+        reference: ``normalized`` (``r = |x| W0 x / |W0 x|``, every matrix) [D]; the scale-
+            dependent ``input`` (``r = x``, needs ``d_in == d_out``), ``output`` (``r = W0 x``)
+            and ``auto`` (input when the dimensions agree, else output: the reference before the
+            normalized one, kept to measure the difference).
         indices: selected expert ids ``(N, K)``; when given only those are evaluated (the
             product ``r @ B`` is still one GEMM, the elementwise work shrinks from M to K).
 
@@ -122,16 +127,35 @@ def token_importance(
     Raises:
         ValueError: ``reference="input"`` on a matrix with ``d_in != d_out`` (internal misuse).
     """
-    use_input = reference == "input" or (reference == "auto" and x.shape[-1] == b.shape[0])
-    if use_input and x.shape[-1] != b.shape[0]:
-        raise ValueError(
-            f"reference='input' needs d_in == d_out, got {x.shape[-1]} vs {b.shape[0]}"
-        )
-    ref = (x if use_input else base_out).float()
+    ref = reference_vectors(x, base_out, reference)
     if indices is None:
         return expert_perturbation(ref, z.float() * scale, ref @ b, b_sq)
     coef = z.gather(-1, indices).float() * scale[indices]
     return expert_perturbation(ref, coef, (ref @ b).gather(-1, indices), b_sq[indices])
+
+
+def reference_vectors(
+    x: torch.Tensor, base_out: torch.Tensor, reference: Reference
+) -> torch.Tensor:
+    """The reference ``r`` of every token, float32, shape ``(N, d_out)``.
+
+    Args:
+        x: layer input, shape ``(N, d_in)``.
+        base_out: frozen output ``W0 x``, shape ``(N, d_out)``.
+        reference: see :func:`token_importance`.
+
+    Raises:
+        ValueError: ``reference="input"`` on a matrix with ``d_in != d_out`` (internal misuse).
+    """
+    d_in, d_out = x.shape[-1], base_out.shape[-1]
+    if reference == "normalized":
+        y = base_out.float()
+        gain = x.float().norm(dim=-1, keepdim=True) / y.norm(dim=-1, keepdim=True).clamp_min(_EPS)
+        return y * gain
+    use_input = reference == "input" or (reference == "auto" and d_in == d_out)
+    if use_input and d_in != d_out:
+        raise ValueError(f"reference='input' needs d_in == d_out, got {d_in} vs {d_out}")
+    return (x if use_input else base_out).float()
 
 
 @dataclass
@@ -165,7 +189,8 @@ class ImportanceTracker:
 
     Args:
         model: a model with MoRE layers injected.
-        reference: ``auto`` [D], ``input`` or ``output`` (see :func:`token_importance`).
+        reference: ``normalized`` [D], or the scale-dependent ``auto``, ``input`` and
+            ``output`` (see :func:`token_importance`).
         num_adapters: pool size, the length of every :meth:`usage` list; ``None`` = the highest
             adapter index any matrix uses, plus one.
         single_thread: run the observer's small kernels on one intra-op thread, restoring the
@@ -180,7 +205,7 @@ class ImportanceTracker:
     def __init__(
         self,
         model: nn.Module,
-        reference: Reference = "auto",
+        reference: Reference = "normalized",
         num_adapters: int | None = None,
         single_thread: bool = False,
     ) -> None:

@@ -31,7 +31,7 @@ from smartfed.experts.bank import ExpertBank
 from smartfed.experts.decompose import recompose
 from smartfed.routing.router import RoutingOutput
 
-OUTPUT_SCALE_MODES = ("rank", "topk", "constant")
+OUTPUT_SCALE_MODES = ("rank", "topk", "quota", "constant")
 
 
 @dataclass(frozen=True)
@@ -52,6 +52,7 @@ class MoREForwardInfo:
 
 
 Observer = Callable[[MoREForwardInfo], None]
+RoutingHook = Callable[[torch.Tensor, RoutingOutput], None]
 
 
 class MoRELinear(nn.Module):
@@ -61,9 +62,11 @@ class MoRELinear(nn.Module):
         base_layer: the frozen linear layer ``W0`` (kept as is, not copied).
         bank: the experts of this matrix.
         router: a module with ``forward(x, k) -> RoutingOutput`` (a ``TopKRouter``).
-        k: experts applied per token, ``1 <= k <= M``.
-        output_scale_mode: ``rank`` (c = mean rank of the source LoRAs of this matrix) [D],
-            ``topk`` (c = K) or ``constant`` (c = ``output_scale``).
+        k: experts applied per token, ``1 <= k <= M``; also the ``K`` of ``topk`` mode's scale.
+        output_scale_mode: ``rank`` (c = mean rank of the source LoRAs of this matrix),
+            ``topk`` (c = the ``k`` the layer was built with, fixed when :meth:`set_quota` moves
+            K_m) [D], ``quota`` (c = the current K_m: EEQA's sparsity also moves the layer's
+            gain; kept for ablations) or ``constant`` (c = ``output_scale``).
         output_scale: the constant c for ``constant`` mode.
         name: module path, used in error messages.
 
@@ -72,8 +75,14 @@ class MoRELinear(nn.Module):
     """
 
     def __init__(
-        self, base_layer: nn.Linear, bank: ExpertBank, router: nn.Module, k: int,
-        output_scale_mode: str = "rank", output_scale: float = 1.0, name: str = "",
+        self,
+        base_layer: nn.Linear,
+        bank: ExpertBank,
+        router: nn.Module,
+        k: int,
+        output_scale_mode: str = "rank",
+        output_scale: float = 1.0,
+        name: str = "",
     ) -> None:
         super().__init__()
         if (base_layer.in_features, base_layer.out_features) != (bank.d_in, bank.d_out):
@@ -92,13 +101,22 @@ class MoRELinear(nn.Module):
         self.output_scale_mode = output_scale_mode
         self.constant_scale = float(output_scale)
         self._observers: OrderedDict[int, Observer] = OrderedDict()
+        self._routing_hooks: OrderedDict[int, RoutingHook] = OrderedDict()
         self.k = 0
         self.set_quota(k)
+        self.scale_k = self.k
+        """The K of ``topk`` mode's scale: the uniform K the layer was built with [D]."""
 
     @classmethod
     def from_linear(
-        cls, base: nn.Linear, bank: ExpertBank, router: nn.Module, k: int,
-        output_scale_mode: str = "rank", output_scale: float = 1.0, name: str = "",
+        cls,
+        base: nn.Linear,
+        bank: ExpertBank,
+        router: nn.Module,
+        k: int,
+        output_scale_mode: str = "rank",
+        output_scale: float = 1.0,
+        name: str = "",
     ) -> MoRELinear:
         """Build the layer around ``base`` (see the class docstring for the arguments)."""
         return cls(base, bank, router, k, output_scale_mode, output_scale, name)
@@ -130,6 +148,8 @@ class MoRELinear(nn.Module):
             ranks = self.bank.source_ranks
             return sum(ranks) / len(ranks)
         if self.output_scale_mode == "topk":
+            return float(self.scale_k)
+        if self.output_scale_mode == "quota":
             return float(self.k)
         return self.constant_scale
 
@@ -148,8 +168,18 @@ class MoRELinear(nn.Module):
         self.k = int(k)
 
     def route(self, x: torch.Tensor) -> RoutingOutput:
-        """Route ``x`` ``(..., d_in)`` to its top-K experts: weights/indices ``(..., K)``."""
-        out: RoutingOutput = self.router(x, self.k)
+        """Route ``x`` ``(..., d_in)`` to its top-K experts: weights/indices ``(..., K)``.
+
+        With routing hooks registered and a router that exposes ``probs``/``select`` (a
+        ``TopKRouter``), the full softmax ``(..., M)`` is passed to the hooks, graph attached.
+        """
+        if self._routing_hooks and hasattr(self.router, "select"):
+            probs = self.router.probs(x)
+            out: RoutingOutput = self.router.select(probs, self.k)
+            for fn in list(self._routing_hooks.values()):
+                fn(probs, out)
+            return out
+        out = self.router(x, self.k)
         return out
 
     def apply_experts(
@@ -205,13 +235,31 @@ class MoRELinear(nn.Module):
 
     @contextmanager
     def observers_paused(self) -> Iterator[None]:
-        """Skip the observers inside the block (activation checkpointing recomputing this layer in
-        backward: each token is observed once). Observers added inside the block are dropped."""
+        """Skip the observers and routing hooks inside the block (activation checkpointing
+        recomputing this layer in backward: each token is observed once). Observers and hooks
+        added inside the block are dropped."""
         saved, self._observers = self._observers, OrderedDict()
+        hooks, self._routing_hooks = self._routing_hooks, OrderedDict()
         try:
             yield
         finally:
-            self._observers = saved
+            self._observers, self._routing_hooks = saved, hooks
+
+    def add_routing_hook(self, fn: RoutingHook) -> RemovableHandle:
+        """Call ``fn(probs, routing)`` on every routing until ``handle.remove()``.
+
+        ``probs`` is the router's softmax over all experts, shape ``(..., M)``, *not* detached
+        (auxiliary losses such as :class:`smartfed.routing.balance.LoadBalance` train through
+        it); ``routing`` is the top-K kept. Routers without ``probs``/``select`` are skipped.
+        """
+        handle = RemovableHandle(self._routing_hooks)
+        self._routing_hooks[handle.id] = fn
+        return handle
+
+    @property
+    def has_topk_router(self) -> bool:
+        """Whether routing hooks can see this layer's softmax (the router has ``select``)."""
+        return hasattr(self.router, "select") and hasattr(self.router, "probs")
 
     def get_delta_weight(self, routing_weights: torch.Tensor | None = None) -> torch.Tensor:
         """Return ``c * sum_i w_i s_i B[:, i] A[i]`` for a dense routing (merging / export).

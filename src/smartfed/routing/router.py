@@ -69,7 +69,10 @@ class TopKRouter(nn.Module):
         num_experts: M.
         init_std: std of the normal init of ``weight`` [D: 0.01, near-uniform gates at start].
         temperature: softmax temperature ``T`` [D: 1].
-        renormalize: renormalise the kept K weights to sum to 1 [D: off].
+        renormalize: renormalise the kept K weights to sum to 1 (the config default turns it
+            on). The normaliser is detached [D]: the forward values are the renormalised gates,
+            the gradient is that of the softmax gates divided by their kept mass, so a router
+            still learns at K = 1, where renormalised gates are the constant 1 (:meth:`select`).
         generator: the random source of the init (every random choice takes one).
         projection: optional fixed ``P: (h, d_in)`` [D]; then ``weight`` is ``(M, h)`` and the
             logits are ``weight @ (P x)``. Kept as a non-persistent buffer (never in a state dict).
@@ -83,8 +86,13 @@ class TopKRouter(nn.Module):
     proj: torch.Tensor | None
 
     def __init__(
-        self, d_in: int, num_experts: int, init_std: float = 0.01, temperature: float = 1.0,
-        renormalize: bool = False, generator: torch.Generator | None = None,
+        self,
+        d_in: int,
+        num_experts: int,
+        init_std: float = 0.01,
+        temperature: float = 1.0,
+        renormalize: bool = False,
+        generator: torch.Generator | None = None,
         projection: torch.Tensor | None = None,
     ) -> None:
         super().__init__()
@@ -124,6 +132,24 @@ class TopKRouter(nn.Module):
         logits = nn.functional.linear(x, self.weight.to(x.dtype)).float()
         return torch.softmax(logits / self.temperature, dim=-1)
 
+    def select(self, probs: torch.Tensor, k: int) -> RoutingOutput:
+        """Keep the top-``k`` of ``probs`` (shape ``(..., M)``, from :meth:`probs`).
+
+        With ``renormalize`` the kept weights are ``g_i / sg(sum_{j in S} g_j)`` (``sg`` = stop
+        gradient) [D]: the values are the renormalised gates (they sum to 1), the gradient with
+        respect to the logits is ``(g_i / Z) (delta_ij - g_j)`` for *every* expert ``j``. The
+        exact derivative of the renormalised gates, ``w_i (delta_ij - w_j)`` on the kept set
+        only, is identically 0 at ``k = 1`` (the single gate is the constant 1) and never reaches
+        the experts that were not kept; docs/method.md, "Router gradient at small K".
+
+        Returns:
+            ``RoutingOutput`` with weights ``(..., k)`` (float32) and indices ``(..., k)``.
+        """
+        weights, indices = torch.topk(probs, k, dim=-1)
+        if self.renormalize:
+            weights = weights / weights.sum(-1, keepdim=True).detach()
+        return RoutingOutput(weights, indices)
+
     def forward(self, x: torch.Tensor, k: int) -> RoutingOutput:
         """Route every token of ``x`` (shape ``(..., d_in)``) to its top-``k`` experts.
 
@@ -131,10 +157,7 @@ class TopKRouter(nn.Module):
             ``RoutingOutput`` with weights ``(..., k)`` (float32; softmax values, or renormalised
             over the kept ``k``) and indices ``(..., k)``.
         """
-        weights, indices = torch.topk(self.probs(x), k, dim=-1)
-        if self.renormalize:
-            weights = weights / weights.sum(-1, keepdim=True)
-        return RoutingOutput(weights, indices)
+        return self.select(self.probs(x), k)
 
     def extra_repr(self) -> str:  # noqa: D102
         d_in = self.weight.shape[1] if self.proj is None else self.proj.shape[1]

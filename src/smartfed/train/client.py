@@ -98,12 +98,13 @@ def client_round(
         with ImportanceTracker(model) as tracker:
             result = local_train(
                 model, _masked(batches, tracker), params, train_cfg, total=local_steps,
-                aux_loss=aux_loss,
+                aux_loss=aux_loss, load_balance_coef=cfg.router.load_balance_coef,
             )
             importance, usage = tracker.scores(), tracker.usage()
     else:
         result = local_train(
-            model, batches, params, train_cfg, total=local_steps, aux_loss=aux_loss
+            model, batches, params, train_cfg, total=local_steps, aux_loss=aux_loss,
+            load_balance_coef=cfg.router.load_balance_coef,
         )
     state = method.trainable_state(model)
     return ClientUpdate(

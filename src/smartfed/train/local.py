@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 
 import torch
@@ -17,8 +18,9 @@ from tqdm.auto import tqdm
 
 from smartfed.config import TrainConfig
 from smartfed.data.formatting import IGNORE_INDEX, EncodedExample, collate
-from smartfed.errors import DataError
+from smartfed.errors import ConfigError, DataError
 from smartfed.log import get_logger
+from smartfed.routing.balance import LoadBalance
 from smartfed.train.memory import activation_checkpointing, chunked_lm_head_loss
 
 log = get_logger(__name__)
@@ -109,6 +111,7 @@ def local_train(
     total: int | None = None,
     desc: str = "local steps",
     aux_loss: Callable[[dict[str, torch.Tensor]], torch.Tensor] | None = None,
+    load_balance_coef: float = 0.0,
 ) -> TrainResult:
     """Train ``params`` with a fresh AdamW on ``batches`` (one step per batch, response loss).
 
@@ -126,28 +129,37 @@ def local_train(
         aux_loss: optional auxiliary loss of the batch (e.g. MoLE's gating balancing loss),
             called after the forward and added to the response loss before ``backward``; the
             reported losses stay the response loss alone.
+        load_balance_coef: weight of the top-K routers' Switch balancing loss
+            (``router.load_balance_coef``; 0 = off), see :func:`training_loss`.
 
     Returns:
         The step count and losses.
 
     Raises:
         DataError: a non-finite loss (diverged training or a corrupt batch).
+        ConfigError: ``load_balance_coef > 0`` on a model without top-K routers.
     """
+    balance = load_balance(model, load_balance_coef)
     opt = torch.optim.AdamW(params, lr=train_cfg.learning_rate, weight_decay=train_cfg.weight_decay)
     device = params[0].device
     losses: list[float] = []
     start = time.perf_counter()
-    with activation_checkpointing(model, train_cfg.gradient_checkpointing):
+    with (
+        activation_checkpointing(model, train_cfg.gradient_checkpointing),
+        balance or nullcontext(),
+    ):
         for batch in tqdm(batches, total=total, desc=desc, leave=False, mininterval=5.0):
             batch = {k: v.to(device) for k, v in batch.items()}
-            loss = response_loss(model, batch, train_cfg.loss_chunk_tokens)
+            objective, loss = training_loss(
+                model, batch, balance, load_balance_coef, train_cfg.loss_chunk_tokens
+            )
             if not torch.isfinite(loss):
                 raise DataError(
                     f"local training loss is {loss.item()} at step {len(losses) + 1}; "
                     "lower --learning_rate"
                 )
             opt.zero_grad(set_to_none=True)
-            (loss if aux_loss is None else loss + aux_loss(batch)).backward()
+            (objective if aux_loss is None else objective + aux_loss(batch)).backward()
             if train_cfg.max_grad_norm > 0:
                 torch.nn.utils.clip_grad_norm_(params, train_cfg.max_grad_norm)
             opt.step()
@@ -156,6 +168,51 @@ def local_train(
         p.grad = None
     mean = math.fsum(losses) / max(len(losses), 1)
     return TrainResult(len(losses), mean, losses, time.perf_counter() - start)
+
+
+def load_balance(model: nn.Module, coef: float) -> LoadBalance | None:
+    """The balancing-loss collector for ``coef > 0`` (``None`` when off).
+
+    Raises:
+        ConfigError: ``coef > 0`` but no MoRE layer has a top-K router (e.g. ``fedit``, ``mole``).
+    """
+    if coef <= 0:
+        return None
+    balance = LoadBalance(model)
+    if balance.layers == 0:
+        raise ConfigError(
+            f"load_balance_coef={coef}: this method has no top-K router to balance (it applies "
+            "to smartfed and smartfed_no_eeqa); set --load_balance_coef 0"
+        )
+    return balance
+
+
+def training_loss(
+    model: nn.Module,
+    batch: dict[str, torch.Tensor],
+    balance: LoadBalance | None,
+    coef: float,
+    chunk_tokens: int = LOSS_CHUNK_TOKENS,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Return ``(objective, response loss)`` of one batch.
+
+    ``objective = response loss + coef * L_balance`` (:mod:`smartfed.routing.balance`, Fedus et
+    al. 2021) when ``balance`` is active and ``coef > 0``; otherwise the response loss itself.
+
+    Args:
+        model: the MoRE model (inside ``balance``'s context when given).
+        batch: ``input_ids`` / ``attention_mask`` / ``labels``, each ``(batch, seq)``.
+        balance: the entered :class:`LoadBalance` or ``None``.
+        coef: ``router.load_balance_coef``.
+        chunk_tokens: see :func:`response_loss`.
+    """
+    if balance is not None:
+        balance.set_token_mask(batch["attention_mask"])
+    loss = response_loss(model, batch, chunk_tokens)
+    if balance is None:
+        return loss, loss
+    term = balance.pop()
+    return (loss + coef * term.to(loss.dtype) if coef > 0 else loss), loss
 
 
 @torch.no_grad()
