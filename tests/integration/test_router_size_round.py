@@ -1,4 +1,5 @@
-"""One real federated round per ``fed.wire_dtype`` and with ``router.router_proj_dim``: bytes
+"""One real federated round per ``fed.wire_dtype``, with ``router.router_proj_dim``, with
+``router.router_rank`` (also under server-side DP): bytes
 counted from the messages the strategy and the ClientApp actually built (DirectGrid delivery, as in
 test_methods_one_round.py), and the decoded update compared with the float32 one."""
 
@@ -28,10 +29,13 @@ RUNS = {
     "int8": {"wire_dtype": "int8"},
     "proj16": {"router_proj_dim": 16},
     "proj16_int8": {"router_proj_dim": 16, "wire_dtype": "int8"},
+    "lowrank4": {"router_rank": 4},
+    "lowrank4_dp": {"router_rank": 4, "dp_noise_multiplier": 0.01, "dp_clipping_norm": 100.0},
 }
 _REAL_PACK = wire.pack_train_res
 ROUTER_PARAMS = 6656  # sum_m M_m x d_in of the tiny pool (test_inject.py)
 PROJ_PARAMS = 98 * 16  # sum_m M_m x h
+LOWRANK_PARAMS = 4488  # sum_m r (M_m + d_in_m), r = 4 (test_router_lowrank.py)
 
 
 HEADERS = 2 * 14 * 260  # 2 replies x 14 matrices x (key + npy header + Array fields), measured ~210
@@ -122,6 +126,7 @@ def test_every_round_completes_without_rejections(rounds: dict[str, dict[str, An
         assert all(np.array_equal(ckpt[k], r["final"][k]) for k in ckpt), name
     assert rounds["float32"]["params"] == ROUTER_PARAMS
     assert rounds["proj16"]["params"] == PROJ_PARAMS
+    assert rounds["lowrank4"]["params"] == rounds["lowrank4_dp"]["params"] == LOWRANK_PARAMS
 
 
 def test_counted_bytes_halve_and_quarter_the_router_payload(
@@ -200,3 +205,15 @@ def test_projected_routers_send_m_times_h(rounds: dict[str, dict[str, Any]]) -> 
     saved = f32["row"]["payload_up"] - proj["row"]["payload_up"]
     assert abs(saved - 2 * 4 * (ROUTER_PARAMS - PROJ_PARAMS)) < 200
     assert all(v.shape[1] == 16 for v in proj["update"].values())
+
+
+def test_low_rank_routers_send_both_factors(rounds: dict[str, dict[str, Any]]) -> None:
+    low, dp = rounds["lowrank4"], rounds["lowrank4_dp"]
+    headers = 2 * HEADERS  # two tensors (U, V) per matrix
+    assert 2 * 4 * LOWRANK_PARAMS < low["up_arrays"] < 2 * 4 * LOWRANK_PARAMS + headers
+    assert 2 * 4 * LOWRANK_PARAMS < low["down_arrays"] < 2 * 4 * LOWRANK_PARAMS + headers
+    assert {k.rsplit(".", 1)[1] for k in low["update"]} == {"weight", "down"}
+    assert all(np.abs(v).max() > 0 for v in low["update"].values())  # U and V both moved
+    # server-side DP (Flower's fixed clipping + Gaussian noise) runs over the low-rank state
+    noise = {k: dp["update"][k] - low["update"][k] for k in low["update"]}
+    assert _norm(noise) > 0 and not dp["row"]["rejected"]
