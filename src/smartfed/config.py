@@ -355,9 +355,9 @@ class TrainConfig:
     """Keep only each decoder layer's input during local training and recompute the layer in
     backward (Hugging Face activation checkpointing, non-reentrant): same loss and gradients, far
     less memory, about one extra forward pass of time [D: on] (docs/gpu.md)."""
-    loss_chunk_tokens: int = 1024
+    loss_chunk_tokens: int = 512
     """The loss projects only response positions to the vocabulary, this many at a time, with
-    float32 logits of one chunk alive at once; 0 = all in one go. Same loss and gradients [D: 1024]
+    float32 logits of one chunk alive at once; 0 = all in one go. Same loss and gradients [D: 512]
     (docs/gpu.md)."""
     lorahub_budget: int = 40
     """``--method lorahub`` only: candidate weight vectors the server's gradient-free optimiser
