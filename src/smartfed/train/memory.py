@@ -115,10 +115,11 @@ class _ChunkedLMHeadCE(torch.autograd.Function):
     """Mean cross-entropy of ``hidden @ weight^T`` against ``targets``, ``chunk`` rows at a time.
 
     Forward computes, per chunk, the logits in the weight's dtype (as ``nn.Linear`` does), the
-    float32 log-softmax and loss, and - when gradients are needed - the gradient of the mean loss
-    w.r.t. the chunk's hidden states (``(softmax - onehot) / n``, cast to the logits' dtype, times
-    ``weight``: the same operations autograd runs through ``lm_head(h).float()``). Backward only
-    scales the stored gradient.
+    float32 log-softmax (in place: about ``6 x chunk x vocab`` bytes alive per chunk) and loss,
+    and - when gradients are needed - the gradient of the mean loss w.r.t. the chunk's hidden
+    states (``(softmax - onehot) / n``, cast to the logits' dtype, times ``weight``: the same
+    operations autograd runs through ``lm_head(h).float()``). Backward only scales the stored
+    gradient.
     """
 
     @staticmethod
@@ -133,9 +134,8 @@ class _ChunkedLMHeadCE(torch.autograd.Function):
         for start in range(0, n, chunk):
             h = hidden[start : start + chunk]  # (c, d)
             t = targets[start : start + chunk]  # (c,)
-            logits = nn.functional.linear(h, weight).float()  # (c, vocab)
-            logp = torch.log_softmax(logits, dim=-1)
-            del logits
+            logp = nn.functional.linear(h, weight).float()  # (c, vocab) logits
+            logp -= torch.logsumexp(logp, dim=-1, keepdim=True)  # log-softmax in place
             total -= logp.gather(1, t[:, None]).sum()
             if not (need_h or need_w):
                 continue
