@@ -19,7 +19,7 @@ from smartfed.model.inject import inject_more
 from smartfed.model.state import more_layers, set_quotas
 from smartfed.pool.pool import LoraPool, resolve_pool
 from smartfed.quota.allocate import aggregate_importance, allocate_quotas, matrix_caps
-from smartfed.quota.importance import ImportanceTracker
+from smartfed.quota.importance import ImportanceTracker, token_importance
 from smartfed.routing.balance import LoadBalance, switch_balance_loss
 from smartfed.routing.layer import MoRELinear
 from smartfed.routing.router import TopKRouter
@@ -122,6 +122,19 @@ def test_a_stronger_lora_raises_its_matrix_score_and_never_loses_budget(mats: _M
     assert after[name] > before[name]
     assert _allocate(after, mats)[name] >= _allocate(before, mats)[name]
     assert all(0.0 <= v <= 2.0 for v in after.values())
+
+
+def test_score_does_not_grow_with_the_output_width() -> None:
+    # Repeating every output coordinate (W0 and B stacked twice: d_out doubles, same per-coordinate
+    # content) leaves the perturbation unchanged: the reference has the per-coordinate RMS of x.
+    g = torch.Generator().manual_seed(4)
+    x, z = torch.randn(6, 8, generator=g), torch.randn(6, 5, generator=g)
+    y, b = torch.randn(6, 4, generator=g), torch.randn(4, 5, generator=g)
+    scale = torch.ones(5)
+    d1 = token_importance(x, y, z, b, scale, b.pow(2).sum(0))
+    y2, b2 = torch.cat([y, y], -1), torch.cat([b, b], 0)
+    d2 = token_importance(x, y2, z, b2, scale, b2.pow(2).sum(0))
+    torch.testing.assert_close(d2, d1, rtol=1e-5, atol=1e-8)
 
 
 def test_scores_are_zero_for_experts_that_add_nothing(pool: LoraPool) -> None:

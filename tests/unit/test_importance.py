@@ -86,9 +86,10 @@ def test_token_importance_auto_reference(d_in: int, d_out: int, expect_ref: str)
     ref = x if expect_ref == "x" else y
     want = _brute(ref.float(), z.float() * scale, b)
     torch.testing.assert_close(got, want, rtol=1e-3, atol=1e-7)
-    # the default: direction of W0 x, norm of x, for every matrix
+    # the default: direction of W0 x, per-coordinate RMS of x, for every matrix
     norm = token_importance(x, y, z, b, scale, b.pow(2).sum(0)).double()
-    r = y.float() * x.float().norm(dim=-1, keepdim=True) / y.float().norm(dim=-1, keepdim=True)
+    rms = x.float().pow(2).mean(-1, keepdim=True).sqrt() * d_out**0.5
+    r = y.float() * rms / y.float().norm(dim=-1, keepdim=True)
     torch.testing.assert_close(norm, _brute(r, z.float() * scale, b), rtol=1e-3, atol=1e-7)
     out = token_importance(x, y, z, b, scale, b.pow(2).sum(0), reference="output").double()
     torch.testing.assert_close(out, _brute(y.float(), z.float() * scale, b), rtol=1e-3, atol=1e-7)
@@ -134,7 +135,8 @@ def _expected_scores(infos: list, bank: nn.Module, keep: torch.Tensor) -> list[f
             t.reshape(-1, t.shape[-1])[keep.reshape(-1)] for t in (info.x, info.base_out, info.z)
         )
         w, idx = (t.reshape(-1, t.shape[-1])[keep.reshape(-1)] for t in info.routing)
-        ref = y * x.norm(dim=-1, keepdim=True) / y.norm(dim=-1, keepdim=True)  # |x| W0x/|W0x|
+        rms = x.pow(2).mean(-1, keepdim=True).sqrt() * y.shape[-1] ** 0.5
+        ref = y * rms / y.norm(dim=-1, keepdim=True)  # direction of W0 x, RMS of x
         d = _brute(ref, z * bank.scaling, bank.B.float())
         gate = torch.zeros_like(d).scatter(-1, idx, (w / w.sum(-1, keepdim=True)).double())
         total += (gate * d).sum(0)

@@ -6,12 +6,13 @@ docs/method.md, "EEQA importance"):
 
 * Per token and expert, the *perturbation* ``d_i = 1 - cos(r, r + E_i(x))`` with
   ``E_i(x) = s_i z_i B[:, i]`` (``z = A x``) and one reference for every matrix [D]:
-  ``r = |x| * W0 x / |W0 x|``, the direction of the frozen output with the norm of the input.
-  ``cos(r, r + e)`` is a function of the paper's ``cos(e, r)`` and of ``|e| / |r| = |e| / |x|``,
-  so ``d_i`` is 0 for an expert that adds nothing and grows as it turns the representation away
-  from ``r``. The score does not change when a matrix's input or its base weight is rescaled, so
-  square (q) and GQA/MLP matrices are compared on one scale (the former references, ``x`` for
-  square matrices and ``W0 x`` otherwise, made a score follow ``(|W0 x| / |x|)^2``).
+  ``r = rms(x) sqrt(d_out) W0 x / |W0 x|``, the direction of the frozen output with the
+  per-coordinate RMS of the input. ``cos(r, r + e)`` is a function of the paper's ``cos(e, r)`` and
+  of ``rms(e) / rms(x)``, so ``d_i`` is 0 for an expert that adds nothing and grows as it turns the
+  representation away from ``r``. The score does not change when a matrix's input or its base
+  weight is rescaled, and it does not grow with ``d_out``, so square (q), GQA (k/v) and MLP
+  matrices are compared on one scale (the former references, ``x`` for square matrices and
+  ``W0 x`` otherwise, made a score follow ``(|W0 x| / |x|)^2``).
 * Only the top-K experts the router selected count, each with its gate renormalised over the
   selected set (a token spreads one unit of weight), so a matrix's score does not grow with its own
   K_m (no rich-get-richer loop between rounds).
@@ -114,7 +115,8 @@ def token_importance(
         b: expert output directions ``B``, shape ``(d_out, M)``, float32.
         scale: per-expert LoRA scaling ``s_i``, shape ``(M,)``, float32.
         b_sq: ``|B[:, i]|^2``, shape ``(M,)``, float32.
-        reference: ``normalized`` (``r = |x| W0 x / |W0 x|``, every matrix) [D]; the scale-
+        reference: ``normalized`` (``r = rms(x) sqrt(d_out) W0x / |W0x|``, every matrix) [D]; the
+            scale-
             dependent ``input`` (``r = x``, needs ``d_in == d_out``), ``output`` (``r = W0 x``)
             and ``auto`` (input when the dimensions agree, else output: the reference before the
             normalized one, kept to measure the difference).
@@ -148,10 +150,10 @@ def reference_vectors(
         ValueError: ``reference="input"`` on a matrix with ``d_in != d_out`` (internal misuse).
     """
     d_in, d_out = x.shape[-1], base_out.shape[-1]
-    if reference == "normalized":
+    if reference == "normalized":  # direction of W0 x, per-coordinate RMS of x
         y = base_out.float()
-        gain = x.float().norm(dim=-1, keepdim=True) / y.norm(dim=-1, keepdim=True).clamp_min(_EPS)
-        return y * gain
+        x_rms = x.float().norm(dim=-1, keepdim=True) * (d_out / d_in) ** 0.5
+        return y * (x_rms / y.norm(dim=-1, keepdim=True).clamp_min(_EPS))
     use_input = reference == "input" or (reference == "auto" and d_in == d_out)
     if use_input and d_in != d_out:
         raise ValueError(f"reference='input' needs d_in == d_out, got {d_in} vs {d_out}")
