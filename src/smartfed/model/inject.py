@@ -6,8 +6,8 @@ Everything is frozen except the routers.
 
 Top-K per matrix [D]: ``K_m = min(topk_experts, M_m)``; a matrix with fewer experts than
 ``topk_experts`` (in a heterogeneous pool, one adapted by a single small LoRA) applies all of
-them and is listed in ``InjectionReport.clamped``. A ``topk_experts`` larger than every ``M_m`` is
-an impossible top-K and an error.
+them and is listed in ``InjectionReport.clamped``; a ``topk_experts`` larger than every ``M_m`` is
+clamped too, with a logged note (:meth:`LoraPool.check_topk`, the one rule).
 """
 
 from __future__ import annotations
@@ -85,11 +85,11 @@ class InjectionReport:
         )
         return [
             f"routers ({kind}): {self.router_params:,} parameters; per round with "
-            f"{sampled_clients} clients: fp32 {self.round_bytes(sampled_clients) / 1e6:.3f} MB, "
+            f"{sampled_clients} clients, both directions: fp32 {self.round_bytes(sampled_clients) / 1e6:.3f} MB, "
             f"bf16 {self.round_bytes(sampled_clients, 2) / 1e6:.3f} MB, int8 "
             f"{self.round_bytes(sampled_clients, 1) / 1e6:.3f} MB",
             f"paper-faithful full fp32 routers: {self.full_router_params:,} parameters, "
-            f"{full / 1e6:.3f} MB per round",
+            f"{full / 1e6:.3f} MB per round with {sampled_clients} clients",
         ]
 
 
@@ -110,8 +110,7 @@ def inject_more(
 
     Raises:
         PoolCompatibilityError: a target absent from the model, not linear, or of another shape.
-        ConfigError: ``topk_experts`` larger than every matrix's M_m (impossible top-K), or
-            ``router_proj_dim`` not below some routed matrix's d_in.
+        ConfigError: ``router_proj_dim`` not below some routed matrix's d_in.
     """
     matrices = validate_pool(pool, model)
     if not matrices:
@@ -144,16 +143,15 @@ def inject_more(
         if layer.k < router_cfg.topk_experts:
             report.clamped.append(name)
     log.info(
-        "MoRE: %d matrices, %d experts, %d router parameters (%.2f MB/client/direction fp32, "
-        "proj_dim %d, rank %d; paper's full routers %.2f MB)",
+        "MoRE: %d matrices, %d experts, %d router parameters (proj_dim %d, rank %d)",
         len(report.replaced),
         sum(report.experts_per_matrix.values()),
         report.router_params,
-        report.router_bytes_fp32 / 1e6,
         report.router_proj_dim,
         report.router_rank,
-        4 * report.full_router_params / 1e6,
     )
+    for line in report.summary_lines(1):  # per sampled client: multiply by sample_clients
+        log.info("MoRE %s", line.replace("with 1 clients", "per sampled client"))
     return report
 
 

@@ -72,21 +72,33 @@ class LoraPool:
         """M_m = sum of the ranks of the adapters that adapt matrix m (SPEC.md §1.1 [P])."""
         return {m: sum(mod.rank for _, mod in self.modules_for(m)) for m in self.matrices()}
 
-    def check_topk(self, topk: int) -> None:
-        """Refuse a ``topk_experts`` that no matrix can apply.
+    def check_topk(self, topk: int) -> int:
+        """The one top-K rule (``train``, ``pool inspect``, every method): ``K_m = min(topk, M_m)``.
 
-        Matrices with fewer experts than ``topk`` apply all of theirs (K_m = min(topk, M_m)) [D].
+        A matrix with fewer experts than ``topk`` applies all of them [D]; a ``topk`` above every
+        matrix's M_m is clamped to the largest M_m with a logged note (e.g. the paper's K = 32 over
+        two r=8 LoRAs = 16 experts: dense routing).
+
+        Returns:
+            The largest K_m any matrix applies (``min(topk, max M_m)``).
 
         Raises:
-            ConfigError: ``topk`` < 1 or larger than every matrix's M_m (impossible top-K).
+            ConfigError: ``topk`` < 1.
         """
+        if topk < 1:
+            raise ConfigError(f"topk_experts={topk}: must be >= 1")
         largest = max(self.experts_per_matrix().values())
-        if not 1 <= topk <= largest:
-            raise ConfigError(
-                f"impossible top-K: topk_experts={topk} but the pool ({', '.join(self.names)}) "
-                f"gives at most M={largest} experts per matrix; set 1 <= --topk_experts <= "
-                f"{largest}"
+        if topk > largest:
+            log.info(
+                "topk_experts=%d > the %d experts per matrix of this pool (%s): every matrix "
+                "applies all of its experts (K_m = M_m, no sparsity); set --topk_experts < %d "
+                "for sparse routing",
+                topk,
+                largest,
+                ", ".join(self.names),
+                largest,
             )
+        return min(topk, largest)
 
     def fingerprint(self) -> dict[str, str]:
         """Adapter name -> sha256 of its weights file (pool order)."""
