@@ -26,6 +26,12 @@ load-sensitive of the two.
 Run (from the repository root; about 10 minutes with 1 thread on a quiet machine)::
 
     .venv/bin/python benchmarks/client_memory.py --repeats 3 --threads 1
+
+``--estimate`` prints instead the *computed* (not measured) GPU memory per client of the paper's
+model sizes as a markdown table (docs/gpu.md): weights + experts + routers with AdamW + saved
+activations + the loss, from the architecture numbers below and a count of what autograd keeps
+per token and decoder layer when only routers train (bf16; RMSNorm saves float32 copies; SDPA
+keeps q, k, v and its output; the SwiGLU MLP keeps gate, up and silu(gate)).
 """
 
 from __future__ import annotations
@@ -50,6 +56,101 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "ckpt": {"gradient_checkpointing": True, "loss_chunk_tokens": 0},
     "lean": {"gradient_checkpointing": True, "loss_chunk_tokens": 512},
 }
+
+
+ARCHS: dict[str, dict[str, int]] = {
+    # hidden, layers, MLP intermediate, key/value width, vocabulary, parameters, tied embeddings
+    "SmolLM2-135M": {
+        "h": 576,
+        "L": 30,
+        "i": 1536,
+        "kv": 192,
+        "V": 49152,
+        "P": 134_515_008,
+        "tied": 1,
+    },
+    "Llama-2-7B": {
+        "h": 4096,
+        "L": 32,
+        "i": 11008,
+        "kv": 4096,
+        "V": 32000,
+        "P": 6_738_415_616,
+        "tied": 0,
+    },
+    "Qwen2-7B": {
+        "h": 3584,
+        "L": 28,
+        "i": 18944,
+        "kv": 512,
+        "V": 152064,
+        "P": 7_615_616_512,
+        "tied": 0,
+    },
+}
+QUANT_BYTES = {"none": 2.0, "8bit": 1.0, "4bit": 0.53}  # per linear weight (NF4 + double quant)
+CUDA_CONTEXT_GB = 0.5
+
+
+def estimate_gb(
+    arch: dict[str, int],
+    batch: int,
+    seq: int,
+    resp_frac: float,
+    ckpt: bool,
+    chunk: int,
+    quant: str,
+    rank: int = 32,
+    loras: int = 2,
+) -> dict[str, float]:
+    """Computed GPU memory (GB) of one client step; see the module docstring for what is counted.
+
+    Returns:
+        ``weights``, ``routers_experts``, ``activations``, ``loss``, ``total`` (incl. the CUDA
+        context), all in GB (1e9 bytes).
+    """
+    h, n_layers, inter, kv, vocab = arch["h"], arch["L"], arch["i"], arch["kv"], arch["V"]
+    embed = vocab * h * (1 if arch["tied"] else 2)
+    weights = (arch["P"] - embed) * QUANT_BYTES[quant] + embed * 2
+    m = loras * rank  # experts per routed matrix (q and v)
+    experts = n_layers * (m * h + h * m + m * h + kv * m) * 2
+    routers = n_layers * 2 * m * h * 4 * 4  # fp32 weight, grad, AdamW m and v
+    tokens = batch * seq
+    per_token_layer = 2 * 10 * h + 2 * (2 * h + 2 * kv) + 6 * inter  # bytes (module docstring)
+    layer_acts = tokens * per_token_layer
+    acts = (tokens * h * 2 * n_layers + layer_acts) if ckpt else layer_acts * n_layers
+    n_resp = int(tokens * resp_frac)
+    loss = (min(chunk, n_resp) * vocab * 6 + n_resp * h * 2) if chunk > 0 else n_resp * vocab * 16
+    parts = {
+        "weights": weights,
+        "routers_experts": experts + routers,
+        "activations": acts,
+        "loss": loss,
+    }
+    out = {k: round(v / 1e9, 2) for k, v in parts.items()}
+    out["total"] = round(sum(parts.values()) / 1e9 + CUDA_CONTEXT_GB, 1)
+    return out
+
+
+def estimate_table(batch: int, resp_frac: float) -> str:
+    """Markdown table of :func:`estimate_gb` for the paper's sizes and the option combinations."""
+    rows = [
+        "| model | seq | quantization | checkpointing + chunked loss | weights | activations "
+        "| loss | total GB (est.) |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for name, arch in ARCHS.items():
+        seq = 256 if name.startswith("SmolLM2") else 512
+        for quant in ("none", "8bit", "4bit"):
+            if name.startswith("SmolLM2") and quant != "none":
+                continue
+            for lean in (False, True):
+                e = estimate_gb(arch, batch, seq, resp_frac, lean, 512 if lean else 0, quant)
+                rows.append(
+                    f"| {name} | {seq} | {quant} | {'on' if lean else 'off'} | {e['weights']} "
+                    f"| {e['activations']} | {e['loss']} | {e['total']} |"
+                )
+    return "\n".join(rows)
 
 
 def peak_rss_mb() -> float:
@@ -212,11 +313,15 @@ def main() -> None:
     p.add_argument("--topk", type=int, default=32)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, default=RESULTS / "client_memory.json")
+    p.add_argument("--estimate", action="store_true", help="print the computed GPU table")
     p.add_argument("--worker", choices=sorted(VARIANTS), help=argparse.SUPPRESS)
     p.add_argument("--loras", default="", help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.worker:
         print(json.dumps(worker(args)))  # noqa: T201 - the parent reads this line
+        return
+    if args.estimate:
+        print(estimate_table(args.batch, 1 - args.prompt_frac))  # noqa: T201 - the table
         return
 
     from smartfed.files import atomic_write_json
