@@ -169,6 +169,13 @@ def _check_proj_dim(
         )
 
 
+def _compute_dtype(base: nn.Module) -> torch.dtype:
+    """The activation dtype of a quantised linear layer (bitsandbytes ``compute_dtype``; bf16 when
+    it has none, as LLM.int8 layers: experts are cast to the input's dtype when applied)."""
+    dtype = getattr(base, "compute_dtype", None)
+    return dtype if isinstance(dtype, torch.dtype) else torch.bfloat16
+
+
 def _build_layer(
     base: nn.Module,
     pool: LoraPool,
@@ -181,7 +188,9 @@ def _build_layer(
     if not isinstance(base, nn.Linear):  # validate_pool already checked; kept for direct callers
         raise PoolCompatibilityError(f"{name} is a {type(base).__name__}, not an nn.Linear")
     weight = base.weight
-    bank = ExpertBank.from_adapters(pool.adapters, name, dtype=weight.dtype, device=weight.device)
+    # A bitsandbytes 8/4-bit base stores int8/uint8 weights: keep experts in its compute dtype.
+    dtype = weight.dtype if weight.dtype.is_floating_point else _compute_dtype(base)
+    bank = ExpertBank.from_adapters(pool.adapters, name, dtype=dtype, device=weight.device)
     k = min(cfg.topk_experts, bank.num_experts)
     if cfg.router_rank > 0:
         router: nn.Module = LowRankRouter(
