@@ -64,6 +64,22 @@ def packaged_adapter(
     return path
 
 
+def packaged_by_name(name: str, root: Path = PACKAGED_ROOT) -> Path | None:
+    """The shipped adapter dir whose skill is ``name`` (e.g. ``cpu_mini.skill.zh``), sha256-checked;
+    None when no suite ships it."""
+    if not root.is_dir():
+        return None
+    for suite_dir in sorted(p for p in root.iterdir() if p.is_dir()):
+        entry = read_manifest(suite_dir.name, root)["adapters"].get(name)
+        if entry:
+            path = suite_dir / entry["dir"]
+            weights = path / WEIGHTS
+            if weights.is_file() and file_sha256(weights) == entry.get("sha256"):
+                return path
+            log.warning("packaged %s: %s is missing or its sha256 differs", name, weights)
+    return None
+
+
 def package_adapter(
     suite: str,
     skill: str,

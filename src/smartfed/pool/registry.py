@@ -117,7 +117,8 @@ def is_hub_id(source: str) -> bool:
 def locate(source: str, path: str | Path = "") -> tuple[str, Path]:
     """Resolve one pool entry to ``(name, local_dir)``.
 
-    Order: a registered name, then an existing local path, then a hub id (downloaded only then).
+    Order: a registered name, a LoRA shipped with the package (``cpu_mini.skill.zh``), an existing
+    local path, then a hub id (downloaded only then).
 
     Raises:
         AdapterFileError: a missing path, an unknown name, or a hub id that cannot be fetched.
@@ -128,6 +129,11 @@ def locate(source: str, path: str | Path = "") -> tuple[str, Path]:
         if entry.kind == "hub":
             return entry.name, download_hub_adapter(entry.source)
         return entry.name, Path(entry.source)
+    from smartfed.pool.packaged import packaged_by_name
+
+    shipped = packaged_by_name(source)  # shipped with the package, e.g. cpu_mini.skill.zh
+    if shipped is not None:
+        return shipped.name, shipped
     local = Path(source).expanduser()
     if local.exists() or not is_hub_id(source):
         if not local.exists() and "/" not in source and os.sep not in source:
