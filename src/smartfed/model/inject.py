@@ -83,11 +83,11 @@ class InjectionReport:
             if self.router_proj_dim
             else "full"
         )
+        mb = [self.round_bytes(sampled_clients, b) / 1e6 for b in (4, 2, 1)]
         return [
             f"routers ({kind}): {self.router_params:,} parameters; per round with "
-            f"{sampled_clients} clients, both directions: fp32 {self.round_bytes(sampled_clients) / 1e6:.3f} MB, "
-            f"bf16 {self.round_bytes(sampled_clients, 2) / 1e6:.3f} MB, int8 "
-            f"{self.round_bytes(sampled_clients, 1) / 1e6:.3f} MB",
+            f"{sampled_clients} clients, both directions: fp32 {mb[0]:.3f} MB, "
+            f"bf16 {mb[1]:.3f} MB, int8 updates {mb[2]:.3f} MB",
             f"paper-faithful full fp32 routers: {self.full_router_params:,} parameters, "
             f"{full / 1e6:.3f} MB per round with {sampled_clients} clients",
         ]
