@@ -359,6 +359,10 @@ class TrainConfig:
     """The loss projects only response positions to the vocabulary, this many at a time, with
     float32 logits of one chunk alive at once; 0 = all in one go. Same loss and gradients [D: 512]
     (docs/gpu.md)."""
+    report_to: Literal["none", "tensorboard", "wandb"] = "none"
+    """Mirror every round's metrics (and each client's per-step losses) to a tracker besides
+    ``metrics.jsonl``: TensorBoard event files under ``<output_dir>/tensorboard`` or Weights &
+    Biases (``WANDB_MODE=offline`` keeps it local); the package must be installed [D: none]."""
     lorahub_budget: int = 40
     """``--method lorahub`` only: candidate weight vectors the server's gradient-free optimiser
     (Nevergrad NGOpt) evaluates over the whole run, spread evenly over the rounds
