@@ -19,6 +19,7 @@ import dataclasses
 import hashlib
 import json
 import os
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -26,8 +27,8 @@ import smartfed
 from smartfed.config import RunConfig
 from smartfed.fed.cache import BundleSpec
 
-ENV_KEYS = ("SMARTFED_CACHE", "SMARTFED_DATA", "HF_HOME", "HF_HUB_OFFLINE")
-"""Environment variables that change where the loaders read from."""
+ENV_KEYS = ("SMARTFED_CACHE", "SMARTFED_DATA", "HF_HOME", "HF_HUB_OFFLINE", "CUDA_VISIBLE_DEVICES")
+"""Environment variables that change what the loaders read or where the model goes."""
 
 
 def file_identity(path: Path) -> list[tuple[str, int, int]]:
@@ -98,16 +99,18 @@ def spec_of(cfg: RunConfig, dataset: str = "") -> BundleSpec:
     return BundleSpec.from_config(cfg, dataset=dataset)
 
 
-def bundle_digest(spec: BundleSpec) -> str:
-    """SHA-256 of what the bundle holds: every spec field, the files it reads, the loader env."""
+def bundle_digest(spec: BundleSpec, env: Mapping[str, str] | None = None) -> str:
+    """SHA-256 of what the bundle holds: every spec field, the files it reads, the loader env
+    (``env``: the worker's environment; default this process's)."""
+    env = os.environ if env is None else env
     ident: dict[str, Any] = {
         "spec": dataclasses.asdict(spec),
         "files": spec_files(spec),
-        "env": {k: os.environ.get(k, "") for k in ENV_KEYS},
+        "env": {k: env.get(k, "") for k in ENV_KEYS},
     }
     return hashlib.sha256(json.dumps(ident, sort_keys=True, default=str).encode()).hexdigest()
 
 
-def bundle_key(spec: BundleSpec) -> str:
+def bundle_key(spec: BundleSpec, env: Mapping[str, str] | None = None) -> str:
     """The worker key of ``spec``: :func:`bundle_digest` + :func:`code_identity`, hashed."""
-    return hashlib.sha256(f"{bundle_digest(spec)}/{code_identity()}".encode()).hexdigest()
+    return hashlib.sha256(f"{bundle_digest(spec, env)}/{code_identity()}".encode()).hexdigest()

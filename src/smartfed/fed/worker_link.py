@@ -243,7 +243,12 @@ def _locked(path: Path) -> Iterator[None]:
 
 
 def spawn(
-    paths: WorkerPaths, job: Mapping[str, Any], owner: int = 0, threads: int = 0, idle_s: float = 0
+    paths: WorkerPaths,
+    job: Mapping[str, Any],
+    owner: int = 0,
+    threads: int = 0,
+    idle_s: float = 0,
+    env: Mapping[str, str] | None = None,
 ) -> subprocess.Popen[bytes]:
     """Start a detached worker for ``paths.key`` and wait until its socket is bound.
 
@@ -253,6 +258,7 @@ def spawn(
         owner: the worker exits when this PID is gone (0 = no owner).
         threads: torch threads (0 = torch's default).
         idle_s: exit after this long without a request (0 = never).
+        env: the worker's environment (default: this process's).
 
     Raises:
         WorkerError: the worker exited or did not bind within :data:`BIND_TIMEOUT_S`.
@@ -266,7 +272,7 @@ def spawn(
     with open(paths.log, "ab") as fh:
         proc = subprocess.Popen(
             argv, stdin=subprocess.DEVNULL, stdout=fh, stderr=subprocess.STDOUT,
-            start_new_session=True,
+            start_new_session=True, env=None if env is None else dict(env),
         )  # fmt: skip
     deadline = time.monotonic() + BIND_TIMEOUT_S
     while not paths.sock.exists():
