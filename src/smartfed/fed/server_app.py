@@ -19,6 +19,7 @@ from flwr.serverapp import Grid, ServerApp
 from smartfed.config import RunConfig, Scalar
 from smartfed.errors import SmartFedError
 from smartfed.fed.driver import run_server
+from smartfed.fed.grid_poll import fast_poll
 from smartfed.io.rundir import RunDir
 from smartfed.log import get_logger
 from smartfed.meta import run_meta
@@ -93,7 +94,7 @@ def make_server_app(cfg: RunConfig | None = None) -> ServerApp:
                 log.error("smartfed: error: %s", str(err).splitlines()[0])
                 raise
             log.info("SmartFed run directory: %s", run_cfg.output_dir)
-        summary = run_server(grid, run_cfg)
+        summary = run_server(fast_poll(grid), run_cfg)  # replies pulled every 0.25 s
         log.info(
             "run finished: %d rounds, %.1f MB sent, final train loss %s; run directory %s",
             summary["rounds"],
