@@ -1,5 +1,6 @@
 """[tool.flwr.app.config] in pyproject.toml lists exactly RunConfig.to_flat()'s keys (Flower
-rejects overrides of unknown keys) with the same defaults; components resolve to the apps."""
+rejects overrides of unknown keys) with smartfed train's defaults except the documented quickstart
+job of a bare `flwr run .`; components resolve to the apps."""
 
 from __future__ import annotations
 
@@ -18,9 +19,21 @@ def _app() -> dict:  # type: ignore[type-arg]
 
 
 def test_config_keys_and_defaults_match_runconfig() -> None:
+    """Same keys; same defaults except the documented quickstart job of a bare `flwr run .`."""
+    from smartfed.fed.server_app import FLWR_RUN_DEFAULTS
+
     config = _app()["config"]
-    assert config == RunConfig().to_flat()
-    assert RunConfig.from_flat(config) == RunConfig()
+    assert config == {**RunConfig().to_flat(), **FLWR_RUN_DEFAULTS}
+    assert set(FLWR_RUN_DEFAULTS) <= set(RunConfig().to_flat())
+    assert RunConfig.from_flat(config).to_flat() == config
+
+
+def test_flwr_run_default_pool_is_shipped() -> None:
+    """The default pool of `flwr run .` resolves to LoRAs shipped with the package."""
+    from smartfed.pool.packaged import packaged_by_name
+
+    for name in str(_app()["config"]["pool.lora_pool"]).split(","):
+        assert packaged_by_name(name) is not None, name
 
 
 def test_components_are_flower_apps() -> None:

@@ -29,25 +29,48 @@ from smartfed.train.local import evaluate_loss
 
 log = get_logger(__name__)
 HELLO_POLL_S = 0.5
+NODE_NOTE_S = 15.0
+"""Seconds between "waiting for SuperNodes" log lines."""
+SIMULATION_NODE_WAIT_S = 120.0
+"""[D] A simulation's SuperNodes exist from the start: wait at most this long for them."""
 
 
 class FederationError(SmartFedError):
     """Nodes missing or a round that cannot complete."""
 
 
-def hello(grid: Grid, num_clients: int, timeout_s: float) -> dict[int, int]:
+def hello(
+    grid: Grid, num_clients: int, timeout_s: float, node_wait_s: float | None = None
+) -> dict[int, int]:
     """Wait for ``num_clients`` nodes, ask each for its partition id; return node -> partition.
 
+    Args:
+        grid: Flower's grid.
+        num_clients: nodes (= data partitions) the run needs.
+        timeout_s: the reply timeout of the partition query.
+        node_wait_s: how long to wait for the nodes to connect (None = ``timeout_s``); a
+            simulation's nodes exist from the start, so there it is short (no silent hour-long
+            wait when the federation has another number of SuperNodes).
+
     Raises:
-        FederationError: nodes missing after ``timeout_s`` or partition ids not 0..N-1 exactly once.
+        FederationError: nodes missing after the wait, or partition ids not 0..N-1 exactly once.
     """
-    deadline = time.monotonic() + timeout_s
+    wait = timeout_s if node_wait_s is None else node_wait_s
+    start = time.monotonic()
+    next_note = start + NODE_NOTE_S
     while len(nodes := sorted(grid.get_node_ids())) < num_clients:
-        if time.monotonic() > deadline:
+        now = time.monotonic()
+        if now - start > wait:
+            have = max(len(nodes), 1)
             raise FederationError(
-                f"{len(nodes)} of num_clients={num_clients} nodes connected "
-                f"after {timeout_s:.0f} s; start more SuperNodes"
+                f"the federation has {len(nodes)} SuperNodes after {wait:.0f} s but "
+                f"fed.num_clients={num_clients}; run with --run-config "
+                f'"fed.num_clients={have} fed.sample_clients={min(2, have)}" '
+                f'or --federation-config "num-supernodes={num_clients}", or start more SuperNodes'
             )
+        if now >= next_note:
+            log.info("waiting for SuperNodes: %d of %d connected", len(nodes), num_clients)
+            next_note = now + NODE_NOTE_S
         time.sleep(HELLO_POLL_S)
     msgs = [Message(RecordDict(), dst_node_id=n, message_type=MessageType.QUERY) for n in nodes]
     replies = list(grid.send_and_receive(msgs, timeout=timeout_s))
@@ -56,8 +79,10 @@ def hello(grid: Grid, num_clients: int, timeout_s: float) -> dict[int, int]:
     }
     if sorted(mapping.values()) != list(range(num_clients)):
         raise FederationError(
-            f"partition ids {sorted(mapping.values())} != 0..{num_clients - 1}; "
-            "give every SuperNode a distinct partition-id < num-partitions"
+            f"partition ids {sorted(mapping.values())[:8]} of {len(nodes)} SuperNodes != "
+            f"0..{num_clients - 1} (fed.num_clients={num_clients}); give every SuperNode a "
+            "distinct partition-id < num-partitions, or set fed.num_clients to the number of "
+            "SuperNodes"
         )
     return mapping
 
@@ -236,9 +261,9 @@ def run_server(grid: Grid, cfg: RunConfig) -> dict[str, Any]:
     ckpt = run.load_checkpoint()
     done = ckpt.round if ckpt else 0
     bundle = get_bundle(BundleSpec.from_config(cfg))
-    strategy = _make_strategy(
-        cfg, bundle, ckpt, hello(grid, cfg.fed.num_clients, cfg.fed.round_timeout_s)
-    )
+    wait = SIMULATION_NODE_WAIT_S if cfg.fed.engine == "simulation" else None
+    nodes = hello(grid, cfg.fed.num_clients, cfg.fed.round_timeout_s, wait)
+    strategy = _make_strategy(cfg, bundle, ckpt, nodes)
     loop = ServerLoop(cfg, run, bundle, strategy, dict(ckpt.totals) if ckpt else {})
     routers = ckpt.routers if ckpt else bundle.initial_state
     remaining = cfg.fed.num_rounds - done
