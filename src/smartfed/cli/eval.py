@@ -23,27 +23,53 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     parser.add_argument(
         "--model_name_or_path",
         default=None,
+        metavar="MODEL",
         help="hub id, local dir, .gguf or `default` (default: the run's model, else `default`)",
     )
     src = parser.add_mutually_exclusive_group()
-    src.add_argument("--adapter", default="", help="PEFT adapter folder to apply to the base model")
-    src.add_argument("--run", default="", help="SmartFed run directory (config.json + checkpoint/)")
+    src.add_argument("--adapter", default="", metavar="DIR", help="PEFT adapter folder to apply to the base model")
+    src.add_argument("--run", default="", metavar="RUN_DIR", help="SmartFed run directory (config.json + checkpoint/)")
     src.add_argument(
         "--predictions",
         default="",
+        metavar="FILE.jsonl",
         help='score a JSONL file of {"index", "prediction"} lines instead of generating (no model)',
     )
-    parser.add_argument("--limit", type=int, default=0, help="first N eval examples only; 0 = all")
+    parser.add_argument("--limit", type=int, default=0, metavar="N", help="first N eval examples only; 0 = all")
     parser.add_argument(
-        "--output_dir", default="eval_results", help="where the records and summary go"
+        "--output_dir",
+        default=None,
+        metavar="DIR",
+        help="where the records and summary go (default: RUN/eval with --run, else eval_results, "
+        "which git ignores)",
     )
-    parser.add_argument("--data_dir", default="", help="data folder laid out like shared/data")
-    parser.add_argument("--batch_size", type=int, default=8, help="prompts decoded together")
     parser.add_argument(
-        "--max_new_tokens", type=int, default=0, help="generation cap; 0 = the task's default"
+        "--data_dir",
+        default="",
+        metavar="DIR",
+        help="data folder of the file-backed tasks (layout and download: docs/data.md)",
     )
-    parser.add_argument("--dtype", default="bfloat16", choices=("bfloat16", "float32", "float16"))
-    parser.add_argument("--device", default="cpu")
+    parser.add_argument(
+        "--eval_batch_size",
+        "--batch_size",
+        dest="batch_size",
+        type=int,
+        default=8,
+        metavar="N",
+        help="prompts decoded together (default 8; --batch_size is an old spelling)",
+    )
+    parser.add_argument(
+        "--max_new_tokens", type=int, default=0, metavar="N", help="generation cap; 0 = the task's default"
+    )
+    parser.add_argument(
+        "--dtype",
+        default="bfloat16",
+        choices=("bfloat16", "float32", "float16"),
+        help="weights dtype of the base model (default bfloat16)",
+    )
+    parser.add_argument(
+        "--device", default="cpu", metavar="DEVICE", help="torch device (default cpu)"
+    )
     parser.add_argument(
         "--overwrite", action="store_true", help="replace existing results for this task"
     )
@@ -61,7 +87,7 @@ def run(args: argparse.Namespace) -> int:
         run=args.run,
         predictions=args.predictions,
         limit=args.limit,
-        output_dir=args.output_dir,
+        output_dir=args.output_dir or (f"{args.run}/eval" if args.run else "eval_results"),
         data_dir=args.data_dir,
         batch_size=args.batch_size,
         max_new_tokens=args.max_new_tokens,
