@@ -27,15 +27,27 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         help="hub id, local dir, .gguf or `default` (default: the run's model, else `default`)",
     )
     src = parser.add_mutually_exclusive_group()
-    src.add_argument("--adapter", default="", metavar="DIR", help="PEFT adapter folder to apply to the base model")
-    src.add_argument("--run", default="", metavar="RUN_DIR", help="SmartFed run directory (config.json + checkpoint/)")
+    src.add_argument(
+        "--adapter",
+        default="",
+        metavar="DIR",
+        help="PEFT adapter folder to apply to the base model",
+    )
+    src.add_argument(
+        "--run",
+        default="",
+        metavar="RUN_DIR",
+        help="SmartFed run directory (config.json + checkpoint/)",
+    )
     src.add_argument(
         "--predictions",
         default="",
         metavar="FILE.jsonl",
         help='score a JSONL file of {"index", "prediction"} lines instead of generating (no model)',
     )
-    parser.add_argument("--limit", type=int, default=0, metavar="N", help="first N eval examples only; 0 = all")
+    parser.add_argument(
+        "--limit", type=int, default=0, metavar="N", help="first N eval examples only; 0 = all"
+    )
     parser.add_argument(
         "--output_dir",
         default=None,
@@ -59,7 +71,11 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         help="prompts decoded together (default 8; --batch_size is an old spelling)",
     )
     parser.add_argument(
-        "--max_new_tokens", type=int, default=0, metavar="N", help="generation cap; 0 = the task's default"
+        "--max_new_tokens",
+        type=int,
+        default=0,
+        metavar="N",
+        help="generation cap; 0 = the task's default",
     )
     parser.add_argument(
         "--dtype",
