@@ -13,7 +13,10 @@ from smartfed.cli.config_flags import add_config_flags, config_from_args
 from smartfed.config import ModelConfig, RunConfig
 
 # Extra ``smartfed pool`` actions living in other modules (e.g. "train": "smartfed.cli.pool_train").
-POOL_ACTIONS: dict[str, str] = {"train": "smartfed.cli.pool_train"}
+POOL_ACTIONS: dict[str, str] = {
+    "train": "smartfed.cli.pool_train",
+    "package": "smartfed.cli.pool_package",
+}
 
 
 def register(subparsers: Any) -> None:

@@ -1,45 +1,96 @@
-"""``smartfed pool train``: train a skill LoRA with PEFT and register it (SPEC.md §2.2)."""
+"""``smartfed pool train``: train a skill LoRA with PEFT and register it."""
 
 from __future__ import annotations
 
 import argparse
 from typing import Any
 
+from smartfed.cli.config_flags import add_field_flags
+
 
 def register(actions: Any) -> None:
     """Add ``smartfed pool train`` to the ``pool`` action subparsers."""
     p = actions.add_parser(
-        "train", help="train a new skill LoRA with PEFT on a dataset and register it"
+        "train",
+        help="train a new skill LoRA with PEFT on a dataset and register it",
+        description="Train one LoRA with PEFT (loss on the responses only) and write a standard "
+        "PEFT adapter folder; optionally register it in the pool registry. Interrupted runs "
+        "continue with --resume.",
     )
-    p.add_argument(
-        "--model_name_or_path", default="default", help="base model (hub id, dir, .gguf, default)"
-    )
-    p.add_argument("--dtype", default="bfloat16", choices=("bfloat16", "float32", "float16"))
+    add_field_flags(p, ("model_name_or_path", "dtype"))
     p.add_argument(
         "--dataset",
         required=True,
-        help="registered task name or a .json/.jsonl {prompt,response} file",
-    )
-    p.add_argument("--data_dir", default="", help="data folder for file-backed registered tasks")
-    p.add_argument("--rank", type=int, required=True, help="LoRA rank r")
-    p.add_argument("--alpha", type=float, default=0.0, help="LoRA alpha (default 2 * rank)")
-    p.add_argument("--target_modules", default="q_proj,v_proj", help="comma-separated module names")
-    p.add_argument("--max_steps", type=int, default=200)
-    p.add_argument("--learning_rate", type=float, default=2e-3)
-    p.add_argument("--batch_size", type=int, default=8)
-    p.add_argument(
-        "--max_len", type=int, default=128, help="tokens per row (prompt cut from the left)"
-    )
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument(
-        "--checkpoint_every", type=int, default=50, help="steps between resume checkpoints"
-    )
-    p.add_argument("--output_dir", required=True, help="PEFT adapter directory to write")
-    p.add_argument(
-        "--name", default="", help="register the adapter under NAME in the pool registry"
+        metavar="DATA",
+        help="a local .json/.jsonl/.parquet file (Alpaca instruction/input/output, chat "
+        "messages, or prompt/response rows), a registered task, or a hub dataset id "
+        "owner/name[:split] (the same loader as `smartfed train --dataset`; docs/data.md)",
     )
     p.add_argument(
-        "--registry", default="", help="registry JSON (default: $SMARTFED_CACHE/registry.json)"
+        "--data_dir",
+        default="",
+        metavar="DIR",
+        help="data folder of the file-backed registered tasks (docs/data.md)",
+    )
+    p.add_argument("--rank", type=int, required=True, metavar="R", help="LoRA rank r")
+    p.add_argument(
+        "--alpha", type=float, default=0.0, metavar="X", help="LoRA alpha (default 0 = 2 * rank)"
+    )
+    p.add_argument(
+        "--target_modules",
+        default="q_proj,v_proj",
+        metavar="NAMES",
+        help="comma-separated module names the LoRA wraps (default q_proj,v_proj)",
+    )
+    p.add_argument(
+        "--max_steps", type=int, default=200, metavar="N", help="optimizer steps (default 200)"
+    )
+    p.add_argument(
+        "--learning_rate",
+        type=float,
+        default=2e-3,
+        metavar="LR",
+        help="AdamW learning rate, constant (default 2e-3)",
+    )
+    p.add_argument(
+        "--batch_size", type=int, default=8, metavar="N", help="examples per step (default 8)"
+    )
+    p.add_argument(
+        "--max_len",
+        type=int,
+        default=128,
+        metavar="N",
+        help="tokens per row, prompt cut from the left (default 128)",
+    )
+    p.add_argument(
+        "--seed",
+        type=int,
+        default=0,
+        metavar="N",
+        help="seeds LoRA init, batch order and the held-out split (default 0)",
+    )
+    p.add_argument(
+        "--checkpoint_every",
+        type=int,
+        default=50,
+        metavar="N",
+        help="steps between resume checkpoints (default 50)",
+    )
+    p.add_argument(
+        "--output_dir", required=True, metavar="DIR", help="PEFT adapter directory to write"
+    )
+    p.add_argument(
+        "--name",
+        default="",
+        metavar="NAME",
+        help="register the adapter under NAME in the pool registry",
+    )
+    p.add_argument(
+        "--registry",
+        default="",
+        metavar="FILE.json",
+        help="registry JSON (default: <cache>/registry.json, cache = $SMARTFED_CACHE, else "
+        "$XDG_CACHE_HOME/smartfed, else ~/.cache/smartfed)",
     )
     p.add_argument("--resume", action="store_true", help="continue from OUTPUT_DIR/.resume")
     p.add_argument("--no_progress", action="store_true", help="no progress bar")
@@ -47,6 +98,7 @@ def register(actions: Any) -> None:
         "--threads",
         type=int,
         default=0,
+        metavar="N",
         help="torch CPU threads (0: torch default; 1 on a shared box)",
     )
     p.set_defaults(handler=_cmd_train)
