@@ -104,9 +104,11 @@ def load_router_state_dict(model: nn.Module, state: Mapping[str, torch.Tensor]) 
     for key, param in params.items():
         tensor = state[key]
         if tuple(tensor.shape) != tuple(param.shape):
+            name, _, pname = key.rpartition(".router.")
             raise CheckpointError(
-                f"router {key}: shape {tuple(tensor.shape)} != {tuple(param.shape)} in this "
-                "model; use routers trained with the same pool, router_proj_dim and router_rank"
+                f"router {name}: shape {tuple(tensor.shape)} != {tuple(param.shape)} of its "
+                f"{pname} in this model; use routers trained with the same pool, router_proj_dim "
+                "and router_rank"
             )
     with torch.no_grad():
         for key, param in params.items():
