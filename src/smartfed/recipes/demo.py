@@ -50,13 +50,15 @@ RUN: dict[str, Scalar] = {
     "seed": 0,
 }
 """[D] A short run of the cpu-mini protocol (the bench runs 8 rounds, 50 eval rows, 3 seeds)."""
+ONE_ROUND = ("merge",)
+"""Methods that train nothing: more rounds would only repeat the same evaluation."""
 LEGEND = (
     "accuracy: execution accuracy of the generated programs on the eval rows after the last round "
     "(n rows; ±0.2 at n=25).",
     "held-out loss: response loss on held-out training rows after the last round.",
     "MB/round, MB total: bytes sent up and down, counted from the serialized Flower messages.",
     "rounds to FedIT loss: first round whose held-out loss is <= FedIT's final one "
-    "(`never` if none; merge trains nothing).",
+    "(`never` if none; merge trains nothing and runs one round).",
     "The pool: the two skill LoRAs of the task (Chinese, code); only SmartFed routes over their "
     "rank-one experts, merge averages them, FedIT trains a new LoRA.",
 )
@@ -99,6 +101,8 @@ def run_config(method: str, model_cfg: ModelConfig, pool: Sequence[Path], out: P
         "lora_pool": ",".join(str(p) for p in pool),
         "output_dir": str(out / method),
     }
+    if method in ONE_ROUND:
+        flat["num_rounds"] = 1
     return RunConfig.from_flat(flat)
 
 
