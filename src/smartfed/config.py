@@ -55,8 +55,8 @@ class ModelConfig:
     needs ``pip install 'smartfed[quant]'``. Routers and experts stay in ``dtype``; results are
     not bit-identical to an unquantised base [D: none]."""
     cache_dir: str = ""
-    """Where GGUF models are cached as safetensors; empty = ``$SMARTFED_CACHE`` or
-    ``~/.cache/smartfed``."""
+    """Where GGUF models are cached as safetensors; empty = ``$SMARTFED_CACHE``, else
+    ``$XDG_CACHE_HOME/smartfed``, else ``~/.cache/smartfed``."""
     max_seq_len: int = 256
     """Training/eval sequences are truncated to this many tokens."""
 
@@ -393,7 +393,8 @@ class DataConfig:
     """A registered task or a local JSON/JSONL file (Alpaca fields or chat ``messages``);
     overrides ``task`` for training data when set."""
     data_dir: str = ""
-    """Folder laid out like shared/data (upstream file names); empty = ``$SMARTFED_DATA``."""
+    """Data folder of the file-backed tasks (upstream file names, layout and download commands in
+    docs/data.md); empty = ``$SMARTFED_DATA``, else ``./data``."""
     max_train_examples: int = 0
     """Cap on training rows before partitioning; 0 = all."""
 

@@ -1,6 +1,6 @@
 """The ``Task`` contract, data-folder resolution and strict line-numbered file readers.
 
-A task names its train and eval sources (files laid out like ``shared/data``, with the upstream file
+A task names its train and eval sources (files in a data folder, see docs/data.md, upstream file
 names), how a row becomes an :class:`~smartfed.data.example.Example`, how an answer is extracted
 from
 a model output and how it is scored.
@@ -28,7 +28,7 @@ DEFAULT_DATA_DIR = "data"
 def resolve_data_dir(data_dir: str | os.PathLike[str] | None = None) -> Path:
     """Return the data folder: ``data_dir`` if given, else ``$SMARTFED_DATA``, else ``./data``.
 
-    The order is explicit and documented (docs/tasks.md); there is no hidden machine-specific
+    The order is explicit and documented (docs/data.md); there is no hidden machine-specific
     default.
     """
     if data_dir:
@@ -49,7 +49,7 @@ def require_file(data_dir: str | os.PathLike[str] | None, rel: str, task: str) -
         raise DataError(
             f"task {task!r} needs {path} (upstream file {Path(rel).name}) which does not exist: "
             f"put it at <data_dir>/{rel} and pass --data_dir <data_dir> (or set ${DATA_ENV}); "
-            "see docs/tasks.md for where each file comes from"
+            "see docs/data.md for where each file comes from"
         )
     return path
 
@@ -157,7 +157,7 @@ class Task:
             DataError: the task has no training split, or a file is missing/malformed.
         """
         raise DataError(
-            f"task {self.name!r} has no training split; train on another task (see docs/tasks.md)"
+            f"task {self.name!r} has no training split; train on another task (see docs/data.md)"
         )
 
     def eval_examples(self, data_dir: str | os.PathLike[str] | None = None) -> list[Example]:
