@@ -69,7 +69,7 @@ def test_server_logs_teacher_forced_metrics(
     task = get_task(TASK)
     for split, examples in (
         ("eval", task.eval_examples()[:4]),
-        ("val", task.examples("val", 3)),  # type: ignore[attr-defined]
+        ("val", task.validation_examples()[:3]),
     ):
         enc = [encode_for_training(tok, ex, EVAL_MAX_LEN) for ex in examples]
         ref = teacher_forced_eval(bundle.model, enc, 3, tok.pad_token_id)

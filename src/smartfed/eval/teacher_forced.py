@@ -29,7 +29,7 @@ from torch import nn
 from smartfed.config import EvalConfig
 from smartfed.data.example import Example
 from smartfed.data.formatting import IGNORE_INDEX, EncodedExample, collate
-from smartfed.errors import ConfigError, DataError
+from smartfed.errors import ConfigError
 
 
 @dataclass(frozen=True)
@@ -129,21 +129,14 @@ def split_rows(task: Any, split: str, limit: int, data_dir: str | None) -> list[
     """The first ``limit`` rows of a task's ``eval`` or ``val`` split (all when ``limit`` is 0).
 
     Raises:
-        ConfigError: ``val`` asked of a task that has no validation split.
+        ConfigError: ``val`` asked of a task without a validation split.
     """
-    if split == "eval":
-        rows = task.eval_examples(data_dir)
-        return rows[:limit] if limit > 0 else rows
-    if not hasattr(task, "examples"):
+    rows = task.eval_examples(data_dir) if split == "eval" else task.validation_examples(data_dir)
+    if split == "val" and not rows:
         raise ConfigError(
-            f"--val_examples: task {task.name!r} has no 'val' split; set --val_examples 0"
+            f"--val_examples: task {task.name!r} has no validation split; set --val_examples 0"
         )
-    try:
-        return list(task.examples("val", limit))
-    except DataError as err:
-        raise ConfigError(
-            f"--val_examples: task {task.name!r} has no 'val' split ({err}); set --val_examples 0"
-        ) from err
+    return rows[:limit] if limit > 0 else rows
 
 
 def round_metrics(
