@@ -5,7 +5,9 @@ Usage: python benchmarks/derived_figures.py [benchmarks/results/cpu-mini.json] [
 For every task (``main`` variant): the rounds, bytes, energy and wall time each method needs to
 reach FedIT's final held-out loss and final task metric [P: the paper's 3.95x convergence, 31.47x
 communication and 3.61x energy figures are ratios of this kind, FedIT's round-20 quality as the
-target], the ratios FedIT / method, and each method's final metric minus FedIT's.
+target], the ratios FedIT / method, and each method's final metric minus FedIT's. With per-round
+teacher-forced accuracy (preset ``v2``) also the to-target figures on it, and SmartFed minus each
+baseline paired over seeds with its 95% t interval. Rounds are interpolated on the mean curve.
 """
 
 from __future__ import annotations
@@ -35,7 +37,9 @@ def main() -> None:
     for task, d in derived.items():
         metric = results["tasks"][task]["metric"]
         print(f"== {task} (reference: {d['reference']}) ==")
-        for key in ("to_target_loss", f"to_target_{metric}"):
+        for key in ("to_target_loss", f"to_target_{metric}", "to_target_eval_tf_em"):
+            if key not in d:
+                continue
             items = d.get(key) or {}
             if not items:
                 print(f"{key}: no target (reference missing or its final {metric} is 0)")
@@ -48,8 +52,9 @@ def main() -> None:
             )
             for name, it in items.items():
                 mb = f"{it['bytes'] / 1e6:.2f}" if it["bytes"] else "-"
+                rnd = f"{it['round']:.2f}" if it["reached"] else "never"
                 print(
-                    f"  {name:18} {it['round'] or 'never':>6} {mb:>9} "
+                    f"  {name:18} {rnd:>6} {mb:>9} "
                     f"{_fmt(it['ratio_rounds']):>9} {_fmt(it['ratio_bytes']):>9} "
                     f"{_fmt(it['ratio_energy']):>9} {_fmt(it['ratio_wall']):>8}"
                 )
@@ -57,6 +62,12 @@ def main() -> None:
         print(f"final {metric} minus FedIT's (points):")
         for name, v in delta.items():
             print(f"  {name:18} {'-' if v is None else f'{100 * v:+.1f}'}")
+        for key, comps in (d.get("paired") or {}).items():
+            print(f"paired over seeds, final {key} (mean [95% t CI], n):")
+            for name, c in comps.items():
+                ci = "n/a" if c["lo"] is None else f"[{c['lo']:+.4f}, {c['hi']:+.4f}]"
+                mean = "-" if c["mean"] is None else f"{c['mean']:+.4f}"
+                print(f"  {name:30} {mean:>8} {ci:>22} {c['n']}")
         print()
 
 
