@@ -37,6 +37,9 @@ from smartfed.log import configure_logging, get_logger
 log = get_logger("smartfed.fed.worker")
 ERROR_LINGER_S = 5.0
 """[D] After a failed load, answer waiting requests with the error for this long, then exit."""
+CONN_TIMEOUT_S = 600.0
+"""[D] A client that leaves one socket read/write pending this long is dropped (the worker is
+single-threaded: a stalled client must not block the node's other messages forever)."""
 _PR_SET_PDEATHSIG = 1
 
 
@@ -177,7 +180,7 @@ class Worker:
                     return
                 continue
             with conn:
-                conn.settimeout(None)
+                conn.settimeout(CONN_TIMEOUT_S)
                 with contextlib.suppress(OSError):
                     self.handle(conn)
             last = time.monotonic()
