@@ -91,8 +91,11 @@ def make_server_app(cfg: RunConfig | None = None) -> ServerApp:
                 run_cfg = flwr_run_config(context)
                 prepare_flwr_run(run_cfg)
             except SmartFedError as err:
-                log.error("smartfed: error: %s", str(err).splitlines()[0])
-                raise
+                line = str(err).splitlines()[0] if str(err) else type(err).__name__
+                log.error("smartfed: error: %s", line)
+                # Flower logs the exception with its traceback and marks the run failed; keep that
+                # traceback to this frame (the line above is the message for the user).
+                raise type(err)(line) from None
             log.info("SmartFed run directory: %s", run_cfg.output_dir)
         summary = run_server(fast_poll(grid), run_cfg)  # replies pulled every 0.25 s
         log.info(
