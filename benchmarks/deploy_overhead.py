@@ -11,7 +11,7 @@ run (other work on the machine inflates both).
 
 Usage:
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/deploy_overhead.py --lora DIR [--rounds 6]
-        [--repeats 1] [--out benchmarks/results/deploy_overhead.json]
+        [--local_steps 2] [--batch_size 4] [--repeats 1] [--out OUT.json]
 
 ``--lora``: a PEFT LoRA directory for the default base model (SmolLM2-135M), e.g. a cpu-mini
 skill LoRA from ``smartfed pool train``; it is copied to a temporary folder named ``skill_lora``.
@@ -38,23 +38,24 @@ OUT = Path(__file__).parent / "results" / "deploy_overhead.json"
 TARGET_S = 2.0
 JOB = [
     "--model_name_or_path", "default", "--device", "cpu", "--task", "cpu_mini.hard_math",
-    "--num_clients", "2", "--sample_clients", "2", "--local_steps", "2", "--batch_size", "4",
+    "--num_clients", "2", "--sample_clients", "2",
     "--max_seq_len", "128", "--topk_experts", "8", "--heldout_examples", "16",
     "--eval_every", "0", "--eval_limit", "4", "--max_new_tokens", "16",
     "--no-track_energy", "--client_cpus", "1", "--seed", "0",
 ]  # fmt: skip
-"""The job of both engines: SmolLM2-135M, one LoRA, 2 clients (both sampled), 2 steps x 4 rows."""
+"""The job of both engines: SmolLM2-135M, one LoRA, 2 clients (both sampled)."""
 
 
 def _smartfed() -> str:
     return str(Path(sys.executable).parent / "smartfed")
 
 
-def run_engine(engine: str, lora: Path, rounds: int, out: Path) -> dict[str, Any]:
+def run_engine(engine: str, lora: Path, args: argparse.Namespace, out: Path) -> dict[str, Any]:
     """Run the job on ``engine`` (``simulation`` / ``deploy-local``) and summarize its rounds."""
     sub = ["deploy-local", "--num_supernodes", "2"] if engine == "deploy-local" else ["train"]
     argv = [_smartfed(), "-q", *sub, *JOB, "--lora_pool", str(lora)]
-    argv += ["--num_rounds", str(rounds), "--output_dir", str(out)]
+    argv += ["--num_rounds", str(args.rounds), "--output_dir", str(out)]
+    argv += ["--local_steps", str(args.local_steps), "--batch_size", str(args.batch_size)]
     load0 = os.getloadavg()
     t0 = time.perf_counter()
     proc = subprocess.run(argv, capture_output=True, text=True, check=False)
@@ -88,6 +89,8 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--lora", type=Path, required=True, help="a PEFT LoRA dir for SmolLM2-135M")
     p.add_argument("--rounds", type=int, default=6)
+    p.add_argument("--local_steps", type=int, default=2)
+    p.add_argument("--batch_size", type=int, default=4)
     p.add_argument("--repeats", type=int, default=1, help="simulation/deploy pairs, alternating")
     p.add_argument("--out", type=Path, default=OUT)
     args = p.parse_args()
@@ -97,7 +100,7 @@ def main() -> None:
         shutil.copytree(args.lora, lora)
         for i in range(args.repeats):
             for engine in ("simulation", "deploy-local"):
-                runs.append(run_engine(engine, lora, args.rounds, Path(tmp) / f"{engine}-{i}"))
+                runs.append(run_engine(engine, lora, args, Path(tmp) / f"{engine}-{i}"))
                 print(json.dumps({k: v for k, v in runs[-1].items() if k != "rounds"}), flush=True)
     sim = [r["median_round_wall_s"] for r in runs if r["engine"] == "simulation"]
     dep = [r["median_round_wall_s"] for r in runs if r["engine"] == "deploy-local"]
