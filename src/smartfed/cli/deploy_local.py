@@ -1,4 +1,8 @@
-"""``smartfed deploy-local``: run a job on a loopback SuperLink + N SuperNodes (deployment)."""
+"""``smartfed deploy-local``: run a job on a loopback SuperLink + N SuperNodes (deployment).
+
+Each SuperNode gets a worker process that keeps the model loaded across rounds; everything started
+is stopped at the end (docs/deployment.md, sections 2 and 4).
+"""
 
 from __future__ import annotations
 
@@ -14,7 +18,7 @@ def register(subparsers: Any) -> None:
     """Add the ``deploy-local`` subcommand."""
     parser = subparsers.add_parser(
         "deploy-local",
-        help="run a job through a local SuperLink and N SuperNodes",
+        help="run a job through a local SuperLink and N SuperNodes (one model-holding worker each)",
         description=__doc__.splitlines()[0],
     )
     parser.add_argument(
