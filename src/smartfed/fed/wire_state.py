@@ -19,6 +19,10 @@ reply; the server then forgets the client and sends the full state next time). B
 update is taken against what the client decoded, the downlink rounding error is carried into the
 next update: this is the server-side error feedback, per client. Memory on the server: one router
 state per client that has been sampled.
+
+The ClientApp wraps its training in :class:`ClientWire` (decode to a float32 instruction, train on
+a float32 wire, re-encode the reply), so training code and the per-node worker never see these
+encodings.
 """
 
 from __future__ import annotations
