@@ -22,6 +22,7 @@ from smartfed.fed.accounting import maybe_measure
 from smartfed.fed.cache import Bundle, BundleSpec, get_bundle
 from smartfed.fed.strategy import SmartFedStrategy
 from smartfed.io.rundir import Checkpoint, RunDir
+from smartfed.io.tracking import NullTracker, Tracker, open_tracker
 from smartfed.log import get_logger
 from smartfed.model.state import get_quotas, save_routers, set_quotas
 from smartfed.quota.schedule import EEQAState
@@ -97,6 +98,7 @@ class ServerLoop:
     strategy: SmartFedStrategy
     totals: dict[str, float] = field(default_factory=dict)
     bar: Any = None
+    tracker: Tracker = field(default_factory=NullTracker)
     _server_kwh: list[float] = field(default_factory=list)
     _tf_rows: dict[str, Any] = field(default_factory=dict)
 
@@ -127,6 +129,7 @@ class ServerLoop:
         row = self._row(out, eval_loss)
         row.update(task_metrics)
         self.run.append_metrics(row)
+        self.tracker.log_round(row)
         with out.account.phase("checkpoint_s"):
             self._checkpoint(out.round, {k: v.numpy() for k, v in state.items()}, out.quotas)
         if self.bar is not None:
@@ -268,11 +271,13 @@ def run_server(grid: Grid, cfg: RunConfig) -> dict[str, Any]:
     routers = ckpt.routers if ckpt else bundle.initial_state
     remaining = cfg.fed.num_rounds - done
     if remaining > 0:
+        loop.tracker = open_tracker(cfg.train.report_to, run.path, cfg.to_flat())
         loop.bar = tqdm(total=cfg.fed.num_rounds, initial=done, desc="rounds", mininterval=1.0)
         try:
             _start(strategy, cfg, grid, wire.arrays_from_numpy(routers), remaining, loop)
         finally:
             loop.bar.close()
+            loop.tracker.close()
     summary = _summary(cfg, run, loop.totals)
     run.write_summary(summary)
     return summary
