@@ -1,4 +1,4 @@
-"""Experiment tracking as users know it from HF Trainer / TRL: ``--report_to none|tensorboard|wandb``.
+"""Experiment tracking as in HF Trainer / TRL: ``--report_to none|tensorboard|wandb``.
 
 The run directory's ``metrics.jsonl`` stays the record of a run; a tracker mirrors its numbers to a
 dashboard. Every numeric field of a round's metrics row becomes a scalar ``round/<field>`` at step
@@ -48,9 +48,10 @@ def round_scalars(row: Mapping[str, Any], prefix: str = "round/") -> Iterator[tu
             continue
         if isinstance(value, Mapping):
             yield from round_scalars(value, f"{prefix}{key}/")
-        elif isinstance(value, int | float) and not isinstance(value, bool):
-            if math.isfinite(value):
-                yield f"{prefix}{key}", float(value)
+        elif (
+            isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+        ):
+            yield f"{prefix}{key}", float(value)
 
 
 def step_scalars(row: Mapping[str, Any]) -> Iterator[tuple[str, float, int]]:
