@@ -38,9 +38,10 @@ class EEQAState:
     2. ``configure_train`` of round r sends ``state.quotas`` (matrix -> K_m); clients apply them
        with ``set_quotas(model, quotas)`` and train inside ``ImportanceTracker(model)``, replying
        ``tracker.scores()`` and ``tracker.usage()`` with their ``num_examples``.
-    3. ``aggregate_train`` of round r: write ``state.quotas`` (the quotas *used* in round r) to
-       that round's ``metrics.jsonl`` row, then ``state.update(r, aggregate_importance(replies))``
-       returns the quotas for round r + 1.
+    3. ``aggregate_train`` of round r: keep ``state.quotas`` (the quotas *used* in round r), then
+       ``state.update(r, aggregate_importance(replies))`` returns the quotas for round r + 1. The
+       server evaluates round r with the kept (trained) quotas and logs them as ``quotas``; the
+       new ones go to the row as ``next_quotas`` and into the resume checkpoint.
     4. Checkpoint after round r: ``atomic_write_json(checkpoint/quotas.json, state.to_dict())``;
        a resumed run then continues with the same quotas.
 
