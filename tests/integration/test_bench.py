@@ -128,6 +128,9 @@ def test_v2_sweeps_seed0_then_runs_the_chosen_rate(tmp_path: Path) -> None:
     assert {v2.pool_seed(k) for k in (0, 1, 2)} == {0, 1}  # two pools
     assert all(v2.pool_seed(k) != k for k in (0, 1, 2))  # pool seed != run seed
     assert v2.overrides["tf_eval_every"] == 1 and int(v2.overrides["eval_limit"]) >= 200
+    full = plan(v2)
+    tasks = [s.task for s in full]
+    assert tasks == sorted(tasks, key=list(dict.fromkeys(tasks)).index)  # one task at a time
     later = next(s for s in specs if s.method == "fedit" and s.seed == 1)
     assert resolve_rate(later, v2, tmp_path) is None  # sweep not run yet
     for mult, em in zip(v2.lr_grid, (0.2, 0.6, 0.4), strict=True):

@@ -84,7 +84,9 @@ def plan(
     seeds: int = 0,
     variants: Sequence[str] | None = None,
 ) -> list[RunSpec]:
-    """The runs of a preset, optionally narrowed; seeds outermost so every cell gets seed 0 first.
+    """The runs of a preset, optionally narrowed; seeds outermost so every cell gets seed 0 first
+    (a preset with a learning-rate sweep: tasks outermost, then seeds, so each task's comparison
+    is complete before the next task starts).
 
     ``tasks`` not in the preset get the cells of its primary task; ``seeds`` > 0 replaces every
     cell's seed count.
@@ -123,6 +125,9 @@ def plan(
                         out += [RunSpec(c.task, c.variant, m, 0, x) for x in preset.lr_grid]
                     else:
                         out.append(RunSpec(c.task, c.variant, m, seed))
+    if preset.lr_grid:  # a tuned preset finishes one task (sweep, then seeds) before the next
+        order = list(dict.fromkeys(c.task for c in cells))
+        out.sort(key=lambda s: order.index(s.task))
     return out
 
 

@@ -61,7 +61,13 @@ METHOD_LR: dict[str, float] = {
 }
 """[D] Learning rate per method family: routers 5e-3, LoRAs 2e-3 (the rates that learned in
 cpu-scale-findings.md: a router at 1e-3 lagged far behind 5e-3 at 60 steps); merge and lorahub
-train nothing (lorahub's search has its own step size). The paper uses 5e-4 for all at 7B."""
+train nothing (lorahub's search has its own step size). The paper uses 5e-4 for all at 7B.
+
+LoRA scaling of the LoRA baselines [D]: PEFT ``alpha = r`` (scaling 1), not the skill LoRAs'
+``alpha / r = 2``, and not swept separately: with AdamW and ``B = 0`` at the start, scaling ``s``
+at rate ``lr`` is the same as scaling 1 with ``B`` at rate ``s * lr`` and ``A`` at ``lr`` (Adam is
+invariant to the gradient's scale up to its epsilon), so the v2 sweep (x1/3 .. x3 for both
+factors) brackets the skill LoRAs' setting."""
 
 
 @dataclass(frozen=True)
@@ -125,7 +131,7 @@ V2_TASKS = (
 pool, and the full skill gap ``zh_code_gap`` kept as one labelled task. Names not in the suite
 (yet) are left out (:func:`v2_tasks`)."""
 V2: dict[str, Scalar] = {
-    "num_rounds": 10,
+    "num_rounds": 8,
     "local_steps": 5,
     "eval_every": 0,
     "eval_limit": 200,
