@@ -95,10 +95,7 @@ def add_config_flags(
 
 def _add_flag(group: Any, section: str | None, owner: type[Any], f: dataclasses.Field[Any]) -> None:
     typ = field_type(section, f.name)
-    default = f.default if f.default is not dataclasses.MISSING else None
-    doc = field_docs(owner).get(f.name, "")
-    shown = "''" if default == "" else repr(default) if isinstance(default, str) else default
-    help_text = f"{doc} (default: {shown})".replace("%", "%%").strip()
+    help_text = _help(owner, f)
     dest = f"cfg__{section}__{f.name}" if section else f"cfg____{f.name}"
     if typ is bool:
         group.add_argument(
@@ -110,7 +107,7 @@ def _add_flag(group: Any, section: str | None, owner: type[Any], f: dataclasses.
         )
         return
     choices = choices_of(owner, f.name) or _dynamic_choices(f.name)
-    metavar = None if choices else METAVARS.get(f.name, {int: "N", float: "X"}.get(typ, "TEXT"))
+    metavar = None if choices else _metavar(f.name, typ)
     group.add_argument(
         f"--{f.name}",
         dest=dest,
@@ -120,6 +117,40 @@ def _add_flag(group: Any, section: str | None, owner: type[Any], f: dataclasses.
         metavar=metavar,
         help=help_text,
     )
+
+
+def add_field_flags(parser: argparse.ArgumentParser, leaves: tuple[str, ...]) -> None:
+    """Add ``--<leaf>`` for some RunConfig leaves as plain flags (``args.<leaf>``, the config's
+    default and docstring), for commands that are not a whole run (demo, eval, pool train)."""
+    from smartfed.config import leaf_index
+
+    index = leaf_index()
+    for leaf in leaves:
+        owner = _SECTIONS[index[leaf]]
+        f = next(x for x in dataclasses.fields(owner) if x.name == leaf)
+        typ = field_type(index[leaf], leaf)
+        choices = choices_of(owner, leaf) or _dynamic_choices(leaf)
+        parser.add_argument(
+            f"--{leaf}",
+            type=typ,
+            default=f.default,
+            choices=choices,
+            metavar=None
+            if choices
+            else METAVARS.get(leaf, {int: "N", float: "X"}.get(typ, "TEXT")),
+            help=_help(owner, f),
+        )
+
+
+def _metavar(leaf: str, typ: type[Any]) -> str:
+    return METAVARS.get(leaf, {int: "N", float: "X"}.get(typ, "TEXT"))
+
+
+def _help(owner: type[Any], f: dataclasses.Field[Any]) -> str:
+    default = f.default if f.default is not dataclasses.MISSING else None
+    doc = field_docs(owner).get(f.name, "")
+    shown = "''" if default == "" else repr(default) if isinstance(default, str) else default
+    return f"{doc} (default: {shown})".replace("%", "%%").strip()
 
 
 def _dynamic_choices(leaf: str) -> tuple[str, ...] | None:
