@@ -294,7 +294,7 @@ if __name__ == "__main__":  # pragma: no cover - the child process of run_one
 
 
 PACKAGE_COMMAND = "smartfed pool package"
-"""The one command that rebuilds the LoRAs shipped with the package (docs/cpu-mini.md)."""
+"""The one command that rebuilds the LoRAs shipped with the package (README, "Set-up")."""
 
 
 def package_pool(
