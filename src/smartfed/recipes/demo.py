@@ -128,6 +128,17 @@ def finished(cfg: RunConfig) -> bool:
     return bool(summary.get("rounds", 0) >= cfg.fed.num_rounds)
 
 
+def same_config(cfg: RunConfig) -> bool:
+    """The run directory was made by this very config (``resume`` aside), so it may be reused."""
+    path = Path(cfg.output_dir) / "config.json"
+    try:
+        old = RunConfig.load_json(path).to_flat()
+    except SmartFedError:
+        return False
+    new = cfg.to_flat()
+    return all(old.get(k) == v for k, v in new.items() if k != "resume")
+
+
 def round_line(row: Mapping[str, Any], num_rounds: int) -> str:
     """``round 2/3: train loss 0.412, held-out 0.388, 2.97 MB, 41 s``."""
     loss = row.get("train_loss")
@@ -199,6 +210,11 @@ def run_demo(
     for i, method in enumerate(METHODS, 1):
         cfg = run_config(method, model_cfg, list(pool.values()), out)
         run = DemoRun(method, Path(cfg.output_dir))
+        if run.run_dir.exists() and not same_config(cfg):
+            import shutil
+
+            say(f"[{i}/{len(METHODS)}] {method}: {run.run_dir} was made with another config: rerun")
+            shutil.rmtree(run.run_dir)
         if finished(cfg):
             run.reused = True
             say(f"[{i}/{len(METHODS)}] {method}: reused the finished run in {run.run_dir}")
