@@ -94,8 +94,8 @@ def response_loss(
         A scalar float32 loss (NaN when the batch has no response token).
     """
     hidden = model.get_decoder()(
-        input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]
-    ).last_hidden_state  # (batch, seq, d)
+        input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False
+    ).last_hidden_state  # (batch, seq, d); no KV cache is built for a loss
     targets = batch["labels"][:, 1:]  # (batch, seq - 1)
     keep = targets != IGNORE_INDEX
     head = model.get_output_embeddings()  # weight: (vocab, d)
