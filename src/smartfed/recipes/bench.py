@@ -360,7 +360,10 @@ def run_bench(
         except SmartFedError as err:
             log.error("%s", err)
             failed.append((spec, str(err)))
-        write_bench_outputs(Path(results_path), preset_name, discover(out), failed, pools)
+        try:
+            write_bench_outputs(Path(results_path), preset_name, discover(out), failed, pools)
+        except Exception:  # noqa: BLE001 - a report bug must not stop hours of runs
+            log.exception("could not write the bench results; rebuild them with --report_only")
     return BenchResult(Path(results_path), specs, failed, time.perf_counter() - t0)
 
 

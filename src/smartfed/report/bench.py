@@ -8,7 +8,7 @@ Layout of ``<suite>.json`` (``benchmarks/results/cpu-mini.json``)::
                   method's "config" holds what its runs actually used),
      "pool": {pool seed: {skill: {"path", "steps", "heldout_loss_after"}}},
      "tasks": {task: {"metric", "variants": {variant: {"methods": {method: {
-         "seeds", "lr_mult", "per_round": [{round, eval_loss / eval_tf_em / eval_tf_loss:
+         "seeds", "per_round": [{round, eval_loss / eval_tf_em / eval_tf_loss:
          {mean, std, n, ci95}, eval_<metric>, bytes_up, ...}],
          "bytes_total", "bytes_per_round", "wall_s", "energy_kwh": {mean, std, n, ci95},
          "final": {"eval_loss", "eval_tf_em", "eval_tf_loss", "val_tf_em", "<metric>":

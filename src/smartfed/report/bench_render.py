@@ -7,10 +7,14 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from smartfed.errors import SmartFedError
+from smartfed.log import get_logger
 from smartfed.report.plots import _figure, _save, plot_quota_heatmap, plot_usage
 
 if TYPE_CHECKING:
     from smartfed.recipes.bench import RunSpec
+
+log = get_logger(__name__)
 
 VARIANT_TITLES = {
     "main": "the relevant pool",
@@ -264,7 +268,11 @@ def render_plots(
         reported = entry["variants"].get("main", {}).get("methods", {}).get("smartfed", {})
         runs = [Path(d) for d in reported.get("runs", []) if (Path(d) / "metrics.jsonl").is_file()]
         if runs:
-            record = load_run(runs[0])
+            try:
+                record = load_run(runs[0])
+            except SmartFedError as err:  # a run dir the report cannot read: no run plots
+                log.warning("no EEQA / usage plots for %s: %s", task, err)
+                continue
             for fn, suffix in ((plot_quota_heatmap, "eeqa_quotas"), (plot_usage, "expert_usage")):
                 if p := fn(record, Path(f"{stem}_{short}_{suffix}.png")):
                     images.append(p)

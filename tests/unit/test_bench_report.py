@@ -1,0 +1,87 @@
+"""A v2 results JSON from run directories: the sweep's choice, the reported runs at the chosen
+rate, paired intervals, teacher-forced to-target figures, and the Markdown and curves."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+from smartfed.config import RunConfig
+from smartfed.recipes.bench import LR_GRID, RunSpec, discover
+from smartfed.report.bench import write_bench_outputs
+
+TASK = "cpu_mini.zh_code_gap"
+ROUNDS = 4
+
+
+def _write_run(root: Path, spec: RunSpec, level: float, val: float) -> None:
+    run_dir = root / spec.subdir()
+    run_dir.mkdir(parents=True)
+    rows = []
+    for r in range(1, ROUNDS + 1):
+        em = level * r / ROUNDS
+        row = {
+            "round": r,
+            "bytes_up": 1000,
+            "bytes_down": 1000,
+            "wall_s": 2.0,
+            "energy_kwh_clients": 1e-5,
+            "energy_kwh_server": 1e-6,
+            "train_loss": 1.0 / r,
+            "eval_loss": 1.0 / r,
+            "eval_tf_em": em,
+            "eval_tf_loss": 2.0 - em,
+        }
+        if r == ROUNDS:
+            row |= {"eval_execution_accuracy": min(1.0, em + 0.05), "val_tf_em": val}
+            row |= {"val_tf_loss": 1.0}
+        rows.append(row)
+    (run_dir / "metrics.jsonl").write_text("".join(json.dumps(x) + "\n" for x in rows))
+    (run_dir / "summary.json").write_text(json.dumps({"rounds": ROUNDS}))
+    cfg = RunConfig.from_flat(
+        {
+            "method": spec.method,
+            "seed": spec.seed,
+            "task": TASK,
+            "learning_rate": 2e-3 * (spec.lr_mult or 1.0),
+            "lora_pool": "pools/zh-1,pools/code-1",
+        }
+    )
+    (run_dir / "config.json").write_text(cfg.to_json())
+
+
+def test_v2_results_from_run_dirs(tmp_path: Path) -> None:
+    root = tmp_path / "runs"
+    # seed 0 sweep: the middle rate wins on val (0.6) though x3 is best on eval (no eval peeking)
+    for method, levels in (("smartfed", (0.5, 0.8, 0.9)), ("fedit", (0.2, 0.4, 0.45))):
+        for mult, level, val in zip(LR_GRID, levels, (0.3, 0.6, 0.5), strict=True):
+            _write_run(root, RunSpec(TASK, "main", method, 0, mult), level, val)
+        for seed, shift in ((1, -0.05), (2, 0.02)):
+            _write_run(root, RunSpec(TASK, "main", method, seed, 1.0), levels[1] + shift, 0.5)
+    for seed in range(3):
+        _write_run(root, RunSpec(TASK, "main", "merge", seed), 0.1, 0.1)
+    out = tmp_path / "res" / "v2.json"
+    data = write_bench_outputs(out, "v2", discover(root), [], {})
+    assert json.loads(out.read_text())["preset"] == "v2"
+    sweep = data["sweep"][TASK]["main"]
+    assert sweep["smartfed"]["chosen_mult"] == 1.0 and sweep["fedit"]["chosen_mult"] == 1.0
+    methods = data["tasks"][TASK]["variants"]["main"]["methods"]
+    sf = methods["smartfed"]
+    assert sf["seeds"] == [0, 1, 2] and all("lr-x1/" in r for r in sf["runs"])
+    assert math.isclose(sf["final"]["eval_tf_em"]["mean"], 0.8 + (-0.05 + 0.02) / 3)
+    assert [r["round"] for r in sf["per_round"]] == [1, 2, 3, 4]
+    assert sf["per_round"][0]["eval_tf_em"]["ci95"] > 0
+    paired = data["derived"][TASK]["paired"]
+    diff = paired["eval_tf_em"]["smartfed - fedit"]
+    assert diff["n"] == 3 and math.isclose(diff["mean"], 0.4) and diff["lo"] <= 0.4 <= diff["hi"]
+    assert "execution_accuracy" in paired
+    tt = data["derived"][TASK]["to_target_eval_tf_em"]
+    assert math.isclose(tt["fedit"]["target"], 0.4 + (-0.05 + 0.02) / 3)
+    assert 1.0 < tt["smartfed"]["round"] < 3.0 and tt["smartfed"]["ratio_rounds"] > 1
+    assert data["protocol"]["pool_seed_of_run_seed"] == {"0": 1, "1": 0, "2": 1}
+    assert "val_tf_em" in data["protocol"]["metrics"] and "command" in data["meta"]
+    md = out.with_suffix(".md").read_text()
+    assert "| `fedit` | 3 | 0.002 |" in md  # seeds, then the chosen learning rate
+    assert "Paired differences" in md and "Learning-rate sweep" in md and "| `merge` |" in md
+    assert (out.parent / "v2_zh_code_gap_curves.png").is_file()
