@@ -73,7 +73,7 @@ def teacher_forced_batch(
         summed loss (scalar float32) and the number of response tokens.
     """
     hidden = model.get_decoder()(
-        input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]
+        input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False
     ).last_hidden_state  # (batch, seq, d)
     targets = batch["labels"][:, 1:]  # (batch, seq - 1): token predicted at each position
     keep = targets != IGNORE_INDEX  # (batch, seq - 1)
