@@ -4,8 +4,9 @@ A worker serves exactly one key. The key is derived, never hand-written: every f
 :class:`~smartfed.fed.cache.BundleSpec` (``dataclasses.asdict``; the spec is the only input of
 :func:`~smartfed.fed.cache.get_bundle`, so a field that changes what is loaded is in the key by
 construction), the path/size/mtime of the files that spec reads (base model dir, every pool
-adapter and the registry that names them, the training data), the environment variables the
-loaders read (:func:`bundle_digest`), and the installed SmartFed (:func:`code_identity`). A changed
+adapter, the training data), the registry entries of registered pool names, the environment
+variables the loaders read (:func:`bundle_digest`), and the installed SmartFed
+(:func:`code_identity`). A changed
 adapter, model, data file or SmartFed install gives a new key, hence a fresh worker, never a stale
 model.
 
@@ -53,31 +54,34 @@ def file_identity(path: Path) -> list[tuple[str, int, int]]:
     return out
 
 
-def _pool_paths(spec: BundleSpec) -> list[Path]:
-    """The local directories the pool entries resolve to (registered names through the registry)."""
-    from smartfed.pool.registry import load_registry, registry_path
+def _pool_paths(spec: BundleSpec) -> tuple[list[Path], list[tuple[str, str, str]]]:
+    """The local directories of the pool entries, and the registry entries of registered names
+    (their name/source/kind; not the registry file, which other entries change)."""
+    from smartfed.pool.registry import load_registry
 
-    reg_file = registry_path(spec.pool.registry)
     try:
         entries = load_registry(spec.pool.registry)
-    except Exception:  # an unreadable registry fails in the loader; the key needs the file only
+    except Exception:  # an unreadable registry fails in the loader; the key needs no more
         entries = {}
-    paths = [reg_file]
+    paths, used = [], []
     for source in spec.pool.sources:
         entry = entries.get(source)
+        if entry is not None:
+            used.append((entry.name, entry.source, entry.kind))
         paths.append(Path(entry.source) if entry and entry.kind == "local" else Path(source))
-    return paths
+    return paths, used
 
 
-def spec_files(spec: BundleSpec) -> list[tuple[str, int, int]]:
-    """Identity of every local file or directory the spec's loaders read."""
-    paths = [Path(spec.model.model_name_or_path), *_pool_paths(spec)]
+def spec_files(spec: BundleSpec) -> list[Any]:
+    """Identity of every local file or directory the spec's loaders read (+ registry entries)."""
+    pool_paths, registered = _pool_paths(spec)
+    paths = [Path(spec.model.model_name_or_path), *pool_paths]
     if spec.data.dataset:
         paths.append(Path(spec.data.dataset))
     data_dir = spec.data.data_dir or os.environ.get("SMARTFED_DATA", "")
     if data_dir:
         paths.append(Path(data_dir))
-    return [ident for p in paths for ident in file_identity(p)]
+    return [ident for p in paths for ident in file_identity(p)] + registered
 
 
 def code_identity() -> str:
