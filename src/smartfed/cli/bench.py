@@ -10,6 +10,7 @@ EPILOG = (
     "  smartfed bench --suite cpu-mini --preset quick            # 7 methods x 3 seeds + controls\n"
     "  smartfed bench --methods smartfed,fedit --seeds 1 --variants main\n"
     "  smartfed bench --preset full --output_dir runs/bench-full --results bench-full.json\n"
+    "  smartfed bench --preset v2    # tuned: equal lr sweep on val, 3 seeds, 2 pools, 4 tasks\n"
     "An interrupted bench continues where it stopped when run again with the same flags."
 )
 
@@ -44,11 +45,16 @@ def register(subparsers: Any) -> None:
     )
     bench.add_argument("--model_name_or_path", default="default")
     bench.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float32", "float16"])
-    bench.add_argument("--output_dir", default="runs/bench", help="run directories go here")
+    bench.add_argument(
+        "--output_dir",
+        default="",
+        help="run directories go here (default: runs/bench for quick, runs/bench-<preset> else)",
+    )
     bench.add_argument(
         "--results",
-        default="benchmarks/results/cpu-mini.json",
-        help="results JSON (Markdown table and PNGs are written beside it)",
+        default="",
+        help="results JSON, Markdown and PNGs beside it (default: benchmarks/results/"
+        "cpu-mini.json for quick, benchmarks/results/cpu-mini-<preset>.json else)",
     )
     bench.add_argument(
         "--set",
@@ -88,6 +94,13 @@ def run_bench_cli(args: argparse.Namespace) -> int:
     from smartfed.config import ModelConfig, RunConfig
     from smartfed.recipes.bench import run_bench
 
+    quick = args.preset == "quick"
+    args.output_dir = args.output_dir or ("runs/bench" if quick else f"runs/bench-{args.preset}")
+    args.results = args.results or (
+        "benchmarks/results/cpu-mini.json"
+        if quick
+        else f"benchmarks/results/cpu-mini-{args.preset}.json"
+    )
     over = _overrides(args.set)
     RunConfig.from_flat(over)  # bad keys/values fail here, before any work
     model_cfg = ModelConfig(model_name_or_path=args.model_name_or_path, dtype=args.dtype)
