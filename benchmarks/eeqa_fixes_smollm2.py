@@ -17,7 +17,8 @@ matrix), ``topk_experts = 8``, renormalised top-K; data: seeded two-digit sums (
 3. *Output scale under EEQA* (fix 4): routers reset to their seeded init, quotas = the "after"
    allocation, ``--train_steps`` steps each with ``output_scale_mode = topk`` (c = uniform K = 8,
    after the fix) and ``quota`` (c = K_m, before), plus the uniform-quota reference (K = 8
-   everywhere); held-out response loss of each.
+   everywhere), for ``--seeds`` data orders (variants interleaved per seed); held-out response
+   loss of each, its median and the per-seed differences.
 
 Usage::
 
@@ -205,6 +206,7 @@ def train_eval(
     rows: list[Any],
     held: list[Any],
     pad: int,
+    seed: int,
 ) -> dict[str, Any]:
     """Seeded initial routers, fixed quotas, ``train_steps`` steps; held-out loss before/after."""
     load_router_state_dict(model, init)
@@ -214,7 +216,7 @@ def train_eval(
     scales = [layer.output_scale for layer in more_layers(model).values()]
     params = [layer.router.weight.requires_grad_(True) for layer in more_layers(model).values()]
     loss0 = evaluate_loss(model, held, args.batch, pad)
-    gen = torch.Generator().manual_seed(2)
+    gen = torch.Generator().manual_seed(seed)
     batches = sample_batches(rows, args.batch, args.train_steps, pad, gen)
     result = local_train(
         model, batches, params, TrainConfig(learning_rate=args.lr, gradient_checkpointing=False)
@@ -230,6 +232,22 @@ def train_eval(
     }
 
 
+def summarize(runs: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
+    """Median held-out loss per variant and the per-seed differences to ``eeqa_topk_fixed_c``."""
+    ref = [r["heldout_loss_trained"] for r in runs["eeqa_topk_fixed_c"]]
+    out: dict[str, Any] = {}
+    for name, rs in runs.items():
+        losses = [r["heldout_loss_trained"] for r in rs]
+        diffs = [a - b for a, b in zip(losses, ref, strict=False)]
+        out[name] = {
+            "seeds": len(losses),
+            "median_heldout_loss": statistics.median(losses),
+            "heldout_losses": losses,
+            "paired_diff_vs_eeqa_topk_fixed_c": diffs,
+        }
+    return out
+
+
 def main() -> int:
     """Parse flags, run the three measurements, write the JSON atomically."""
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -239,6 +257,7 @@ def main() -> int:
     p.add_argument("--topk", type=int, default=8)
     p.add_argument("--lr", type=float, default=5e-3)
     p.add_argument("--heldout", type=int, default=48)
+    p.add_argument("--seeds", type=int, default=3, help="data-order seeds of the output-scale runs")
     p.add_argument("--out", default=str(ROOT / "benchmarks/results/eeqa_fixes_smollm2.json"))
     args = p.parse_args()
     torch.set_num_threads(1)
@@ -271,12 +290,17 @@ def main() -> int:
     record["gradient"] = gradient_phase(model, probe)
     quotas = record["importance"]["after_normalized"]["quotas"]
     uniform = dict.fromkeys(quotas, args.topk)
-    record["output_scale"] = {
-        "eeqa_topk_fixed_c": train_eval(args, model, init, "topk", quotas, rows, held, pad),
-        "eeqa_quota_c_eq_k": train_eval(args, model, init, "quota", quotas, rows, held, pad),
-        "uniform_k": train_eval(args, model, init, "topk", uniform, rows, held, pad),
+    variants = {
+        "eeqa_topk_fixed_c": ("topk", quotas),
+        "eeqa_quota_c_eq_k": ("quota", quotas),
+        "uniform_k": ("topk", uniform),
     }
-    atomic_write_json(Path(args.out), record)
+    runs: dict[str, list[dict[str, Any]]] = {name: [] for name in variants}
+    for seed in range(2, 2 + args.seeds):  # data-order seeds; variants interleaved per seed
+        for name, (mode, q) in variants.items():
+            runs[name].append(train_eval(args, model, init, mode, q, rows, held, pad, seed))
+        record["output_scale"] = {"runs": runs, "summary": summarize(runs)}
+        atomic_write_json(Path(args.out), record)  # a partial run keeps what it measured
     return 0
 
 
