@@ -186,7 +186,8 @@ def render_markdown(results: Mapping[str, Any], images: Sequence[Path], json_pat
         f"Generated from `{json_path.name}` on {meta.get('date', '?')} "
         f"(git {meta.get('git_commit', '?')}); "
         f"machine: {machine.get('cpu', '?')}, {machine.get('cores', '?')} cores, "
-        f"{machine.get('memory_gb', '?')} GB; seeds {meta.get('seeds')}. Mean ± std over seeds.",
+        f"{machine.get('memory_gb', '?')} GB; seeds {meta.get('seeds')}. Mean ± std over seeds; "
+        "95% t intervals in the curves' bands and the paired table.",
         "",
     ]
     for task, entry in results.get("tasks", {}).items():
