@@ -66,7 +66,9 @@ def run_engine(engine: str, lora: Path, args: argparse.Namespace, out: Path) -> 
     steady = rows[1:-1] if len(rows) > 2 else rows[1:]
     return {
         "engine": engine,
-        "command": " ".join(["smartfed", *argv[1:]]).replace(str(lora), "<skill_lora>"),
+        "command": " ".join(["smartfed", *argv[1:]])
+        .replace(str(lora), "<skill_lora>")
+        .replace(str(out), f"<tmp>/{out.name}"),
         "process_wall_s": round(total, 2),
         "loadavg_before": [round(x, 2) for x in load0],
         "loadavg_after": [round(x, 2) for x in os.getloadavg()],
@@ -121,7 +123,8 @@ def main() -> None:
             omp_num_threads=os.environ.get("OMP_NUM_THREADS", ""),
         ),
     }
-    result["meta"]["command"] = result["meta"]["command"].replace(str(args.lora), "<skill_lora>")
+    for path, name in ((args.lora, "<skill_lora>"), (args.out, f"<out>/{args.out.name}")):
+        result["meta"]["command"] = result["meta"]["command"].replace(str(path), name)
     atomic_write_json(args.out, result)
     print(json.dumps({k: result[k] for k in ("median_round_wall_s", "overhead_s", "target_met")}))
 
