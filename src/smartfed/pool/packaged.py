@@ -80,6 +80,17 @@ def packaged_by_name(name: str, root: Path = PACKAGED_ROOT) -> Path | None:
     return None
 
 
+def _drop_machine_paths(dest: Path) -> None:
+    """Shipped JSON keeps only the last component of local paths (no build machine's folders)."""
+    for name in ("adapter_config.json", "training_record.json"):
+        path = dest / name
+        data = json.loads(path.read_text(encoding="utf-8"))
+        for key, value in list(data.items()):
+            if isinstance(value, str) and value.startswith(("/", "~")) and len(value) > 1:
+                data[key] = Path(value).name
+        atomic_write_json(path, data)
+
+
 def package_adapter(
     suite: str,
     skill: str,
@@ -95,7 +106,8 @@ def package_adapter(
         shutil.rmtree(dest)
     dest.mkdir(parents=True)
     for name in SHIPPED_FILES:
-        shutil.copy2(adapter_dir / name, dest / name)
+        shutil.copy(adapter_dir / name, dest / name)
+    _drop_machine_paths(dest)
     manifest = read_manifest(suite, root)
     old = manifest["adapters"].get(skill)
     if old and old["dir"] != dest.name and (root / suite / old["dir"]).is_dir():
