@@ -187,7 +187,8 @@ class QuotaConfig:
     total_budget: int = 0
     """Total top-K units over all routed matrices; 0 = topk_experts x number of matrices [P]."""
     k_min: int = 1
-    """Lower bound of K_m [D]."""
+    """Lower bound of K_m [D], >= 1. Renormalised routers still learn at K_m = 1 (detached top-K
+    normaliser, docs/method.md)."""
     k_max: int = 0
     """Upper bound of K_m; 0 = M_m (all experts of the matrix) [D]."""
     eeqa_warmup_rounds: int = 1
@@ -196,7 +197,9 @@ class QuotaConfig:
 
     def __post_init__(self) -> None:
         _require(self.total_budget >= 0, "total_budget", self.total_budget, "must be >= 0")
-        _require(self.k_min >= 0, "k_min", self.k_min, "must be >= 0")
+        _require(
+            self.k_min >= 1, "k_min", self.k_min, "must be >= 1 (a routed matrix keeps >= 1 expert)"
+        )
         _require(self.k_max >= 0, "k_max", self.k_max, "must be >= 0 (0 = no cap)")
         _require(
             self.k_max == 0 or self.k_max >= self.k_min, "k_max", self.k_max, "must be >= k_min"

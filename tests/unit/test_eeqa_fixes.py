@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
 
-from smartfed.config import ModelConfig, RouterConfig, TrainConfig
+from smartfed.config import ModelConfig, QuotaConfig, RouterConfig, TrainConfig
 from smartfed.errors import ConfigError
 from smartfed.experts.bank import ExpertBank
 from smartfed.model.base import load_base_model
@@ -192,6 +192,13 @@ def test_every_router_gets_gradient_under_any_allocated_quota(
     for name, g in grads.items():
         if experts[name] >= 2:
             assert g > 1e-3 * typical, (name, quotas[name], g, typical)
+
+
+def test_k_min_below_one_is_refused() -> None:
+    # K_m = 0 is an impossible top-K for a MoRE layer: refused when the config is built, not
+    # mid-run when EEQA first gives a matrix nothing.
+    with pytest.raises(ConfigError, match="k_min=0: must be >= 1"):
+        QuotaConfig(k_min=0)
 
 
 def test_k1_router_gradient_is_of_the_same_order_as_at_k2(renorm_model: nn.Module) -> None:
