@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -215,6 +216,9 @@ def run_one(cfg: RunConfig) -> None:
             stdout=fh,
             stderr=subprocess.STDOUT,
             check=False,
+            # [D] one torch thread per process unless the user set it: the simulation's clients
+            # and the server share the cores, and oversubscribed OpenMP threads spin-wait
+            env={**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")},
         )
     if proc.returncode != 0 or run_state(run_dir, cfg.fed.num_rounds) != "done":
         raise SmartFedError(f"bench run {run_dir} failed (exit {proc.returncode}); see {logfile}")
@@ -393,8 +397,6 @@ def rebuild_results(
 
 def _child(request: str) -> int:
     """Child-process entry: run one ``smartfed train`` config from a JSON request file."""
-    import os
-
     from smartfed.log import configure_logging
     from smartfed.recipes.train import run_train
 
