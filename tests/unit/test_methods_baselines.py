@@ -135,7 +135,7 @@ def test_mole_gates_whole_loras_and_starts_at_the_mean_merge(
     state = method.trainable_state(model)
     v = "model.layers.0.self_attn.v_proj"
     assert state[v + ".router.weight"].shape == (3, 3 * 32)  # 3 LoRAs, gate on their outputs
-    assert "model.layers.0.self_attn.k_proj.router.weight" not in state  # one LoRA: gate 1
+    assert state["model.layers.0.self_attn.k_proj.router.weight"].shape == (1, 1)  # 1 LoRA
     layer = more_layers(model)[v]
     with torch.no_grad():
         state[v + ".router.weight"].normal_()

@@ -55,8 +55,9 @@ def test_only_gates_train_and_travel(tiny_model_dir: Path, tiny_pool: list[Path]
     state = method.trainable_state(model)
     assert state[V + ".router.weight"].shape == (3, 3 * 32)  # e: (N, N * d_out)
     assert state[V + ".router.log_temperature"].shape == (1,)
-    # k_proj is adapted by one LoRA only: a constant gate, nothing sent
-    assert not any(k.startswith("model.layers.0.self_attn.k_proj.") for k in state)
+    # k_proj is adapted by one LoRA only: a constant gate, a (1, 1) placeholder on the wire
+    k = "model.layers.0.self_attn.k_proj.router."
+    assert [(n, v.shape) for n, v in state.items() if n.startswith(k)] == [(k + "weight", (1, 1))]
     params = method.trainable_parameters(model)
     trainable = {id(p) for p in model.parameters() if p.requires_grad}
     assert trainable == {id(p) for p in params}

@@ -19,8 +19,9 @@ averaging for heterogeneous pools, where LoRAs target different matrices].
 Choices [D]: the gate is per token (MoLE flattens a whole sequence, which would let a token's gate
 see later tokens and break autoregressive decoding); ``e = 0`` at the start, so the first round
 starts exactly at the per-matrix mean merge; a matrix adapted by one LoRA has the constant gate 1
-(nothing to learn, nothing sent). :func:`set_lora_mask` is MoLE's inference-time masking of LoRAs
-[P]: masked LoRAs get gate 0 and the others are renormalised.
+(nothing to learn; a one-value placeholder travels so the wire has a key per MoRE layer).
+:func:`set_lora_mask` is MoLE's inference-time masking of LoRAs [P]: masked LoRAs get gate 0 and
+the others are renormalised.
 
 Mapping onto MoRE: a whole LoRA is the group of its rank-one experts in the matrix's
 :class:`~smartfed.experts.bank.ExpertBank`; :class:`MoLEGate` is the layer's router and gives every
@@ -28,8 +29,8 @@ expert its LoRA's gate (dense, output scale ``c = 1``), so the MoRE mixture is e
 ``sum_n G_n E_n(x)``.
 
 Sent per round (each direction, per sampled client): per matrix with ``N_m >= 2``,
-``<matrix>.router.weight`` ``(N_m, N_m * d_out)`` and ``<matrix>.router.log_temperature`` ``(1,)``,
-float32.
+``<matrix>.router.weight`` ``(N_m, N_m * d_out)`` and ``<matrix>.router.log_temperature`` ``(1,)``;
+per matrix with ``N_m = 1``, the placeholder ``<matrix>.router.weight`` ``(1, 1)``; float32.
 """
 
 from __future__ import annotations
@@ -63,8 +64,8 @@ class MoLEGate(nn.Module):
         temperature: initial ``tau`` (> 0).
 
     Attributes:
-        weight: ``e``, shape ``(N, N * d_out)``, float32, zero at init (``N = 1``: an unused zero
-            buffer, never trained or sent).
+        weight: ``e``, shape ``(N, N * d_out)``, float32, zero at init (``N = 1``: an unused
+            ``(1, 1)`` placeholder, 4 bytes on the wire).
         log_temperature: ``log tau``, shape ``(1,)`` (only when ``N >= 2``).
         pool_index: pool position of each of the ``N`` LoRAs, ``(N,)``.
         groups: LoRA (``0..N-1``) of each expert, ``(M,)``.
@@ -83,8 +84,9 @@ class MoLEGate(nn.Module):
         if n > 1:
             self.weight = nn.Parameter(torch.zeros(n, n * bank.d_out))
             self.log_temperature = nn.Parameter(torch.tensor([math.log(temperature)]))
-        else:  # constant gate 1; a zero buffer for code that reads every router's ``weight``
-            self.register_buffer("weight", torch.zeros(1, bank.d_out), persistent=False)
+        else:  # constant gate 1; a 1-value placeholder keeps one ``.router.weight`` key (and
+            # one quota on the wire) per MoRE layer, as for every routed method; never used
+            self.weight = nn.Parameter(torch.zeros(1, 1))
         device = bank.A.device
         self.register_buffer("pool_index", pool_index.to(device), persistent=False)
         self.register_buffer("groups", groups.long().to(device), persistent=False)
@@ -221,7 +223,8 @@ class MoLE(SmartFed):
         return out
 
     def trainable_parameters(self, model: nn.Module) -> list[nn.Parameter]:
-        """``e`` and ``log tau`` of every gate with ``N_m >= 2``, in model order."""
+        """``e`` and ``log tau`` of every gate (and the ``N_m = 1`` placeholders, which get no
+        gradient), in model order."""
         params = [p for gate in mole_gates(model).values() for p in gate.parameters()]
         for p in params:
             p.requires_grad_(True)
