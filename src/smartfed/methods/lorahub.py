@@ -105,7 +105,8 @@ class WeightSearch:
                 if not np.allclose(cand.value, xs[i], atol=1e-5):
                     raise CheckpointError(
                         "lorahub: the saved search history does not replay with this seed and "
-                        "optimiser; resume with the run's own --seed and pool"
+                        "optimiser; resume with the run's own --seed, pool, --num_rounds and "
+                        "--lorahub_budget"
                     )
                 self.opt.tell(cand, float(ys[i]))
 
