@@ -63,6 +63,13 @@ def main() -> None:
     parser.add_argument("--rank", type=int, default=32)
     parser.add_argument("--topk", type=int, default=32)
     parser.add_argument("--out", default="method_bytes.json")
+    parser.add_argument("--methods", default=",".join(METHODS), help="comma-separated subset")
+    parser.add_argument(
+        "--lorahub_budget",
+        type=int,
+        default=2,
+        help="LoRAHub candidates asked in the one round (2 = a 20-round run's share of 40)",
+    )
     args = parser.parse_args()
     from flwr.supercore.task_identity import TaskIdentity
     from test_methods_one_round import run_one_round
@@ -100,7 +107,7 @@ def main() -> None:
     else:
         pool = make_pool(args.model, root, args.rank)
     rows = {}
-    for method in METHODS:
+    for method in args.methods.split(","):
         t0 = time.perf_counter()
         res = run_one_round(
             Path(args.model) if args.model != "default" else Path("default"),
@@ -112,6 +119,7 @@ def main() -> None:
             batch_size=2,
             local_steps=1,
             max_seq_len=32,
+            lorahub_budget=args.lorahub_budget,
         )
         r = res["row"]
         rows[method] = {
