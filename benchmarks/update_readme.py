@@ -1,6 +1,9 @@
 """Put a bench's generated Markdown (tables, ratios, plots) into README.md between the markers.
 
-Usage: python benchmarks/update_readme.py [benchmarks/results/cpu-mini.md] [--readme README.md]
+Usage: python benchmarks/update_readme.py [MARKDOWN] [--readme README.md]
+
+MARKDOWN defaults to the ``v2`` bench's ``benchmarks/results/cpu-mini-v2.md`` when it exists, else
+the ``quick`` bench's ``benchmarks/results/cpu-mini.md``.
 
 The text between ``<!-- results:begin -->`` and ``<!-- results:end -->`` is replaced by the Markdown
 that ``smartfed bench`` wrote next to its JSON (image links rewritten relative to the README). The
@@ -20,9 +23,12 @@ from smartfed.report.bench_render import splice_readme
 def main() -> None:
     """Rewrite the README's results block."""
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("markdown", nargs="?", default="benchmarks/results/cpu-mini.md", type=Path)
+    p.add_argument("markdown", nargs="?", default=None, type=Path)
     p.add_argument("--readme", default="README.md", type=Path)
     args = p.parse_args()
+    if args.markdown is None:
+        v2 = Path("benchmarks/results/cpu-mini-v2.md")
+        args.markdown = v2 if v2.is_file() else Path("benchmarks/results/cpu-mini.md")
     rel = os.path.relpath(args.markdown.parent, args.readme.parent)
     text = splice_readme(
         args.readme.read_text(encoding="utf-8"), args.markdown.read_text("utf-8"), rel
