@@ -1,37 +1,42 @@
 """Run model-written Python in a locked-down child process. Nothing else in SmartFed executes it.
 
-Layers (docs/sandbox.md says what they do and do not stop):
+A pass means the tests ran to their end: the child harness (:mod:`smartfed.eval.sandbox_child`)
+writes a random per-run token only after the last stage returns, and this module scores a run as
+``ok`` only when that token comes back, whatever the exit status. Layers (docs/security.md,
+section "Sandbox", says what each stops and what remains):
 
-1. A fresh interpreter ``python -I -S -B`` (isolated: no site-packages, no PYTHON* env, no bytecode
-   writes) with a minimal environment, started in its own session so the whole process group is
-   killed.
-2. OS limits set before ``exec``: RLIMIT_CPU, RLIMIT_AS (memory), RLIMIT_NPROC (processes),
-   RLIMIT_FSIZE (largest file), RLIMIT_CORE=0; a wall-clock timeout that kills the process group.
-3. A throw-away temporary working directory (also ``HOME`` and ``TMPDIR``), deleted afterwards.
-4. Network: a new, empty network namespace via ``unshare -n`` when the machine allows it (detected
-   once); as root the child also drops to ``nobody`` so RLIMIT_NPROC and file permissions apply.
-5. In-process guards installed before user code: an audit hook that refuses sockets, process
-creation
-   (fork/exec/spawn/system/subprocess), ctypes, and writes/deletes outside the
-   working
-   directory. These are a second line only: a determined attacker can get around in-process guards.
+1. A fresh interpreter ``python -I -S -B`` with a minimal environment, in its own session; the
+   program and tests arrive on an anonymous file as standard input (nothing is copied to disk but
+   what the program writes itself), the token is never in the environment or on the command line.
+2. A new PID namespace (``unshare --pid --fork --kill-child``) when the machine allows it: when the
+   sample ends, the kernel kills everything it started, detached or not. Otherwise: its own session,
+   RLIMIT_NPROC and a sweep of ``/proc`` for processes carrying the run's marker.
+3. A new, empty network namespace with the PID namespace (as root directly, otherwise inside an
+   unprivileged user namespace).
+4. In the child, before the program: resource limits, ``nobody`` instead of root, Landlock
+   (read-only standard library, a private scratch directory, no ``execve``, no TCP, no signals
+   outside the sample) and an audit hook (a second line only).
+5. A fresh private scratch directory per sample (also ``HOME`` and ``TMPDIR``), removed afterwards.
 """
 
 from __future__ import annotations
 
 import contextlib
 import functools
+import hmac
+import json
 import os
-import resource
+import secrets
 import shutil
 import signal
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import IO
 
 from smartfed.log import get_logger
 
@@ -40,52 +45,15 @@ log = get_logger(__name__)
 NOBODY = 65534
 """uid/gid the child runs as when SmartFed itself runs as root."""
 
-_GUARD = r"""
-import os, sys
-_ROOT = os.path.realpath(os.getcwd())
-_DENY = frozenset({
-    "socket.__new__", "socket.bind", "socket.connect", "socket.getaddrinfo", "socket.sendto",
-    "socket.sendmsg", "os.fork", "os.forkpty", "os.system", "os.exec", "os.posix_spawn", "os.spawn",
-    "os.kill", "os.killpg", "subprocess.Popen", "pty.spawn", "ctypes.dlopen", "ctypes.dlsym",
-    "ctypes.cdata", "os.setuid", "os.chroot", "webbrowser.open", "os.startfile",
-})
-_MUTATE = frozenset({
-    "os.remove", "os.rename", "os.rmdir", "os.mkdir", "os.chmod", "os.chown", "os.link",
-    "os.symlink", "os.truncate", "os.utime", "shutil.rmtree", "shutil.move", "shutil.copyfile",
-})
-_WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_APPEND | os.O_TRUNC
-_realpath, _sep = os.path.realpath, os.sep
+MARKER_ENV = "SMARTFED_SANDBOX_RUN"
+"""Environment variable carrying a per-run marker (not a secret): the fallback sweep kills every
+process whose environment holds it."""
 
-def _inside(p):
-    if isinstance(p, bytes):
-        p = p.decode("utf-8", "replace")
-    if not isinstance(p, str):
-        return True
-    full = _realpath(p)
-    return full == _ROOT or full.startswith(_ROOT + _sep)
+SYSTEM_READ_ROOTS = ("/lib", "/lib64", "/usr/lib", "/usr/lib64", "/etc/ld.so.cache")
+"""[D] Shared-library folders the child may read (extension modules link against them); the
+interpreter's own standard-library folders are added by the child."""
 
-def _hook(event, args):
-    if event in _DENY:
-        raise PermissionError("sandbox: " + event + " is not allowed")
-    if event == "open":
-        path, mode, flags = args
-        writing = isinstance(mode, str) and any(c in mode for c in "wax+")
-        writing = writing or bool((flags or 0) & _WRITE_FLAGS)
-        if writing and not _inside(path):
-            raise PermissionError("sandbox: writing outside the working directory is not allowed")
-    elif event in _MUTATE:
-        for a in args:
-            if isinstance(a, (str, bytes)) and not _inside(a):
-                msg = "sandbox: " + event + " outside the working directory is not allowed"
-                raise PermissionError(msg)
-
-sys.addaudithook(_hook)
-sys.argv = ["program.py"]
-with open("program.py", encoding="utf-8") as _f:
-    _code = compile(_f.read(), "program.py", "exec")
-del _f
-exec(_code, {"__name__": "__main__", "__builtins__": __builtins__})
-"""
+_RESULT_BYTES = 256
 
 
 @dataclass(frozen=True)
@@ -93,15 +61,17 @@ class SandboxResult:
     """What a sandboxed run did.
 
     Attributes:
-        status: ``ok`` (exit 0), ``error`` (non-zero exit, e.g. an exception or a refused action),
-            ``timeout`` (wall clock exceeded; process group killed) or ``signal`` (killed by a
-            limit).
+        status: ``ok`` (every stage ran to its end: the harness's token came back, exit 0),
+            ``incomplete`` (exit 0 but no token: the program left before the end),
+            ``error`` (non-zero exit: an exception, a failed assert, a refused action),
+            ``timeout`` (wall clock exceeded; everything killed) or ``signal`` (killed by a limit).
         returncode: the child's exit status (negative = signal number).
         stdout: captured standard output (at most ``max_output_bytes``).
         stderr: captured standard error (at most ``max_output_bytes``).
         seconds: wall-clock duration.
-        isolation: ``netns+nobody`` | ``netns`` | ``nobody`` | ``none`` (which OS layers were
-        active).
+        isolation: the OS layers that were active, e.g. ``pidns+netns+nobody+landlock7``.
+        completed: the harness's token came back (the last stage returned).
+        value: the float ``value_expr`` evaluated to (only when ``completed``), else None.
     """
 
     status: str
@@ -110,10 +80,12 @@ class SandboxResult:
     stderr: str
     seconds: float
     isolation: str
+    completed: bool = False
+    value: float | None = None
 
     @property
     def ok(self) -> bool:
-        """True when the program exited with status 0 in time."""
+        """True when every stage ran to its end in time."""
         return self.status == "ok"
 
 
@@ -123,21 +95,65 @@ class Isolation:
 
     Attributes:
         prefix: command put before the interpreter (``unshare ...``), may be empty.
-        python: interpreter that runs the child (the same version as ours when it is usable).
-        label: ``netns+nobody`` | ``netns`` | ``nobody`` | ``none``.
-        drop_root: the child drops from root to ``nobody`` itself (when ``unshare`` is missing).
+        python: interpreter that runs the child (ours when the child's user can read it).
+        pidns: the child is the first process of a new PID namespace.
+        netns: the child has a new, empty network namespace.
+        drop_root: the child drops from root to ``nobody`` before the program runs.
+        landlock_abi: Landlock ABI version the child applies (0 = not available).
     """
 
     prefix: tuple[str, ...]
     python: str
-    label: str
+    pidns: bool = False
+    netns: bool = False
     drop_root: bool = False
+    landlock_abi: int = 0
+
+    @property
+    def label(self) -> str:
+        """``+``-joined names of the active layers (``none`` when there are none)."""
+        parts = [
+            name
+            for name, on in (
+                ("pidns", self.pidns),
+                ("netns", self.netns),
+                ("nobody", self.drop_root),
+                (f"landlock{self.landlock_abi}", self.landlock_abi > 0),
+            )
+            if on
+        ]
+        return "+".join(parts) or "none"
+
+
+@functools.lru_cache(maxsize=1)
+def child_source() -> str:
+    """Source text of the harness the child runs (``sandbox_child.py``)."""
+    return Path(__file__).with_name("sandbox_child.py").read_text(encoding="utf-8")
+
+
+@functools.lru_cache(maxsize=1)
+def _finish_line() -> int:
+    """Line of the harness's final ``audit("smartfed.sandbox.finish")`` (1-based)."""
+    lines = child_source().splitlines()
+    return next(i for i, ln in enumerate(lines, 1) if 'audit("smartfed.sandbox.finish")' in ln)
+
+
+def landlock_abi() -> int:
+    """The kernel's Landlock ABI version, 0 when it has none (or it is disabled)."""
+    if not sys.platform.startswith("linux"):
+        return 0
+    import ctypes
+
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        version = int(libc.syscall(444, None, 0, 1))  # landlock_create_ruleset(.., VERSION)
+    except (OSError, AttributeError):
+        return 0
+    return max(version, 0)
 
 
 def _interpreters() -> list[str]:
-    """Our interpreter first, then the system python3 (usable by ``nobody`` when ours is under
-    /root).
-    """
+    """Our interpreter first, then the system python3 (readable by ``nobody`` when ours is not)."""
     base = os.path.realpath(getattr(sys, "_base_executable", "") or sys.executable)
     found = [base]
     system = shutil.which("python3", path="/usr/bin:/bin")
@@ -146,85 +162,62 @@ def _interpreters() -> list[str]:
     return found
 
 
-def _works(cmd: list[str]) -> bool:
-    try:
-        probe = subprocess.run(cmd, capture_output=True, timeout=15, check=False)
-    except (OSError, subprocess.SubprocessError):
-        return False
-    return probe.returncode == 0
+def _candidates() -> list[Isolation]:
+    """Every isolation worth trying on this machine, strongest first."""
+    unshare = shutil.which("unshare")
+    root = os.geteuid() == 0
+    abi = landlock_abi()
+    user = () if root else ("--user", "--map-root-user")
+    prefixes: list[tuple[tuple[str, ...], bool, bool]] = []
+    if unshare:
+        full = (unshare, *user, "--pid", "--fork", "--kill-child", "--net", "--")
+        prefixes += [(full, True, True), ((unshare, *user, "--net", "--"), False, True)]
+    prefixes.append(((), False, False))
+    out = []
+    for prefix, pidns, netns in prefixes:
+        for python in _interpreters():
+            for lock in dict.fromkeys((abi, 0)):
+                out.append(Isolation(prefix, python, pidns, netns, root, lock))
+    return out
 
 
 @functools.lru_cache(maxsize=1)
 def detect_isolation() -> Isolation:
-    """Pick the strongest isolation this machine allows, by trying each candidate once.
+    """Pick the strongest isolation this machine allows, by running a probe program in each.
 
-    Order: empty network namespace + ``nobody`` (root), user+network namespace (non-root, needs
-    unprivileged user namespaces), ``nobody`` without a namespace (root), nothing.
+    The probe imports a few standard modules through the full harness, so an interpreter the
+    child's user cannot read, an ``unshare`` the kernel refuses or a Landlock that cannot be
+    applied are each found here once, not at scoring time.
     """
-    unshare = shutil.which("unshare")
-    root = os.geteuid() == 0
-    candidates: list[Isolation] = []
-    for python in _interpreters():
-        if unshare and root:
-            nobody = (unshare, "-n", "-G", str(NOBODY), "-S", str(NOBODY), "--")
-            candidates.append(Isolation(nobody, python, "netns+nobody"))
-        if unshare and not root:
-            candidates.append(Isolation((unshare, "-r", "-n", "--"), python, "netns"))
-    if unshare and root:
-        candidates.append(Isolation((unshare, "-n", "--"), _interpreters()[0], "netns"))
-    for iso in candidates:
-        if _works([*iso.prefix, iso.python, "-I", "-S", "-c", "pass"]):
+    probe = ["import json, math, decimal, hashlib, collections, re, itertools"]
+    for iso in _candidates():
+        result = _run(iso, probe, None, timeout_s=15.0, limits=_Limits(1024, 4, 16, 4096))
+        if result.ok:
             log.info("sandbox: isolation %s, interpreter %s", iso.label, iso.python)
+            if not (iso.pidns and iso.landlock_abi):
+                log.warning(
+                    "sandbox: running with %s only; see docs/security.md (Sandbox) for what "
+                    "that leaves open",
+                    iso.label,
+                )
             return iso
-    log.warning(
-        "sandbox: `unshare -n` is not available; network is blocked only by in-process guards"
-    )
-    if root:
-        return Isolation((), _interpreters()[-1], "nobody", drop_root=True)
-    return Isolation((), _interpreters()[0], "none")
+        log.debug("sandbox: %s unusable: %s", iso.label, result.stderr[-300:])
+    raise RuntimeError("sandbox: no way to start a Python child works on this machine")
 
 
-def _count_processes(uid: int) -> int:
-    """Number of processes (threads not counted) currently owned by ``uid``."""
-    count = 0
-    for entry in os.scandir("/proc"):
-        if not entry.name.isdigit():
-            continue
-        try:
-            if os.stat(entry.path).st_uid == uid:
-                count += 1
-        except OSError:
-            continue
-    return count
-
-
-def _preexec(
-    cpu_s: int, memory_bytes: int, nproc: int, fsize_bytes: int, drop_root: bool
-) -> Callable[[], None]:
-    def apply() -> None:
-        resource.setrlimit(resource.RLIMIT_CPU, (cpu_s, cpu_s + 1))
-        resource.setrlimit(resource.RLIMIT_AS, (memory_bytes, memory_bytes))
-        resource.setrlimit(resource.RLIMIT_FSIZE, (fsize_bytes, fsize_bytes))
-        resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
-        resource.setrlimit(resource.RLIMIT_NPROC, (nproc, nproc))
-        if drop_root:
-            os.setgroups([])
-            os.setgid(NOBODY)
-            os.setuid(NOBODY)
-
-    return apply
-
-
-def _read_capped(path: Path, limit: int) -> str:
-    with open(path, "rb") as fh:
-        data = fh.read(limit)
-    return data.decode("utf-8", "replace")
+@dataclass(frozen=True)
+class _Limits:
+    memory_mb: int
+    max_processes: int
+    max_file_mb: int
+    max_output_bytes: int
 
 
 def run_python(
-    code: str,
+    code: str | Sequence[str],
     timeout_s: float = 10.0,
     *,
+    value_expr: str | None = None,
     memory_mb: int = 1024,
     max_processes: int = 4,
     max_file_mb: int = 16,
@@ -233,11 +226,15 @@ def run_python(
     """Run ``code`` as ``__main__`` in a sandboxed child process and report what happened.
 
     Args:
-        code: Python source written by a model (never executed in this process).
-        timeout_s: wall-clock limit; the child's process group is killed when it is exceeded.
+        code: Python source written by a model (never executed in this process), or a sequence of
+            stages (e.g. the model's code, the tests, the call that runs them) compiled and run one
+            after the other in one namespace, so no stage can swallow the next one's text.
+        timeout_s: wall-clock limit; everything the child started is killed when it is exceeded.
+        value_expr: expression evaluated after the last stage (e.g. ``solution()``); its value,
+            converted to ``float`` in the child, is :attr:`SandboxResult.value`.
         memory_mb: address-space limit (RLIMIT_AS).
         max_processes: processes the child's user may own beyond those it already has
-        (RLIMIT_NPROC).
+            (RLIMIT_NPROC; not applied to a root child, which is never run).
         max_file_mb: largest file the child may write, stdout/stderr included (RLIMIT_FSIZE).
         max_output_bytes: stdout/stderr kept in the result.
 
@@ -245,22 +242,69 @@ def run_python(
         A :class:`SandboxResult`; hostile or broken programs give ``status != "ok"``, never an
         exception.
     """
-    iso = detect_isolation()
-    as_nobody = "nobody" in iso.label
-    target_uid = NOBODY if as_nobody else os.geteuid()
-    nproc = _count_processes(target_uid) + max_processes + 1
-    cpu_s = max(1, int(timeout_s) + 1)
+    stages = [code] if isinstance(code, str) else list(code)
+    limits = _Limits(memory_mb, max_processes, max_file_mb, max_output_bytes)
+    return _run(detect_isolation(), stages, value_expr, timeout_s=timeout_s, limits=limits)
+
+
+def _count_processes(uid: int) -> int:
+    """Number of processes (threads not counted) currently owned by ``uid``."""
+    count = 0
+    for entry in os.scandir("/proc"):
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError):
+                count += os.stat(entry.path).st_uid == uid
+    return count
+
+
+def _payload(iso: Isolation, stages: list[str], value_expr: str | None, **kw: object) -> bytes:
+    return json.dumps(
+        {
+            "stages": stages,
+            "value_expr": value_expr,
+            "drop_root": iso.drop_root,
+            "landlock_abi": iso.landlock_abi,
+            "read_roots": list(SYSTEM_READ_ROOTS),
+            "finish_line": _finish_line(),
+            **kw,
+        }
+    ).encode("utf-8")
+
+
+def _run(
+    iso: Isolation,
+    stages: list[str],
+    value_expr: str | None,
+    *,
+    timeout_s: float,
+    limits: _Limits,
+) -> SandboxResult:
+    token, marker = secrets.token_hex(16), secrets.token_hex(8)
+    uid = NOBODY if iso.drop_root else os.getuid()
+    nproc = _count_processes(uid) + limits.max_processes + 1 if uid != 0 else 0
     start = time.monotonic()
     with (
         tempfile.TemporaryDirectory(prefix="smartfed-sbx-") as box,
-        tempfile.TemporaryDirectory(prefix="smartfed-sbx-out-") as outdir,
+        tempfile.TemporaryFile() as inp,
+        tempfile.TemporaryFile() as out,
+        tempfile.TemporaryFile() as err,
+        tempfile.TemporaryFile() as res,
     ):
-        work = Path(box)
-        (work / "program.py").write_text(code, encoding="utf-8")
-        if as_nobody:
-            os.chown(work, NOBODY, NOBODY)
-            os.chown(work / "program.py", NOBODY, NOBODY)
-        out_path, err_path = Path(outdir) / "stdout", Path(outdir) / "stderr"
+        if iso.drop_root:
+            os.chown(box, NOBODY, NOBODY)
+        os.chmod(box, 0o700)
+        child_limits = {
+            "cpu_s": max(1, int(timeout_s) + 1),
+            "memory_bytes": limits.memory_mb << 20,
+            "fsize_bytes": limits.max_file_mb << 20,
+            "nproc": nproc,
+        }
+        inp.write(
+            _payload(
+                iso, stages, value_expr, token=token, result_fd=res.fileno(), limits=child_limits
+            )
+        )
+        inp.seek(0)
         env = {
             "PATH": "/usr/bin:/bin",
             "LANG": "C.UTF-8",
@@ -268,43 +312,113 @@ def run_python(
             "TMPDIR": box,
             "PYTHONHASHSEED": "0",
             "PYTHONIOENCODING": "utf-8",
+            MARKER_ENV: marker,
         }
-        cmd = [*iso.prefix, iso.python, "-I", "-S", "-B", "-c", _GUARD]
-        with open(out_path, "wb") as out, open(err_path, "wb") as err:
-            proc = subprocess.Popen(  # noqa: S603 - the whole point: a locked-down child
-                cmd,
-                cwd=box,
-                env=env,
-                stdin=subprocess.DEVNULL,
-                stdout=out,
-                stderr=err,
-                start_new_session=True,
-                close_fds=True,
-                preexec_fn=_preexec(
-                    cpu_s, memory_mb << 20, nproc, max_file_mb << 20, iso.drop_root
-                ),
-            )
-            timed_out = False
-            try:
-                proc.wait(timeout=timeout_s)
-            except subprocess.TimeoutExpired:
-                timed_out = True
-            finally:
-                _kill_group(proc.pid)
-                proc.wait()
-        seconds = time.monotonic() - start
+        cmd = [*iso.prefix, iso.python, "-I", "-S", "-B", "-c", child_source()]
+        proc = subprocess.Popen(  # noqa: S603 - the whole point: a locked-down child
+            cmd,
+            cwd=box,
+            env=env,
+            stdin=inp,
+            stdout=out,
+            stderr=err,
+            pass_fds=(res.fileno(),),
+            start_new_session=True,
+        )
+        timed_out = _wait(proc, timeout_s)
+        if not iso.pidns:
+            sweep(marker, proc.pid)
+        completed, value = _read_result(res, token)
         rc = proc.returncode
-        status = "timeout" if timed_out else "ok" if rc == 0 else "signal" if rc < 0 else "error"
         return SandboxResult(
-            status,
+            _status(timed_out, rc, completed),
             rc,
-            _read_capped(out_path, max_output_bytes),
-            _read_capped(err_path, max_output_bytes),
-            seconds,
+            _read_capped(out, limits.max_output_bytes),
+            _read_capped(err, limits.max_output_bytes),
+            time.monotonic() - start,
             iso.label,
+            completed and not timed_out,
+            value if completed and not timed_out else None,
         )
 
 
-def _kill_group(pgid: int) -> None:
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(pgid, signal.SIGKILL)
+def _wait(proc: subprocess.Popen[bytes], timeout_s: float) -> bool:
+    """Wait for the child; kill its process group in any case; True when it timed out."""
+    timed_out = False
+    try:
+        proc.wait(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        timed_out = True
+    finally:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    return timed_out
+
+
+def _status(timed_out: bool, rc: int, completed: bool) -> str:
+    if timed_out:
+        return "timeout"
+    if rc < 0:
+        return "signal"
+    if rc > 0:
+        return "error"
+    return "ok" if completed else "incomplete"
+
+
+def _read_result(res: IO[bytes], token: str) -> tuple[bool, float | None]:
+    """``(token came back, value)`` from the result file; anything malformed is a failure."""
+    res.seek(0)
+    head, _, rest = res.read(_RESULT_BYTES).partition(b" ")
+    if not hmac.compare_digest(head, token.encode("ascii")):
+        return False, None
+    if rest == b"null":
+        return True, None
+    try:
+        return True, float(rest.decode("ascii"))
+    except (UnicodeDecodeError, ValueError):
+        return False, None
+
+
+def _read_capped(fh: IO[bytes], limit: int) -> str:
+    fh.seek(0)
+    return fh.read(limit).decode("utf-8", "replace")
+
+
+def sweep(marker: str, session: int) -> int:
+    """Kill every process whose environment holds ``marker`` or whose session is ``session``.
+
+    The fallback when there is no PID namespace: a program may start processes in a new session
+    (out of reach of the process-group kill), but they inherit the marker and keep it. Repeated
+    until a pass finds nothing (a process may fork while we look). Returns how many were killed.
+    """
+    needle = f"{MARKER_ENV}={marker}".encode()
+    killed = 0
+    for _ in range(20):
+        found = [pid for pid in _proc_pids() if _belongs(pid, needle, session)]
+        for pid in found:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, signal.SIGKILL)
+        killed += len(found)
+        if not found:
+            break
+    return killed
+
+
+def _proc_pids() -> list[int]:
+    me = os.getpid()
+    return [int(n) for n in os.listdir("/proc") if n.isdigit() and int(n) != me]
+
+
+def _belongs(pid: int, needle: bytes, session: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as fh:
+            fields = fh.read().rsplit(b")", 1)[1].split()
+        if fields[0] == b"Z":
+            return False
+        if int(fields[3]) == session:
+            return True
+        with open(f"/proc/{pid}/environ", "rb") as fh:
+            return needle in fh.read()
+    except (OSError, IndexError, ValueError):
+        return False

@@ -51,14 +51,14 @@ def extract_code(prediction: str) -> str:
     return blocks[0] if blocks else prediction
 
 
-def humaneval_program(prediction: str, meta: dict[str, Any]) -> str:
-    """Assemble the HumanEval program: prompt context + the model's function + tests + ``check``.
+def humaneval_stages(prediction: str, meta: dict[str, Any]) -> list[str]:
+    """The HumanEval program as sandbox stages: prompt context + the model's function, the tests,
+    then ``check(<entry point>)``.
 
     When the output re-defines the entry point, everything in the prompt before that ``def``
-    (imports,
-    helper functions) is kept and the model's code follows; otherwise the output is taken as the
-    body
-    that continues the prompt.
+    (imports, helper functions) is kept and the model's code follows; otherwise the output is taken
+    as the body that continues the prompt. The stages are compiled separately, so the model's code
+    cannot turn the tests into a string or a comment.
     """
     code = extract_code(prediction)
     prompt, entry = meta["prompt_code"], meta["entry_point"]
@@ -71,13 +71,22 @@ def humaneval_program(prediction: str, meta: dict[str, Any]) -> str:
         body = head + "\n" + code
     else:
         body = prompt + code
-    return f"{body}\n\n{meta['test']}\n\ncheck({entry})\n"
+    return [body, meta["test"], f"check({entry})\n"]
+
+
+def humaneval_program(prediction: str, meta: dict[str, Any]) -> str:
+    """The HumanEval stages joined into one text (what the records show as ``extracted``)."""
+    return "\n\n".join(humaneval_stages(prediction, meta))
+
+
+def mbpp_stages(prediction: str, meta: dict[str, Any]) -> list[str]:
+    """The MBPP program as sandbox stages: the model's code, the setup code, then each assert."""
+    return [extract_code(prediction), meta.get("setup", "") or "", *meta["tests"]]
 
 
 def mbpp_program(prediction: str, meta: dict[str, Any]) -> str:
-    """Assemble the MBPP program: the model's code, the setup code and the asserts."""
-    tests = "\n".join(meta["tests"])
-    return f"{extract_code(prediction)}\n\n{meta.get('setup', '')}\n{tests}\n"
+    """The MBPP stages joined into one text (what the records show as ``extracted``)."""
+    return "\n\n".join(mbpp_stages(prediction, meta))
 
 
 class _PassAtOne(Task):
@@ -85,17 +94,26 @@ class _PassAtOne(Task):
     stop = ("<|im_end|>",)
     max_new_tokens = 384
 
-    def program(self, prediction: str, example: Example) -> str:
+    def stages(self, prediction: str, example: Example) -> list[str]:
         raise NotImplementedError
+
+    def program(self, prediction: str, example: Example) -> str:
+        """The stages joined into one text (the ``extracted`` field of the records)."""
+        return "\n\n".join(self.stages(prediction, example))
 
     def extract(self, prediction: str, example: Example) -> str | None:
         return self.program(prediction, example)
 
     def judge(self, prediction: str, example: Example) -> tuple[str | None, bool]:
+        """Run the stages in the sandbox; a pass means the last test stage returned.
+
+        The recorded ``extracted`` value is the program text assembled here from the model output
+        and the dataset; nothing the child prints or returns reaches the records.
+        """
         from smartfed.eval.sandbox import run_python  # layer 4 -> layer 4, imported lazily
 
-        program = self.program(prediction, example)
-        return program, run_python(program, timeout_s=CODE_TIMEOUT_S).ok
+        stages = self.stages(prediction, example)
+        return "\n\n".join(stages), run_python(stages, timeout_s=CODE_TIMEOUT_S).ok
 
     def score(self, prediction: str, example: Example) -> bool:
         return self.judge(prediction, example)[1]
@@ -191,8 +209,8 @@ class HumanEvalTask(_PassAtOne):
     def eval_examples(self, data_dir: str | os.PathLike[str] | None = None) -> list[Example]:
         return humaneval_rows(data_dir, self.name, EN_HUMANEVAL)
 
-    def program(self, prediction: str, example: Example) -> str:
-        return humaneval_program(prediction, dict(example.meta))
+    def stages(self, prediction: str, example: Example) -> list[str]:
+        return humaneval_stages(prediction, dict(example.meta))
 
 
 class MbppTask(_PassAtOne):
@@ -207,8 +225,8 @@ class MbppTask(_PassAtOne):
     def eval_examples(self, data_dir: str | os.PathLike[str] | None = None) -> list[Example]:
         return mbpp_rows(data_dir, self.name, EN_MBPP, MBPP_TEST_IDS)
 
-    def program(self, prediction: str, example: Example) -> str:
-        return mbpp_program(prediction, dict(example.meta))
+    def stages(self, prediction: str, example: Example) -> list[str]:
+        return mbpp_stages(prediction, dict(example.meta))
 
 
 class CodeZhStandIn(_PassAtOne):
@@ -227,5 +245,5 @@ class CodeZhStandIn(_PassAtOne):
     def eval_examples(self, data_dir: str | os.PathLike[str] | None = None) -> list[Example]:
         return humaneval_rows(data_dir, self.name, ZH_HUMANEVAL)
 
-    def program(self, prediction: str, example: Example) -> str:
-        return humaneval_program(prediction, dict(example.meta))
+    def stages(self, prediction: str, example: Example) -> list[str]:
+        return humaneval_stages(prediction, dict(example.meta))

@@ -10,7 +10,6 @@ built from GSM8K test, so no test question leaks into the prompt.
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import re
@@ -90,26 +89,20 @@ def extract_program(prediction: str) -> str | None:
     return None
 
 
-_RUNNER = "\n\nimport json as _j\nprint('__SMARTFED_RESULT__' + _j.dumps(float(solution())))\n"
-
-
 def run_solution(program: str, timeout_s: float = PAL_TIMEOUT_S) -> float | None:
-    """Execute ``program`` in the sandbox and return ``float(solution())`` or None on any
-    failure.
+    """Execute ``program`` in the sandbox and return ``float(solution())`` or None on any failure.
+
+    The child converts the value to ``float`` and the harness reports it only after ``solution()``
+    returned (an early exit reports nothing); the target is never given to the child and the
+    comparison happens here. The value is a finite float or None: nothing else the program
+    produces (output, files) reaches the records.
     """
     from smartfed.eval.sandbox import run_python  # layer 4 -> layer 4, imported lazily
 
-    result = run_python(program + _RUNNER, timeout_s=timeout_s)
-    if result.status != "ok":
+    result = run_python([program], timeout_s=timeout_s, value_expr="solution()")
+    if not result.ok or result.value is None:
         return None
-    for line in reversed(result.stdout.splitlines()):
-        if line.startswith("__SMARTFED_RESULT__"):
-            try:
-                value = float(json.loads(line.removeprefix("__SMARTFED_RESULT__")))
-            except (ValueError, TypeError):
-                return None
-            return value if math.isfinite(value) else None
-    return None
+    return result.value if math.isfinite(result.value) else None
 
 
 class GsmHardTask(Task):
