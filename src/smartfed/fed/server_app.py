@@ -87,6 +87,9 @@ def make_server_app(cfg: RunConfig | None = None) -> ServerApp:
             RunDir.open(cfg, run_meta(engine=cfg.fed.engine))
             run_cfg = cfg
         else:
+            from smartfed.log import configure_logging
+
+            configure_logging()  # flwr run: our INFO lines (run dir, EEQA, summary) in the stream
             try:
                 run_cfg = flwr_run_config(context)
                 prepare_flwr_run(run_cfg)
