@@ -16,8 +16,11 @@ Variants (``--variants``):
 * ``ckpt``: activation checkpointing, LM head in one go.
 * ``lean``: activation checkpointing + ``loss_chunk_tokens = 512`` (the defaults).
 
-Every (variant, repeat) runs in a fresh subprocess, so its peak RSS (``ru_maxrss``, model load
-included) is its own; repeats rotate the variant order so all variants see the same machine load.
+Every (variant, repeat) runs in a fresh subprocess, so its peak RSS is its own: ``peak_rss_mb`` is
+the whole process (``ru_maxrss``, model load included: loading maps the float32 safetensors copy
+of the GGUF, a transient of about 0.5 GB), ``step_peak_rss_mb`` the RSS high-water mark of the
+training steps alone (Linux ``VmHWM`` reset after loading; it includes the resident model);
+repeats rotate the variant order so all variants see the same machine load.
 The JSON has per-run numbers, medians, ratios to ``plain`` and the per-step losses (identical
 across variants up to float rounding: the options do not change the math). Step time is recorded
 as wall time and as process CPU time (all threads); on a shared machine the CPU time is the less
@@ -158,6 +161,23 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
+def reset_peak_rss() -> bool:
+    """Reset this process's RSS high-water mark (``VmHWM``) to its current RSS (Linux >= 4.0)."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        return False
+    return True
+
+
+def hwm_rss_mb() -> float:
+    """RSS high-water mark since the last :func:`reset_peak_rss` (``VmHWM``), MiB."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024.0
+    return peak_rss_mb()
+
+
 def make_loras(out_root: Path, rank: int, seed: int) -> list[str]:
     """Save two PEFT LoRAs for SmolLM2 (rank ``rank``, alpha 2*rank, q/v, random nonzero A, B)."""
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -229,6 +249,7 @@ def worker(args: argparse.Namespace) -> dict[str, Any]:
     params = method.trainable_parameters(model)
     batch = make_batch(model.config.vocab_size, args)
     loaded_mb = peak_rss_mb()
+    hwm_reset = reset_peak_rss()  # the step peak excludes the model-load transient
     times, cpu_times, losses = [], [], []
     with ImportanceTracker(model) as tracker:
         for i in range(args.warmup + args.steps):
@@ -246,6 +267,7 @@ def worker(args: argparse.Namespace) -> dict[str, Any]:
     return {
         "variant": args.worker,
         "peak_rss_mb": round(peak_rss_mb(), 1),
+        "step_peak_rss_mb": round(hwm_rss_mb(), 1) if hwm_reset else None,
         "rss_after_load_mb": round(loaded_mb, 1),
         "step_s": [round(t, 3) for t in times],
         "step_s_median": round(statistics.median(times), 3),
@@ -274,6 +296,7 @@ def summarize(runs: list[dict[str, Any]], names: list[str]) -> dict[str, Any]:
         mine = [r for r in runs if r["variant"] == name]
         out[name] = {
             "peak_rss_mb_median": statistics.median(r["peak_rss_mb"] for r in mine),
+            "step_peak_rss_mb_median": statistics.median(r["step_peak_rss_mb"] for r in mine),
             "peak_rss_mb_runs": [r["peak_rss_mb"] for r in mine],
             "rss_after_load_mb_median": statistics.median(r["rss_after_load_mb"] for r in mine),
             "step_s_median": statistics.median(t for r in mine for t in r["step_s"]),
@@ -288,6 +311,9 @@ def summarize(runs: list[dict[str, Any]], names: list[str]) -> dict[str, Any]:
             )
             out[name]["step_cpu_time_vs_plain"] = round(
                 out[name]["step_cpu_s_median"] / ref["step_cpu_s_median"], 3
+            )
+            out[name]["step_peak_rss_vs_plain"] = round(
+                out[name]["step_peak_rss_mb_median"] / ref["step_peak_rss_mb_median"], 3
             )
             out[name]["peak_rss_vs_plain"] = round(
                 out[name]["peak_rss_mb_median"] / ref["peak_rss_mb_median"], 3
@@ -344,11 +370,14 @@ def main() -> None:
                 r["repeat"] = rep
                 runs.append(r)
                 log.info(
-                    "rep %d %-9s peak %.0f MB, step %.2f s, loss %.5f",
+                    "rep %d %-9s step peak %s MB (process %.0f MB), step %.2f s (cpu %.2f s), "
+                    "loss %.5f",
                     rep,
                     name,
+                    r["step_peak_rss_mb"],
                     r["peak_rss_mb"],
                     r["step_s_median"],
+                    statistics.median(r["step_cpu_s"]),
                     r["losses"][0],
                 )
     result = {
