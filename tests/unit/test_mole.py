@@ -183,3 +183,20 @@ def test_balancing_loss_is_minus_sum_log_mean_gate_and_pushes_to_balance(
 def test_mole_refuses_projected_routers(tiny_model_dir: Path, tiny_pool: list[Path]) -> None:
     with pytest.raises(ConfigError, match="router_proj_dim"):
         _mole(tiny_model_dir, tiny_pool, router_proj_dim=8)
+
+
+def test_balancing_loss_moves_the_gates_but_not_the_reported_loss(
+    tiny_model_dir: Path, tiny_pool: list[Path]
+) -> None:
+    runs = {}
+    for coef in (0.0, 5.0):
+        model, method = _mole(tiny_model_dir, tiny_pool, mole_balance_coef=coef)
+        _randomize(model, 0.3)
+        params = method.trainable_parameters(model)
+        aux = lambda b, model=model, method=method: method.auxiliary_loss(model, b)  # noqa: E731
+        result = local_train(
+            model, [BATCH] * 2, params, TrainConfig(learning_rate=0.05), aux_loss=aux
+        )
+        runs[coef] = (result.losses, method.trainable_state(model))
+    assert runs[0.0][0][0] == pytest.approx(runs[5.0][0][0])  # step 1: same response loss reported
+    assert not torch.equal(runs[0.0][1][V + ".router.weight"], runs[5.0][1][V + ".router.weight"])
