@@ -66,6 +66,8 @@ def test_v2_results_from_run_dirs(tmp_path: Path) -> None:
     assert json.loads(out.read_text())["preset"] == "v2"
     sweep = data["sweep"][TASK]["main"]
     assert sweep["smartfed"]["chosen_mult"] == 1.0 and sweep["fedit"]["chosen_mult"] == 1.0
+    assert math.isclose(sweep["fedit"]["grid"][0]["lr"], 2e-3 / 3)  # the rate the run used
+    assert sweep["fedit"]["chosen_lr"] == 2e-3
     methods = data["tasks"][TASK]["variants"]["main"]["methods"]
     sf = methods["smartfed"]
     assert sf["seeds"] == [0, 1, 2] and all("lr-x1/" in r for r in sf["runs"])

@@ -115,7 +115,8 @@ def _run_config(run_dir: Path) -> dict[str, Any]:
         return {}
     cfg = json.loads(path.read_text(encoding="utf-8"))
     out = {k: cfg[sec][k] for sec, keys in CONFIG_KEYS for k in keys if k in cfg.get(sec, {})}
-    out["lora_pool"] = [Path(p).name for p in cfg["pool"]["lora_pool"].split(",") if p]
+    pool = cfg.get("pool", {}).get("lora_pool", "")
+    out["lora_pool"] = [Path(p).name for p in pool.split(",") if p]
     return out
 
 
@@ -228,7 +229,7 @@ def select_swept(
         grid = [
             {
                 "mult": spec.lr_mult,
-                "lr": base * float(spec.lr_mult or 1.0),
+                "lr": _run_config(d).get("learning_rate", base * float(spec.lr_mult or 1.0)),
                 "val_tf_em": _final_of(d, "val_tf_em"),
                 "val_tf_loss": _final_of(d, "val_tf_loss"),
                 "eval_tf_em": _final_of(d, "eval_tf_em"),
@@ -241,7 +242,7 @@ def select_swept(
         sweep.setdefault(task, {}).setdefault(variant, {})[method] = {
             "grid": grid,
             "chosen_mult": chosen,
-            "chosen_lr": None if chosen is None else base * chosen,
+            "chosen_lr": next((g["lr"] for g in grid if g["mult"] == chosen), None),
         }
         keep += [(s, d) for s, d in runs if chosen is not None and s.lr_mult == chosen]
     return sweep, keep
