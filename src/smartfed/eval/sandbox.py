@@ -24,7 +24,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import hmac
-import json
+import marshal
 import os
 import secrets
 import shutil
@@ -258,7 +258,8 @@ def _count_processes(uid: int) -> int:
 
 
 def _payload(iso: Isolation, stages: list[str], value_expr: str | None, **kw: object) -> bytes:
-    return json.dumps(
+    """What the child harness reads from standard input (``marshal`` v2: any Python 3 reads it)."""
+    return marshal.dumps(
         {
             "stages": stages,
             "value_expr": value_expr,
@@ -267,8 +268,9 @@ def _payload(iso: Isolation, stages: list[str], value_expr: str | None, **kw: ob
             "read_roots": list(SYSTEM_READ_ROOTS),
             "finish_line": _finish_line(),
             **kw,
-        }
-    ).encode("utf-8")
+        },
+        2,
+    )
 
 
 def _run(
@@ -281,7 +283,10 @@ def _run(
 ) -> SandboxResult:
     token, marker = secrets.token_hex(16), secrets.token_hex(8)
     uid = NOBODY if iso.drop_root else os.getuid()
-    nproc = _count_processes(uid) + limits.max_processes + 1 if uid != 0 else 0
+    # RLIMIT_NPROC counts every process of the uid; with a PID namespace and no execve it adds
+    # nothing, so the /proc scan it needs is skipped then.
+    needs_nproc = uid != 0 and not (iso.pidns and iso.landlock_abi)
+    nproc = _count_processes(uid) + limits.max_processes + 1 if needs_nproc else 0
     start = time.monotonic()
     with (
         tempfile.TemporaryDirectory(prefix="smartfed-sbx-") as box,

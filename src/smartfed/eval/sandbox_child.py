@@ -1,8 +1,8 @@
 """The harness that runs INSIDE the sandbox child (stdlib only; started as ``python -I -S -B -c``).
 
 :mod:`smartfed.eval.sandbox` passes this file's text to a fresh interpreter. The harness reads a
-JSON payload from standard input (then closes it), locks itself down and only then runs the
-model's code. Order, each step irreversible for the code that follows:
+payload (``marshal`` format 2, plain values only) from standard input (then closes it), locks
+itself down and only then runs the model's code. Order (each step binds all code that follows):
 
 1. Resource limits (CPU seconds, address space, largest file, processes, no core dumps).
 2. As real root only: drop to ``nobody`` (groups, gid, uid).
@@ -24,7 +24,7 @@ a signal) writes no token, and the parent scores that as a failure, whatever the
 """
 
 import builtins
-import json
+import marshal
 import os
 import stat
 import sys
@@ -260,7 +260,7 @@ def _stdlib_roots():
 
 
 def _main():
-    payload = json.loads(sys.stdin.buffer.read().decode("utf-8"))
+    payload = marshal.loads(sys.stdin.buffer.read())  # from the parent: dict of plain values
     os.close(0)
     os.open("/dev/null", os.O_RDONLY)  # becomes fd 0
     # Bound now: the model's code may replace builtins and module attributes later.
