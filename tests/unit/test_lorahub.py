@@ -109,3 +109,15 @@ def test_weights_are_exact_and_clients_score_every_candidate(
 def test_l1_score_is_lorahub_objective() -> None:
     w = np.array([1.0, -0.5, 0.0, 0.5])
     assert l1_score(2.0, w, 0.05) == pytest.approx(2.0 + 0.05 * 0.5)
+
+
+def test_raising_num_rounds_on_resume_replays_and_keeps_the_budget(
+    tiny_model_dir: Path, tiny_pool: list[Path]
+) -> None:
+    _, short = _lorahub(tiny_model_dir, tiny_pool, num_rounds=2)
+    start = _np(short.trainable_state(None))
+    one, _ = _run(short, start, range(1, 2))  # 5 of 10 asked, then "killed"
+    _, longer = _lorahub(tiny_model_dir, tiny_pool, num_rounds=4)  # resumed with more rounds
+    state, sent = _run(longer, one, range(2, 5))
+    assert [len(s) - 1 for s in sent] == [3, 2, 0]  # the new schedule, capped by what is left
+    assert state["history_y"].shape == (10,)

@@ -35,7 +35,9 @@ Server state (checkpointed, resumable exactly): ``weights (N,)``, ``history_x (H
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import contextlib
+import warnings
+from collections.abc import Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -75,20 +77,23 @@ def l1_score(loss: float, weights: np.ndarray, alpha: float) -> float:
 class WeightSearch:
     """LoRAHub's seeded Nevergrad optimiser over ``N`` weights, rebuilt by replaying its history.
 
+    ``num_workers = 1`` [D] whatever the candidates asked per round: CMA-ES takes several asks
+    before a tell, and the replay then does not depend on ``--num_rounds`` (a resumed run may
+    raise it).
+
     Args:
         n: number of pool LoRAs.
         budget: total evaluations (the optimiser's ``budget``).
         seed: seeds the parametrisation's ``random_state``.
-        workers: candidates asked at once (``num_workers``).
     """
 
-    def __init__(self, n: int, budget: int, seed: int, workers: int) -> None:
+    def __init__(self, n: int, budget: int, seed: int) -> None:
         import nevergrad as ng
 
         param = ng.p.Array(init=np.zeros(n), lower=-BOUND, upper=BOUND)
         param.random_state = np.random.RandomState(seed)
         self.opt = getattr(ng.optimizers, OPTIMIZER)(
-            parametrization=param, budget=budget, num_workers=max(workers, 1)
+            parametrization=param, budget=budget, num_workers=1
         )
 
     def replay(self, xs: np.ndarray, ys: np.ndarray, rounds: np.ndarray) -> None:
@@ -105,14 +110,19 @@ class WeightSearch:
                 if not np.allclose(cand.value, xs[i], atol=1e-5):
                     raise CheckpointError(
                         "lorahub: the saved search history does not replay with this seed and "
-                        "optimiser; resume with the run's own --seed, pool, --num_rounds and "
-                        "--lorahub_budget"
+                        "optimiser; resume with the run's own --seed, pool and --lorahub_budget"
                     )
-                self.opt.tell(cand, float(ys[i]))
+                self.tell(cand, float(ys[i]))
 
     def ask(self, k: int) -> list[Any]:
         """``k`` new candidates (Nevergrad parameters; ``.value`` is ``(N,)``)."""
-        return [self.opt.ask() for _ in range(k)]
+        with _quiet():
+            return [self.opt.ask() for _ in range(k)]
+
+    def tell(self, candidate: Any, score: float) -> None:
+        """Tell the optimiser ``candidate``'s score."""
+        with _quiet():
+            self.opt.tell(candidate, score)
 
     def recommendation(self) -> np.ndarray:
         """The optimiser's recommended weights, ``(N,)``."""
@@ -168,10 +178,8 @@ class LoraHub(Merge):
         self.set_weights(model, state[WEIGHTS].float())
 
     def _search(self, state: Mapping[str, np.ndarray]) -> WeightSearch:
-        """The optimiser after the history; ``num_workers`` = the first (largest) round's asks,
-        the same in every round (CMA's population size depends on it)."""
-        workers = round_budget(self._budget, self._rounds, 1)
-        search = WeightSearch(self._n, self._budget, self._seed, workers)
+        """The optimiser after replaying the history."""
+        search = WeightSearch(self._n, self._budget, self._seed)
         search.replay(
             np.asarray(state[HIST_X], np.float64),
             np.asarray(state[HIST_Y], np.float64),
@@ -184,7 +192,8 @@ class LoraHub(Merge):
     ) -> dict[str, np.ndarray]:
         """``candidates (1 + n_r, N)``: the current weights, then the ``n_r`` asked this round."""
         self._seed = seed
-        k = round_budget(self._budget, self._rounds, server_round)
+        spent = len(np.asarray(state[HIST_Y]))
+        k = min(round_budget(self._budget, self._rounds, server_round), self._budget - spent)
         rows = [np.asarray(state[WEIGHTS], np.float64)]
         if k:
             rows += [c.value for c in self._search(state).ask(k)]
@@ -214,7 +223,7 @@ class LoraHub(Merge):
             if not np.allclose(cand.value, x, atol=1e-5):
                 raise CheckpointError("lorahub: the replies answer other candidates than asked")
             scores.append(l1_score(float(loss), cand.value, self._alpha))
-            search.opt.tell(cand, scores[-1])
+            search.tell(cand, scores[-1])
         return {
             WEIGHTS: search.recommendation().astype(np.float32),
             HIST_X: np.vstack([state[HIST_X], cands[1:]]).astype(np.float32),
@@ -250,6 +259,14 @@ class LoraHub(Merge):
                     sum(float(response_loss(model, b)) for b in batches) / max(len(batches), 1)
                 )
         return {LOSSES: torch.tensor(losses, dtype=torch.float32)}, {"loss": losses[0], "steps": 0}
+
+
+@contextlib.contextmanager
+def _quiet() -> Iterator[None]:
+    """Silence cma's notice about asks that outlive their population (several asks per tell)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="orphanated injected solution")
+        yield
 
 
 def _empty_history(n: int) -> dict[str, torch.Tensor]:
