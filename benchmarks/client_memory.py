@@ -12,9 +12,9 @@ Variants (``--variants``):
 * ``hf_logits``: the loss from ``model(**batch).loss`` (full ``(16, 256, vocab)`` logits, float32
   upcast), no checkpointing - what a client held before the response-only loss.
 * ``plain``: response-only LM head in one go (``loss_chunk_tokens = 0``), no checkpointing.
-* ``chunk``: response-only LM head, ``loss_chunk_tokens = 512``, no checkpointing.
+* ``chunk``: response-only LM head, ``loss_chunk_tokens = 256``, no checkpointing.
 * ``ckpt``: activation checkpointing, LM head in one go.
-* ``lean``: activation checkpointing + ``loss_chunk_tokens = 512`` (the defaults).
+* ``lean``: activation checkpointing + ``loss_chunk_tokens = 256`` (the defaults).
 
 Every (variant, repeat) runs in a fresh subprocess, so its peak RSS is its own: ``peak_rss_mb`` is
 the whole process (``ru_maxrss``, model load included: loading maps the float32 safetensors copy
@@ -55,9 +55,9 @@ RESULTS = Path(__file__).resolve().parent / "results"
 VARIANTS: dict[str, dict[str, Any]] = {
     "hf_logits": {"hf_logits": True, "gradient_checkpointing": False, "loss_chunk_tokens": 0},
     "plain": {"gradient_checkpointing": False, "loss_chunk_tokens": 0},
-    "chunk": {"gradient_checkpointing": False, "loss_chunk_tokens": 512},
+    "chunk": {"gradient_checkpointing": False, "loss_chunk_tokens": 256},
     "ckpt": {"gradient_checkpointing": True, "loss_chunk_tokens": 0},
-    "lean": {"gradient_checkpointing": True, "loss_chunk_tokens": 512},
+    "lean": {"gradient_checkpointing": True, "loss_chunk_tokens": 256},
 }
 
 
@@ -148,7 +148,7 @@ def estimate_table(batch: int, resp_frac: float) -> str:
             if name.startswith("SmolLM2") and quant != "none":
                 continue
             for lean in (False, True):
-                e = estimate_gb(arch, batch, seq, resp_frac, lean, 512 if lean else 0, quant)
+                e = estimate_gb(arch, batch, seq, resp_frac, lean, 256 if lean else 0, quant)
                 rows.append(
                     f"| {name} | {seq} | {quant} | {'on' if lean else 'off'} | {e['weights']} "
                     f"| {e['activations']} | {e['loss']} | {e['total']} |"

@@ -358,9 +358,9 @@ class TrainConfig:
     """Keep only each decoder layer's input during local training and recompute the layer in
     backward (Hugging Face activation checkpointing, non-reentrant): same loss and gradients, far
     less memory, about one extra forward pass of time [D: on] (docs/gpu.md)."""
-    loss_chunk_tokens: int = 512
+    loss_chunk_tokens: int = 256
     """The loss projects only response positions to the vocabulary, this many at a time, with
-    float32 logits of one chunk alive at once; 0 = all in one go. Same loss and gradients [D: 512]
+    float32 logits of one chunk alive at once; 0 = all in one go. Same loss and gradients [D: 256]
     (docs/gpu.md)."""
     report_to: Literal["none", "tensorboard", "wandb"] = "none"
     """Mirror every round's metrics (and each client's per-step losses) to a tracker besides
