@@ -22,6 +22,7 @@ from smartfed.quota.allocate import aggregate_importance, allocate_quotas, matri
 from smartfed.quota.importance import ImportanceTracker, token_importance
 from smartfed.routing.balance import LoadBalance, switch_balance_loss
 from smartfed.routing.layer import MoRELinear
+from smartfed.routing.lowrank import LowRankRouter
 from smartfed.routing.router import TopKRouter
 from smartfed.train.local import local_train, training_loss
 
@@ -207,6 +208,21 @@ def test_k1_router_gradient_is_of_the_same_order_as_at_k2(renorm_model: nn.Modul
     at2 = _router_grads(renorm_model, dict.fromkeys(experts, 2))
     for name in experts:
         assert at1[name] > 0.05 * at2[name], name
+
+
+@pytest.mark.parametrize("kind", ["full", "lowrank"])
+def test_a_renormalised_router_learns_at_k1(kind: str) -> None:
+    gen = torch.Generator().manual_seed(0)
+    router: nn.Module = (
+        TopKRouter(64, 14, init_std=0.5, renormalize=True, generator=gen)
+        if kind == "full"
+        else LowRankRouter(64, 14, 4, init_std=0.5, renormalize=True, generator=gen)
+    )
+    x = torch.randn(6, 64, generator=gen)
+    out = router(x, 1)
+    assert torch.equal(out.weights, torch.ones(6, 1))  # the forward is still the constant 1
+    (out.weights * torch.randn(6, 1, generator=gen)).sum().backward()
+    assert router.weight.grad.norm() > 1e-2
 
 
 def test_renormalised_forward_is_unchanged(pool: LoraPool) -> None:

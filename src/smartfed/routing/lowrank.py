@@ -20,7 +20,7 @@ import hashlib
 import torch
 from torch import nn
 
-from smartfed.routing.router import RoutingOutput, random_projection
+from smartfed.routing.router import RoutingOutput, random_projection, select_topk
 
 
 def lowrank_seed(seed: int, matrix: str) -> int:
@@ -107,12 +107,13 @@ class LowRankRouter(nn.Module):
         logits = nn.functional.linear(h, self.weight.to(x.dtype)).float()
         return torch.softmax(logits / self.temperature, dim=-1)
 
+    def select(self, probs: torch.Tensor, k: int) -> RoutingOutput:
+        """Top-``k`` of ``probs`` ``(..., M)``, as :meth:`TopKRouter.select`."""
+        return select_topk(probs, k, self.renormalize)
+
     def forward(self, x: torch.Tensor, k: int) -> RoutingOutput:
         """Route every token of ``x`` (``(..., d_in)``) to its top-``k`` experts (``(..., k)``)."""
-        weights, indices = torch.topk(self.probs(x), k, dim=-1)
-        if self.renormalize:
-            weights = weights / weights.sum(-1, keepdim=True)
-        return RoutingOutput(weights, indices)
+        return self.select(self.probs(x), k)
 
     def extra_repr(self) -> str:  # noqa: D102
         return (

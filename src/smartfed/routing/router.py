@@ -59,6 +59,17 @@ def random_projection(d_in: int, proj_dim: int, seed: int) -> torch.Tensor:
     return torch.randn(proj_dim, d_in, generator=gen, dtype=torch.float32) / math.sqrt(proj_dim)
 
 
+def select_topk(probs: torch.Tensor, k: int, renormalize: bool) -> RoutingOutput:
+    """Keep the top-``k`` of ``probs`` ``(..., M)``; renormalise with a detached normaliser [D].
+
+    See :meth:`TopKRouter.select` (shared by every top-K router so that none freezes at K = 1).
+    """
+    weights, indices = torch.topk(probs, k, dim=-1)
+    if renormalize:
+        weights = weights / weights.sum(-1, keepdim=True).detach()
+    return RoutingOutput(weights, indices)
+
+
 class TopKRouter(nn.Module):
     """A linear router over ``M`` experts with softmax gating and top-K selection.
 
@@ -145,10 +156,7 @@ class TopKRouter(nn.Module):
         Returns:
             ``RoutingOutput`` with weights ``(..., k)`` (float32) and indices ``(..., k)``.
         """
-        weights, indices = torch.topk(probs, k, dim=-1)
-        if self.renormalize:
-            weights = weights / weights.sum(-1, keepdim=True).detach()
-        return RoutingOutput(weights, indices)
+        return select_topk(probs, k, self.renormalize)
 
     def forward(self, x: torch.Tensor, k: int) -> RoutingOutput:
         """Route every token of ``x`` (shape ``(..., d_in)``) to its top-``k`` experts.
