@@ -61,6 +61,8 @@ def test_v2_results_from_run_dirs(tmp_path: Path) -> None:
             _write_run(root, RunSpec(TASK, "main", method, seed, 1.0), levels[1] + shift, 0.5)
     for seed in range(3):
         _write_run(root, RunSpec(TASK, "main", "merge", seed), 0.1, 0.1)
+    for mult in LR_GRID[:2]:  # mole's sweep is missing its x3 run: no choice, nothing reported
+        _write_run(root, RunSpec(TASK, "main", "mole", 0, mult), 0.9, 0.9)
     out = tmp_path / "res" / "v2.json"
     data = write_bench_outputs(out, "v2", discover(root), [], {})
     assert json.loads(out.read_text())["preset"] == "v2"
@@ -68,7 +70,10 @@ def test_v2_results_from_run_dirs(tmp_path: Path) -> None:
     assert sweep["smartfed"]["chosen_mult"] == 1.0 and sweep["fedit"]["chosen_mult"] == 1.0
     assert math.isclose(sweep["fedit"]["grid"][0]["lr"], 2e-3 / 3)  # the rate the run used
     assert sweep["fedit"]["chosen_lr"] == 2e-3
+    assert sweep["mole"]["chosen_mult"] is None and len(sweep["mole"]["grid"]) == 3
+    assert sweep["mole"]["grid"][2]["val_tf_em"] is None
     methods = data["tasks"][TASK]["variants"]["main"]["methods"]
+    assert set(methods) == {"smartfed", "fedit", "merge"}
     sf = methods["smartfed"]
     assert sf["seeds"] == [0, 1, 2] and all("lr-x1/" in r for r in sf["runs"])
     assert math.isclose(sf["final"]["eval_tf_em"]["mean"], 0.8 + (-0.05 + 0.02) / 3)

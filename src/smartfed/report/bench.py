@@ -139,7 +139,7 @@ def collect(
     from smartfed.recipes.bench import COMMON, METHOD_LR, VARIANTS, get_preset
 
     spec_preset = get_preset(preset)
-    sweep, cells = select_swept(cells)
+    sweep, cells = select_swept(cells, spec_preset.lr_grid)
     task_order = list(spec_preset.tasks)
     variant_order = list(VARIANTS)
     cells = sorted(
@@ -206,15 +206,15 @@ def _command() -> str:
 
 
 def select_swept(
-    cells: Sequence[tuple[RunSpec, Path]],
+    cells: Sequence[tuple[RunSpec, Path]], lr_grid: Sequence[float] = ()
 ) -> tuple[dict[str, Any], list[tuple[RunSpec, Path]]]:
     """Split off the learning-rate sweeps: the sweep record, and the cells to report.
 
     For a method run at several multipliers, its seed-0 runs form the sweep; the reported runs
     are those at the chosen multiplier (seed 0's sweep run and the seeds > 0). A sweep still
-    lacking a score reports nothing for that method yet.
+    lacking a run of ``lr_grid`` or a score reports nothing for that method yet.
     """
-    from smartfed.recipes.bench import METHOD_LR
+    from smartfed.recipes.bench import METHOD_LR, lr_tag
 
     groups: dict[tuple[str, str, str], list[tuple[RunSpec, Path]]] = {}
     keep: list[tuple[RunSpec, Path]] = []
@@ -238,6 +238,13 @@ def select_swept(
             for spec, d in sorted(runs, key=lambda c: float(c[0].lr_mult or 0))
             if spec.seed == 0
         ]
+        have = {lr_tag(float(g["mult"])) for g in grid}
+        grid += [
+            {"mult": float(f"{m:.3g}"), "lr": base * m, "val_tf_em": None, "run": None}
+            for m in lr_grid
+            if lr_tag(m) not in have
+        ]
+        grid.sort(key=lambda g: float(g["mult"]))
         chosen = st.choose_rate(grid)
         sweep.setdefault(task, {}).setdefault(variant, {})[method] = {
             "grid": grid,
