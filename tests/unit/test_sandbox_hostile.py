@@ -241,3 +241,45 @@ def test_child_runs_as_nobody_when_we_are_root() -> None:
         pytest.skip("only root drops to nobody")
     result = run_python("import os\nprint(os.getuid(), os.getgid())")
     assert result.ok and result.stdout.split() == ["65534", "65534"]
+
+
+def test_works_for_a_user_who_is_not_root(tmp_path: Path) -> None:
+    """Run the sandbox from a parent process that is ``nobody`` (user namespaces or fallbacks)."""
+    import shutil
+    import subprocess
+
+    import smartfed
+
+    system_python, setpriv = shutil.which("python3", path="/usr/bin:/bin"), shutil.which("setpriv")
+    if os.geteuid() != 0 or not system_python or not setpriv:
+        pytest.skip("needs root (to become nobody), setpriv and a system python3")
+    src = str(Path(smartfed.__file__).resolve().parents[1])
+    script = (
+        f"import sys; sys.path.insert(0, {src!r})\n"
+        "from smartfed.eval.sandbox import run_python, detect_isolation\n"
+        "print(detect_isolation().label)\n"
+        "print(run_python(['def add(a, b):\\n    return a + b', 'assert add(1, 2) == 3']).status)\n"
+        "print(run_python(['import os\\nos._exit(0)', 'assert False']).status)\n"
+        "print(run_python(['raise SystemExit(0)', 'assert False']).status)\n"
+    )
+    probe = [setpriv, "--reuid=65534", "--regid=65534", "--clear-groups", system_python, "-I"]
+    env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path)}
+    os.chmod(tmp_path, 0o777)
+    if subprocess.run(
+        [*probe, "-c", script.splitlines()[0] + "\nimport smartfed.eval.sandbox"],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        check=False,
+    ).returncode:
+        pytest.skip("the source tree is not readable by nobody here")
+    out = subprocess.run(
+        [*probe, "-c", script],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=True,
+    ).stdout.split()
+    assert out[1:] == ["ok", "incomplete", "error"], out
