@@ -1,14 +1,13 @@
-"""``SearchStrategy``: the server runs a method's own optimiser (LoRAHub-style search) over client
+"""``SearchStrategy``: the server runs a method's own optimiser (LoRAHub's search) over client
 replies.
 
 For a method with ``server_propose(state, round, seed) -> sent``, ``reply_template(sent) -> zeros``
-and ``server_update(state, sent, mean_reply) -> state``: each round the server sends ``sent`` (e.g.
-candidate weights) instead of its state, checks every reply against ``reply_template`` (keys,
-shapes,
-finiteness), averages the accepted replies example-weighted (FedAvg, unchanged) and turns the mean
-into
-the next state. Bytes are counted by :class:`~smartfed.fed.strategy.SmartFedStrategy` as for any
-method.
+and ``server_update(state, sent, mean_reply) -> state`` (and optionally ``configure_search(cfg)``,
+called once with the run config, since a cached bundle's method is prepared from a partial one):
+each round the server sends ``sent`` (e.g. candidate weights) instead of its state, checks every
+reply against ``reply_template`` (keys, shapes, finiteness), averages the accepted replies
+example-weighted (FedAvg, unchanged) and turns the mean into the next state. Bytes are counted by
+:class:`~smartfed.fed.strategy.SmartFedStrategy` as for any method.
 """
 
 from __future__ import annotations
@@ -43,6 +42,8 @@ class SearchStrategy(SmartFedStrategy):
             cfg, node_partitions, {}, None, round_offset=round_offset, max_update_norm=math.inf
         )
         self.method = method
+        if hasattr(method, "configure_search"):  # the run's own settings (budget, rounds, seed)
+            method.configure_search(cfg)
         self._state: dict[str, np.ndarray] = {}
         self._sent_state: dict[str, np.ndarray] = {}
 

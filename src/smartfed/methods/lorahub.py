@@ -139,14 +139,19 @@ class LoraHub(Merge):
         """Inject the concatenated pool and apply LoRAHub's start, ``w = 0`` (the base model)."""
         self._pool = pool
         self._n = len(pool.adapters)
-        self._budget = cfg.train.lorahub_budget
-        self._alpha = cfg.train.lorahub_l1
-        self._rounds = cfg.fed.num_rounds
-        self._seed = cfg.train.seed
+        self.configure_search(cfg)
         out = super().prepare(model, pool, cfg)
         self._history = _empty_history(self._n)
         self.set_weights(model, torch.zeros(self._n))
         return out
+
+    def configure_search(self, cfg: RunConfig) -> None:
+        """Take the search settings of the run (``lorahub_budget``, ``lorahub_l1``, ``num_rounds``,
+        ``seed``); the server calls it with the full run config."""
+        self._budget = cfg.train.lorahub_budget
+        self._alpha = cfg.train.lorahub_l1
+        self._rounds = cfg.fed.num_rounds
+        self._seed = cfg.train.seed
 
     def set_weights(self, model: nn.Module, weights: torch.Tensor) -> None:
         """Apply per-LoRA weights ``(N,)``: ``B`` blocks become ``w_n s_n B_n`` (exact)."""
