@@ -172,7 +172,12 @@ def test_gap_composites_hide_digits_7_to_9_from_training(name: str) -> None:
 
 @pytest.mark.parametrize(
     "name",
-    ["cpu_mini.zh_code_partial", "cpu_mini.zh_math_partial", "cpu_mini.zh_code_partpool"],
+    [
+        "cpu_mini.zh_code_partial",
+        "cpu_mini.zh_math_partial",
+        "cpu_mini.zh_code_partpool",
+        "cpu_mini.zh_code_chain",
+    ],
 )
 def test_partial_gap_composites_show_the_gap_digits_in_15_percent_of_training(name: str) -> None:
     task = get_task(name)
@@ -208,8 +213,12 @@ def test_new_composites_canonical_outputs() -> None:
         # every amount in the program is written in the prompt as a Chinese numeral
         assert all(zh_numeral(int(k)) in ex.prompt for k in ex.meta["key"])
     partial = TASKS["cpu_mini.zh_code_partial"]
+    # numbers up to 999: most rows need the hundreds, which skill.zh's rows never show
+    hundreds = [e for e in partial.train_examples() if "百" in e.prompt]
+    assert len(hundreds) > 1500
+    assert not any("百" in e.prompt for e in TASKS["cpu_mini.skill.zh"].train_examples())
     for ex in partial.eval_examples():
-        assert ex.response.startswith("print(") and len(ex.meta["key"]) == 3
+        assert ex.response.startswith("print(") and len(ex.meta["key"]) == 2
         # a program the model writes differently but equivalently also scores (execution accuracy)
         assert partial.score("x = 0\n" + ex.response, ex)
     one = TASKS["cpu_mini.zh_code_partial"].eval_examples()[0]

@@ -17,7 +17,7 @@ import string
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from smartfed.data.tasks.cpu_mini.render import run_straight_line, zh_numeral
+from smartfed.data.tasks.cpu_mini.render import zh_numeral
 
 SPLIT_SALT = "cpu-mini-split-v1"
 """[D] Fixed salt of the train/held-out partition (independent of the data seed)."""
@@ -191,25 +191,16 @@ def composite_hard_math(rng: random.Random) -> Row:
     return Row(_key(x, y, z), prompt, code, str(_compute(first, op2, z)), f"{op1}_{op2}")
 
 
-def composite_zh_code3(rng: random.Random) -> Row:
-    """Chinese code, three operands: Chinese instruction -> ``print(47 + 38 * 19)`` (run to score).
+def composite_zh_code_wide(rng: random.Random) -> Row:
+    """Chinese code, numbers 10-999: ``打印三百四十七乘以二十五。`` -> ``print(347 * 25)`` (run it).
 
-    Two operations from plus/minus/times over three 2-digit operands; the program is the literal
-    transcription (Python's precedence decides the printed value), so there is one canonical
-    output.
+    ``skill.zh`` reads Chinese numerals 10-99 only; the hundreds (``三百``, ``一百零五``) are in no
+    LoRA of the pool and have to be learned from the composite's rows [D].
     """
-    op1, op2 = rng.choice(tuple(OPS)), rng.choice(tuple(OPS))
-    a, b, c = (rng.randint(10, 99) for _ in range(3))
-    zh = f"{zh_numeral(a)}{OPS[op1][1]}{zh_numeral(b)}{OPS[op2][1]}{zh_numeral(c)}"
-    expr = f"{a} {OPS[op1][0]} {b} {OPS[op2][0]} {c}"
-    value = run_straight_line(f"print({expr})")
-    return Row(
-        _key(a, b, c),
-        f"用Python写一个程序，打印{zh}。",
-        f"print({expr})",
-        str(value),
-        f"{op1}_{op2}",
-    )
+    op = rng.choice(tuple(OPS))
+    a, b = _pair(rng, op, 10, 999)
+    prompt = f"用Python写一个程序，打印{zh_numeral(a)}{OPS[op][1]}{zh_numeral(b)}。"
+    return Row(_key(a, b), prompt, f"print({a} {OPS[op][0]} {b})", str(_compute(a, op, b)), op)
 
 
 ZH_NAMES = ("汤姆", "安娜", "小李", "玛丽亚", "萨姆", "艾玛")

@@ -15,9 +15,10 @@ Composites that separate methods [D] (docs/cpu-mini.md):
 
 ============================= ===================================================================
 ``cpu_mini.zh_code_gap``      zh_code, no 七/八/九 in training rows, one in every eval row
-``cpu_mini.zh_code_partial``  three-operand zh_code, 七/八/九 in 15% of the training rows
+``cpu_mini.zh_code_partial``  zh_code with numbers 10-999, 七/八/九 in 15% of the training rows
 ``cpu_mini.zh_math_partial``  zh_math, 七/八/九 in 15% of the training rows
-``cpu_mini.zh_code_chain``    Chinese two-event story -> three-line program (zh + math + code)
+``cpu_mini.zh_code_chain``    Chinese two-event story -> three-line program (zh + math + code),
+                              七/八/九 in 15% of the training rows
 ``cpu_mini.zh_code_partpool`` the zh_code_partial rows over a partly relevant pool (skill.zh and
                               the two controls, no code LoRA)
 ============================= ===================================================================
@@ -236,10 +237,10 @@ def _tasks() -> dict[str, CpuMiniTask]:
     for short, gen, kind, mnt, desc in (
         (
             "zh_code_partial",
-            g.composite_zh_code3,
+            g.composite_zh_code_wide,
             "program",
             32,
-            "composite Chinese code, three operands: Chinese instruction -> 'print(47 + 38 * 19)', "
+            "composite Chinese code, numbers 10-999: Chinese instruction -> 'print(347 * 25)', "
             "execution accuracy",
         ),
         (
@@ -265,8 +266,10 @@ def _tasks() -> dict[str, CpuMiniTask]:
         g.composite_zh_code_chain,
         "program",
         "composite three-skill chain: Chinese two-event story -> a three-line program "
-        "(zh numerals + math story wording + code), execution accuracy",
+        f"(zh numerals + math story wording + code), execution accuracy; 七/八/九 in "
+        f"{PARTIAL_GAP_FRACTION:.0%} of the training rows, in every val/eval row",
         48,
+        gap_fraction=PARTIAL_GAP_FRACTION,
     )
     tasks[story.name] = story
     mixed = tasks[PREFIX + "zh_code_partial"]
