@@ -38,22 +38,26 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
+from smartfed.errors import SmartFedError
+from smartfed.eval.sandbox_procs import MARKER_ENV, count_processes, sweep
 from smartfed.log import get_logger
 
 log = get_logger(__name__)
 
+__all__ = ["MARKER_ENV", "Isolation", "SandboxResult", "detect_isolation", "run_python", "sweep"]
+
 NOBODY = 65534
 """uid/gid the child runs as when SmartFed itself runs as root."""
-
-MARKER_ENV = "SMARTFED_SANDBOX_RUN"
-"""Environment variable carrying a per-run marker (not a secret): the fallback sweep kills every
-process whose environment holds it."""
 
 SYSTEM_READ_ROOTS = ("/lib", "/lib64", "/usr/lib", "/usr/lib64", "/etc/ld.so.cache")
 """[D] Shared-library folders the child may read (extension modules link against them); the
 interpreter's own standard-library folders are added by the child."""
 
 _RESULT_BYTES = 256
+
+
+class SandboxUnavailableError(SmartFedError):
+    """No way to start a sandboxed Python child works on this machine."""
 
 
 @dataclass(frozen=True)
@@ -190,6 +194,7 @@ def detect_isolation() -> Isolation:
     applied are each found here once, not at scoring time.
     """
     probe = ["import json, math, decimal, hashlib, collections, re, itertools"]
+    result: SandboxResult | None = None
     for iso in _candidates():
         result = _run(iso, probe, None, timeout_s=15.0, limits=_Limits(1024, 4, 16, 4096))
         if result.ok:
@@ -202,7 +207,11 @@ def detect_isolation() -> Isolation:
                 )
             return iso
         log.debug("sandbox: %s unusable: %s", iso.label, result.stderr[-300:])
-    raise RuntimeError("sandbox: no way to start a Python child works on this machine")
+    raise SandboxUnavailableError(
+        f"sandbox: no Python child could be started (tried {len(_candidates())} ways; last "
+        f"error: {result.stderr.strip()[-200:] if result else 'none'}); code tasks need a working "
+        "python3 and permission to start processes (docs/security.md, Sandbox)"
+    )
 
 
 @dataclass(frozen=True)
@@ -247,16 +256,6 @@ def run_python(
     return _run(detect_isolation(), stages, value_expr, timeout_s=timeout_s, limits=limits)
 
 
-def _count_processes(uid: int) -> int:
-    """Number of processes (threads not counted) currently owned by ``uid``."""
-    count = 0
-    for entry in os.scandir("/proc"):
-        if entry.name.isdigit():
-            with contextlib.suppress(OSError):
-                count += os.stat(entry.path).st_uid == uid
-    return count
-
-
 def _payload(iso: Isolation, stages: list[str], value_expr: str | None, **kw: object) -> bytes:
     """What the child harness reads from standard input (``marshal`` v2: any Python 3 reads it)."""
     return marshal.dumps(
@@ -286,7 +285,7 @@ def _run(
     # RLIMIT_NPROC counts every process of the uid; with a PID namespace and no execve it adds
     # nothing, so the /proc scan it needs is skipped then.
     needs_nproc = uid != 0 and not (iso.pidns and iso.landlock_abi)
-    nproc = _count_processes(uid) + limits.max_processes + 1 if needs_nproc else 0
+    nproc = count_processes(uid) + limits.max_processes + 1 if needs_nproc else 0
     start = time.monotonic()
     with (
         tempfile.TemporaryDirectory(prefix="smartfed-sbx-") as box,
@@ -388,42 +387,3 @@ def _read_result(res: IO[bytes], token: str) -> tuple[bool, float | None]:
 def _read_capped(fh: IO[bytes], limit: int) -> str:
     fh.seek(0)
     return fh.read(limit).decode("utf-8", "replace")
-
-
-def sweep(marker: str, session: int) -> int:
-    """Kill every process whose environment holds ``marker`` or whose session is ``session``.
-
-    The fallback when there is no PID namespace: a program may start processes in a new session
-    (out of reach of the process-group kill), but they inherit the marker and keep it. Repeated
-    until a pass finds nothing (a process may fork while we look). Returns how many were killed.
-    """
-    needle = f"{MARKER_ENV}={marker}".encode()
-    killed = 0
-    for _ in range(20):
-        found = [pid for pid in _proc_pids() if _belongs(pid, needle, session)]
-        for pid in found:
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.kill(pid, signal.SIGKILL)
-        killed += len(found)
-        if not found:
-            break
-    return killed
-
-
-def _proc_pids() -> list[int]:
-    me = os.getpid()
-    return [int(n) for n in os.listdir("/proc") if n.isdigit() and int(n) != me]
-
-
-def _belongs(pid: int, needle: bytes, session: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as fh:
-            fields = fh.read().rsplit(b")", 1)[1].split()
-        if fields[0] == b"Z":
-            return False
-        if int(fields[3]) == session:
-            return True
-        with open(f"/proc/{pid}/environ", "rb") as fh:
-            return needle in fh.read()
-    except (OSError, IndexError, ValueError):
-        return False
