@@ -83,3 +83,13 @@ def test_empty_rows() -> None:
     model = torch.nn.Linear(1, 1)
     got = teacher_forced_eval(model, [], 4, 0)  # type: ignore[arg-type]
     assert got.exact == [] and got.tokens == 0
+
+
+def test_val_examples_on_a_task_without_val_rows_fails_at_round_1() -> None:
+    from smartfed.config import EvalConfig
+    from smartfed.errors import ConfigError
+    from smartfed.eval.teacher_forced import round_metrics
+
+    cfg = EvalConfig(val_examples=5)
+    with pytest.raises(ConfigError, match="val_examples"):
+        round_metrics(None, None, cfg, "gsm8k", None, final=False, rnd=1, cache={})  # type: ignore[arg-type]

@@ -159,6 +159,14 @@ def round_metrics(
     from smartfed.data.formatting import encode_for_training
     from smartfed.data.tasks import get_task
 
+    def encoded(split: str, limit: int) -> list[EncodedExample]:
+        if split not in cache:
+            examples = split_rows(get_task(task_name), split, limit, data_dir)
+            cache[split] = [encode_for_training(tok, ex, EVAL_MAX_LEN) for ex in examples]
+        return cache[split]
+
+    if eval_cfg.val_examples > 0:
+        encoded("val", eval_cfg.val_examples)  # a task without val rows fails at round 1
     every = eval_cfg.tf_eval_every
     todo: list[tuple[str, int]] = []
     if every > 0 and (final or rnd % every == 0):
@@ -167,10 +175,8 @@ def round_metrics(
         todo.append(("val", eval_cfg.val_examples))
     out: dict[str, Any] = {}
     for split, limit in todo:
-        if split not in cache:
-            examples = split_rows(get_task(task_name), split, limit, data_dir)
-            cache[split] = [encode_for_training(tok, ex, EVAL_MAX_LEN) for ex in examples]
-        res = teacher_forced_eval(model, cache[split], eval_cfg.eval_batch_size, tok.pad_token_id)
+        rows = encoded(split, limit)
+        res = teacher_forced_eval(model, rows, eval_cfg.eval_batch_size, tok.pad_token_id)
         out |= {
             f"{split}_tf_em": res.em,
             f"{split}_tf_loss": res.loss,
