@@ -10,6 +10,7 @@ import os
 import shutil
 import signal
 import socket
+import subprocess
 import tempfile
 import threading
 import time
@@ -186,3 +187,18 @@ def test_forwarder_falls_back_without_a_usable_worker_dir(node: Node, tmp_path: 
     os.chmod(shared, 0o777)  # group/other access: never trusted with a secret
     assert forward_train(node.cfg, ins, {"worker-dir": str(shared)}, 0) is None
     assert not list(shared.iterdir())
+
+
+def test_worker_exits_when_its_owner_is_gone(node: Node) -> None:
+    wdir = Path(tempfile.mkdtemp(prefix="sfo-"))
+    try:
+        owner = subprocess.Popen(["sleep", "3"])  # a stand-in for deploy-local
+        paths = wl.WorkerPaths(wl.private_dir(wdir), node.paths.key)
+        job = {"run_config": node.cfg.to_flat(), "dataset": ""}
+        proc = wl.spawn(paths, job, owner=owner.pid, idle_s=120)
+        owner.wait(WAIT_S)
+        proc.wait(WAIT_S)  # exits within about a second, even while still loading
+        assert not paths.sock.exists() and not paths.pid.exists()
+    finally:
+        wl.stop_workers(wdir)
+        shutil.rmtree(wdir, ignore_errors=True)

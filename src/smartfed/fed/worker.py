@@ -23,6 +23,7 @@ import signal
 import socket
 import struct
 import sys
+import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -61,6 +62,18 @@ def _alive(pid: int) -> bool:
     except PermissionError:
         return True
     return True
+
+
+def _watch_owner(owner: int) -> None:
+    """SIGTERM this process within a second of ``owner`` disappearing (also while loading)."""
+
+    def watch() -> None:
+        while _alive(owner):
+            time.sleep(1.0)
+        log.info("owner %d is gone; exiting", owner)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    threading.Thread(target=watch, name="owner-watch", daemon=True).start()
 
 
 def _peer_uid(conn: socket.socket) -> int:
@@ -162,8 +175,8 @@ class Worker:
         )
         return to_bytes(out)
 
-    def serve(self, srv: socket.socket, idle_s: float, owner: int) -> None:
-        """Accept connections one at a time until idle, orphaned or (after a failed load) done."""
+    def serve(self, srv: socket.socket, idle_s: float) -> None:
+        """Accept connections one at a time until idle or (after a failed load) done."""
         srv.settimeout(1.0)
         last = time.monotonic()
         if self.load_error:
@@ -174,9 +187,6 @@ class Worker:
             except TimeoutError:
                 if idle_s and time.monotonic() - last > idle_s:
                     log.info("idle for %.0f s; exiting", idle_s)
-                    return
-                if owner and not _alive(owner):
-                    log.info("owner %d is gone; exiting", owner)
                     return
                 continue
             with conn:
@@ -213,6 +223,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         _set_parent_death_signal()
     signal.signal(signal.SIGTERM, _on_signal)
     signal.signal(signal.SIGINT, _on_signal)
+    if args.owner:
+        _watch_owner(args.owner)
     paths = wl.WorkerPaths(wl.private_dir(args.dir, create=False), args.key)
     worker = Worker(paths, paths.secret.read_bytes())
     job = json.loads(paths.job.read_text(encoding="utf-8"))
@@ -221,7 +233,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     log.info("worker %d serving %s in %s", os.getpid(), args.key[:16], args.dir)
     try:
         worker.load(job, args.threads)
-        worker.serve(srv, args.idle_s, args.owner)
+        worker.serve(srv, args.idle_s)
     finally:
         srv.close()
         _cleanup(paths)
