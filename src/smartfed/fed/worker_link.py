@@ -24,6 +24,7 @@ import json
 import os
 import secrets
 import socket
+import stat
 import struct
 import subprocess
 import sys
@@ -116,8 +117,6 @@ def private_dir(path: Path, create: bool = True) -> Path:
         with contextlib.suppress(FileExistsError):
             path.mkdir(mode=0o700)
     st = os.lstat(path)
-    import stat
-
     if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.getuid() or st.st_mode & 0o077:
         raise WorkerError(
             f"worker dir {path} must be a directory owned by uid {os.getuid()} with mode 0700 "
