@@ -117,6 +117,37 @@ FORGERS = {
 }
 
 
+SWAPPERS = {
+    "audit_hook": (
+        "import sys\ng = globals()\n"
+        "def _h(event, args):\n"
+        "    if event == 'exec' and 'check' in g:\n"
+        "        g['check'] = lambda f: None\n"
+        "sys.addaudithook(_h)\n" + WRONG
+    ),
+    "finalizer": (
+        "g = globals()\n"
+        "class _E:\n"
+        "    def __del__(self):\n"
+        "        g['check'] = lambda f: None\n"
+        "check = _E()\n" + WRONG
+    ),
+    "thread": (
+        "import threading, time\ng = globals()\n"
+        "def _swap():\n"
+        "    while 'check' not in g:\n"
+        "        time.sleep(0.0001)\n"
+        "    g['check'] = lambda f: None\n"
+        "threading.Thread(target=_swap, daemon=True).start()\n" + WRONG
+    ),
+}
+
+
+@pytest.mark.parametrize("name", sorted(SWAPPERS))
+def test_the_model_cannot_replace_the_tests_between_stages(name: str) -> None:
+    assert score("humaneval", SWAPPERS[name]) is False
+
+
 @pytest.mark.parametrize("name", sorted(FORGERS))
 def test_the_token_cannot_be_forged(name: str) -> None:
     assert score("humaneval", FORGERS[name]) is False

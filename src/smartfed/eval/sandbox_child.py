@@ -47,11 +47,12 @@ _DENY = frozenset(
         "pty.spawn", "webbrowser.open", "os.startfile", "sys._current_frames",
         "sys.settrace", "sys.setprofile", "gc.get_objects", "gc.get_referrers",
         "gc.get_referents", "sys.monitoring.register_callback", "_thread.interrupt_main",
+        "sys.addaudithook",
     }
 )  # fmt: skip
 _DENY_IMPORT = frozenset(
-    {"ctypes", "_ctypes", "_posixsubprocess", "_signal", "_xxsubinterpreters", "_testcapi",
-     "_testinternalcapi", "_testbuffer", "_xxtestfuzz"}
+    {"ctypes", "_ctypes", "_posixsubprocess", "_signal", "_thread", "_xxsubinterpreters",
+     "_testcapi", "_testinternalcapi", "_testbuffer", "_xxtestfuzz"}
 )  # fmt: skip
 _MUTATE = frozenset(
     {
@@ -230,15 +231,19 @@ def _make_hook(token, result_fd, work, read_roots, finish_line, check_paths):
     return hook
 
 
-def _refuse_signal_handlers():
-    """Replace ``signal.signal``: a handler would receive the harness's frame."""
-    sig = sys.modules.get("_signal")
-    if sig is not None:
+def _refuse_hazards():
+    """Replace ``signal.signal`` (a handler could run inside the hook) and thread creation (a
+    thread could change the namespace between the test stages); re-imports are refused."""
 
-        def signal(signalnum, handler):
-            raise PermissionError("sandbox: installing signal handlers is not allowed")
+    def refused(*args, **kwargs):
+        raise PermissionError("sandbox: signal handlers and threads are not allowed")
 
-        sig.signal = signal
+    for module, names in (("_signal", ("signal",)), ("_thread", ("start_new_thread",
+                          "start_new", "start_joinable_thread"))):  # fmt: skip
+        mod = sys.modules.get(module)
+        for name in names:
+            if mod is not None and hasattr(mod, name):
+                setattr(mod, name, refused)
 
 
 def _error_line(exc):
@@ -283,7 +288,10 @@ def _main():
         exit_now(125)
     for name in ("ctypes", "ctypes._endian", "_ctypes"):
         sys.modules.pop(name, None)
-    _refuse_signal_handlers()
+    import gc
+
+    no_collection = gc.disable
+    _refuse_hazards()
     hook = _make_hook(
         payload.pop("token").encode("ascii"),
         payload["result_fd"],
@@ -298,12 +306,22 @@ def _main():
     stages, value_expr = payload.pop("stages"), payload.pop("value_expr")
     del payload
     audit("smartfed.sandbox.start", frame_now())
-    value = None
+    # Everything the loop needs is computed now: no builtin the model may replace is called
+    # between two stages.
+    order = [
+        (i, source, "program.py" if i == 0 else f"<stage {i}>") for i, source in enumerate(stages)
+    ]
+    value, held = None, []
     try:
-        for i, source in enumerate(stages):
+        for i, source, name in order:
+            if i == 1:
+                # From here the model's code runs only when the tests call it: no collector
+                # finalizers, and no value the tests overwrite loses its last reference (which
+                # would run its __del__ between two test stages).
+                no_collection()
+                held.extend(namespace.values())
             if i > 0:  # the tests see the real builtins, whatever the model's code did to them
-                namespace["__builtins__"] = dict(pristine)
-            name = "program.py" if i == 0 else "<stage " + str(i) + ">"
+                namespace["__builtins__"] = pristine.copy()
             run(build(source, name, "exec"), namespace)
         if value_expr:
             value = to_float(evaluate(build(value_expr, "<value>", "eval"), namespace))  # noqa: F841 - read by the hook
