@@ -200,3 +200,19 @@ def test_balancing_loss_moves_the_gates_but_not_the_reported_loss(
         runs[coef] = (result.losses, method.trainable_state(model))
     assert runs[0.0][0][0] == pytest.approx(runs[5.0][0][0])  # step 1: same response loss reported
     assert not torch.equal(runs[0.0][1][V + ".router.weight"], runs[5.0][1][V + ".router.weight"])
+
+
+def test_gate_update_is_the_same_with_activation_checkpointing(
+    tiny_model_dir: Path, tiny_pool: list[Path]
+) -> None:
+    states = []
+    for ckpt in (False, True):  # the gates read last_probs from the first forward; recompute
+        model, method = _mole(tiny_model_dir, tiny_pool, mole_balance_coef=1.0)
+        _randomize(model, 0.3)
+        params = method.trainable_parameters(model)
+        aux = lambda b, model=model, method=method: method.auxiliary_loss(model, b)  # noqa: E731
+        cfg = TrainConfig(learning_rate=0.05, gradient_checkpointing=ckpt)
+        local_train(model, [BATCH] * 2, params, cfg, aux_loss=aux)
+        states.append(method.trainable_state(model))
+    for key, value in states[0].items():
+        torch.testing.assert_close(states[1][key], value, atol=1e-6, rtol=1e-5)
