@@ -62,7 +62,7 @@ def _loss_and_grads(model, params, batch, ckpt: bool, chunk: int):  # type: igno
         assert active == ckpt
         loss = response_loss(model, batch, chunk)
         loss.backward()
-    grads = [p.grad.detach().clone() for p in params]
+    grads = [None if p.grad is None else p.grad.detach().clone() for p in params]
     for p in params:
         p.grad = None
     return loss.detach(), grads
@@ -128,9 +128,12 @@ def test_memory_options_keep_loss_and_gradients(
     torch.testing.assert_close(loss1, loss0)
     assert len(grads0) == len(params) > 0
     for g0, g1 in zip(grads0, grads1, strict=True):
-        torch.testing.assert_close(g1, g0, atol=1e-6, rtol=1e-4)
-    # every trainable tensor gets a gradient through the recomputed layers
-    assert all(float(g.abs().sum()) > 0 for g in grads1)
+        assert (g0 is None) == (g1 is None)  # e.g. MoLE's placeholder gate of a one-LoRA matrix
+        if g0 is not None:
+            torch.testing.assert_close(g1, g0, atol=1e-6, rtol=1e-4)
+    # the trainable tensors get their gradients through the recomputed layers
+    got = [g for g in grads1 if g is not None]
+    assert got and all(float(g.abs().sum()) > 0 for g in got)
 
 
 def test_checkpointing_recomputes_and_restores_the_model(
