@@ -148,6 +148,27 @@ def test_the_model_cannot_replace_the_tests_between_stages(name: str) -> None:
     assert score("humaneval", SWAPPERS[name]) is False
 
 
+IMP = (
+    "import _imp, importlib.machinery as m\n"
+    "def _fresh(name):\n"
+    "    return _imp.create_builtin(m.ModuleSpec(name, m.BuiltinImporter, origin='built-in'))\n"
+)
+KERNEL_REFUSED = {
+    # a fresh _thread / _signal module gets around the in-process refusals; seccomp does not
+    "thread": IMP + "_fresh('_thread').start_new_thread(print, ('started',))\n",
+    "signal": IMP + "_fresh('_signal').signal(14, lambda s, f: None)\n",
+}
+
+
+@pytest.mark.parametrize("name", sorted(KERNEL_REFUSED))
+def test_fresh_thread_and_signal_modules_are_refused_by_the_kernel(name: str) -> None:
+    if not detect_isolation().seccomp:
+        pytest.skip("seccomp is not available here (docs/security.md lists what that leaves)")
+    result = run_python(KERNEL_REFUSED[name] + "print('installed')\n")
+    assert result.status == "error" and "installed" not in result.stdout
+    assert ("can't start new thread" if name == "thread" else "Errno 1") in result.stderr
+
+
 @pytest.mark.parametrize("name", sorted(FORGERS))
 def test_the_token_cannot_be_forged(name: str) -> None:
     assert score("humaneval", FORGERS[name]) is False

@@ -104,6 +104,7 @@ class Isolation:
         netns: the child has a new, empty network namespace.
         drop_root: the child drops from root to ``nobody`` before the program runs.
         landlock_abi: Landlock ABI version the child applies (0 = not available).
+        seccomp: the child refuses new signal handlers and threads in the kernel (seccomp).
     """
 
     prefix: tuple[str, ...]
@@ -112,6 +113,7 @@ class Isolation:
     netns: bool = False
     drop_root: bool = False
     landlock_abi: int = 0
+    seccomp: bool = False
 
     @property
     def label(self) -> str:
@@ -123,6 +125,7 @@ class Isolation:
                 ("netns", self.netns),
                 ("nobody", self.drop_root),
                 (f"landlock{self.landlock_abi}", self.landlock_abi > 0),
+                ("seccomp", self.seccomp),
             )
             if on
         ]
@@ -180,8 +183,8 @@ def _candidates() -> list[Isolation]:
     out = []
     for prefix, pidns, netns in prefixes:
         for python in _interpreters():
-            for lock in dict.fromkeys((abi, 0)):
-                out.append(Isolation(prefix, python, pidns, netns, root, lock))
+            for lock, filt in dict.fromkeys(((abi, True), (abi, False), (0, False))):
+                out.append(Isolation(prefix, python, pidns, netns, root, lock, filt))
     return out
 
 
@@ -264,6 +267,7 @@ def _payload(iso: Isolation, stages: list[str], value_expr: str | None, **kw: ob
             "value_expr": value_expr,
             "drop_root": iso.drop_root,
             "landlock_abi": iso.landlock_abi,
+            "seccomp": iso.seccomp,
             "read_roots": list(SYSTEM_READ_ROOTS),
             "finish_line": _finish_line(),
             **kw,

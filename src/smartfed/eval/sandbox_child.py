@@ -123,6 +123,60 @@ def _landlock(abi, work, read_roots):
     os.close(ruleset)
 
 
+# seccomp (include/uapi/linux/seccomp.h, filter.h, audit.h): arch -> (audit arch, rt_sigaction,
+# clone); clone3 is 435 everywhere.
+_SECCOMP_ARCH = {"x86_64": (0xC000003E, 13, 56), "aarch64": (0xC00000B7, 134, 220)}
+_CLONE_THREAD, _EPERM, _ENOSYS = 0x10000, 1, 38
+
+
+def _seccomp():
+    """Refuse, in the kernel, new signal handlers (``rt_sigaction``: EPERM) and new threads
+    (``clone`` with CLONE_THREAD: EPERM; ``clone3``: ENOSYS, so libc falls back to ``clone``).
+    A handler or a thread could otherwise run the program's code between the test stages or
+    inside the audit hook. Other architectures or ABIs (x32) are killed. Raises on failure."""
+    import ctypes
+
+    arch = _SECCOMP_ARCH[os.uname().machine]
+    kill, allow, errno_ret = 0x80000000, 0x7FFF0000, 0x00050000
+    ld_w_abs, jeq, jge, jset, ret = 0x20, 0x15, 0x35, 0x45, 0x06
+    prog = [
+        (ld_w_abs, 0, 0, 4),  # arch
+        (jeq, 1, 0, arch[0]),
+        (ret, 0, 0, kill),
+        (ld_w_abs, 0, 0, 0),  # syscall number
+        (jge, 0, 1, 0x40000000),  # x32 ABI
+        (ret, 0, 0, kill),
+        (jeq, 0, 1, arch[1]),
+        (ret, 0, 0, errno_ret | _EPERM),
+        (jeq, 0, 1, 435),
+        (ret, 0, 0, errno_ret | _ENOSYS),
+        (jeq, 0, 3, arch[2]),
+        (ld_w_abs, 0, 0, 16),  # clone flags (low 32 bits of args[0])
+        (jset, 0, 1, _CLONE_THREAD),
+        (ret, 0, 0, errno_ret | _EPERM),
+        (ret, 0, 0, allow),
+    ]
+
+    class _Insn(ctypes.Structure):
+        _fields_ = (
+            ("code", ctypes.c_uint16),
+            ("jt", ctypes.c_uint8),
+            ("jf", ctypes.c_uint8),
+            ("k", ctypes.c_uint32),
+        )
+
+    class _Prog(ctypes.Structure):
+        _fields_ = (("len", ctypes.c_ushort), ("filter", ctypes.POINTER(_Insn)))
+
+    insns = (_Insn * len(prog))(*[_Insn(*p) for p in prog])
+    fprog = _Prog(len(prog), insns)
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(_PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) < 0:
+        raise OSError(ctypes.get_errno(), "no_new_privs")
+    if libc.prctl(22, 2, ctypes.byref(fprog), 0, 0) < 0:  # PR_SET_SECCOMP, MODE_FILTER
+        raise OSError(ctypes.get_errno(), "seccomp")
+
+
 def _normalize(path, work, _str=str, _bytes=bytes, _int=int, _type=type):
     """Absolute, ``..``-free form of ``path`` using only C-level str/list methods (no user code
     can run inside the audit hook). Returns None for anything that is not a str/bytes path."""
@@ -282,6 +336,8 @@ def _main():
             _drop_root()
         if payload["landlock_abi"] > 0:
             _landlock(payload["landlock_abi"], work, read_roots)
+        if payload["seccomp"]:
+            _seccomp()
     except Exception as exc:  # never run unconfined code
         stderr.write("sandbox setup failed: " + _error_line(exc))
         stderr.flush()
