@@ -51,9 +51,10 @@ class ModelConfig:
     ``mps``; asking for an absent CUDA/MPS device is an error. Simulation clients run on the GPU
     Ray assigns them (see ``client_gpus``); the server evaluates on this device (docs/gpu.md)."""
     quantization: Literal["none", "8bit", "4bit"] = "none"
-    """Load the frozen base in 8-bit or 4-bit (NF4, bf16 compute) through bitsandbytes: CUDA only,
-    needs ``pip install 'smartfed[quant]'``. Routers and experts stay in ``dtype``; results are
-    not bit-identical to an unquantised base [D: none]."""
+    """Load the frozen base's linear layers 8-bit (LLM.int8) or 4-bit (NF4, double quantisation,
+    computing in ``dtype``) through bitsandbytes: CUDA only, needs ``pip install
+    'smartfed[quant]'``. Routers and experts stay in ``dtype``; outputs are close to, not
+    bit-identical with, the unquantised base [D: none]."""
     cache_dir: str = ""
     """Where GGUF models are cached as safetensors; empty = ``$SMARTFED_CACHE``, else
     ``$XDG_CACHE_HOME/smartfed``, else ``~/.cache/smartfed``."""
