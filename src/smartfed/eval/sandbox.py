@@ -15,7 +15,8 @@ section "Sandbox", says what each stops and what remains):
    unprivileged user namespace).
 4. In the child, before the program: resource limits, ``nobody`` instead of root, Landlock
    (read-only standard library, a private scratch directory, no ``execve``, no TCP, no signals
-   outside the sample) and an audit hook (a second line only).
+   outside the sample), seccomp (no new signal handlers or threads) and an audit hook (a second
+   line only).
 5. A fresh private scratch directory per sample (also ``HOME`` and ``TMPDIR``), removed afterwards.
 """
 

@@ -11,16 +11,21 @@ itself down and only then runs the model's code. Order (each step binds all code
    access to the sample's own work directory, nothing else; no ``execve`` anywhere; no TCP
    bind/connect (ABI >= 4); no signals to or abstract sockets of processes outside the sample
    (ABI >= 6).
-4. An audit hook (second line, in-process): refuses sockets, process creation, ``ctypes``, frame
-   and heap introspection, trace/profile hooks, signal handlers, reads outside the allowed folders,
-   writes outside the work directory.
+4. seccomp (when the parent asks for it; failure is fatal): the kernel refuses new signal
+   handlers and new threads, so none of the program's code runs between test stages or inside
+   the audit hook.
+5. An audit hook (second line, in-process): refuses sockets, process creation, ``ctypes``, heap
+   walking, other threads' frames, trace/profile/audit hooks, signal handlers and threads; without
+   Landlock also reads outside the allowed folders and writes outside the work directory.
 
 Then every stage (the model's code, the tests, the call that runs them) is compiled and executed
-SEPARATELY in one namespace, so the model's code cannot swallow the tests syntactically. Only after
-the last stage returns does the harness write ``<token> <value>`` to the result file descriptor and
-leave through ``os._exit(0)`` (atexit hooks never run). The token is random per run and known only
-to the parent and this harness; an early exit of any kind (``sys.exit``, ``os._exit``, an exception,
-a signal) writes no token, and the parent scores that as a failure, whatever the exit status.
+SEPARATELY in one namespace, so the model's code cannot swallow the tests syntactically. The run's
+random token lives only in the audit hook's closure (unreachable from Python code). After the last
+stage returns, the harness raises the ``smartfed.sandbox.finish`` audit event; the hook writes
+``<token> <value>`` to the result descriptor only when the harness's own frame (recorded before the
+program started) stands at that line, then leaves through ``os._exit(0)`` (atexit hooks never run).
+An early exit of any kind (``sys.exit``, ``os._exit``, an exception, a signal) writes no token, and
+the parent scores that as a failure, whatever the exit status.
 """
 
 import builtins

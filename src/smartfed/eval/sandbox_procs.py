@@ -31,19 +31,20 @@ def sweep(marker: str, session: int) -> int:
 
     The fallback when there is no PID namespace: a program may start processes in a new session
     (out of reach of the process-group kill), but they inherit the marker and keep it. Repeated
-    until a pass finds nothing (a process may fork while we look). Returns how many were killed.
+    until a pass finds nothing new (a process may fork while we look). Returns how many distinct
+    processes were killed.
     """
     needle = f"{MARKER_ENV}={marker}".encode()
-    killed = 0
+    killed: set[int] = set()
     for _ in range(20):
         found = [pid for pid in _proc_pids() if _belongs(pid, needle, session)]
         for pid in found:
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.kill(pid, signal.SIGKILL)
-        killed += len(found)
-        if not found:
+        if not set(found) - killed:  # nothing new (a killed process may linger until it exits)
             break
-    return killed
+        killed.update(found)
+    return len(killed)
 
 
 def _proc_pids() -> list[int]:
