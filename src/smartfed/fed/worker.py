@@ -148,14 +148,24 @@ class Worker:
             log.warning("refused a request for bundle %s", claimed[:16])
             wl.send_frame(conn, {"ok": False, "error": "refused: this worker holds another bundle"})
             return
+        t0 = time.perf_counter()
         try:
             out = self._run(header, body)
         except Exception as err:  # noqa: BLE001 - every failure becomes the client's error reply
             if not isinstance(err, SmartFedError):
                 log.exception("request failed")
+            else:
+                log.warning("request failed: %s", err)
             wl.send_frame(conn, {"ok": False, "error": f"{type(err).__name__}: {err}"})
             return
         self.served += 1
+        log.info(
+            "request %d: partition %s, waited %.2f s, served in %.2f s",
+            self.served,
+            header.get("partition_id"),
+            float(header.get("waited_s", 0.0)),
+            time.perf_counter() - t0,
+        )
         wl.send_frame(conn, {"ok": True, "served": self.served, "pid": os.getpid()}, out)
 
     def _run(self, header: dict[str, Any], body: bytes) -> bytes:
