@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import re
 import tomllib
 from collections.abc import Mapping
@@ -29,11 +30,14 @@ OUTPUT_SCALE_MODES = ("rank", "topk", "quota", "constant")
 PARTITIONERS = ("iid", "dirichlet")
 ENGINES = ("simulation", "deployment")
 WIRE_DTYPES = ("float32", "bfloat16", "int8")
+AGGREGATIONS = ("mean", "trimmed_mean", "median")
 QUANTIZATIONS = ("none", "8bit", "4bit")
 DEVICE_PATTERN = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
 
 
 def _require(cond: bool, field_name: str, value: object, rule: str) -> None:
+    if isinstance(value, float) and not math.isfinite(value):  # NaN passes no rule; inf none
+        raise ConfigError(f"{field_name}={value!r}: must be a finite number ({rule})")
     if not cond:
         raise ConfigError(f"{field_name}={value!r}: {rule}")
 
@@ -271,6 +275,15 @@ class FedConfig:
     accepted round. A client with none (never sampled, its last reply missing or rejected, or after
     a resume) gets the full state in bfloat16. The server adds every decoded update to its float32
     global state."""
+    aggregation: Literal["mean", "trimmed_mean", "median"] = "mean"
+    """[D] How accepted router updates are combined: ``mean`` (FedAvg, weighted by the partition
+    sizes the server assigned; a client's own example count only where the server does not know
+    its partition, capped at the round's lower-median claim), ``trimmed_mean`` (per coordinate,
+    drop the ``trim_fraction`` lowest and highest values, unweighted) or ``median`` (per
+    coordinate, unweighted); the robust rules bound what a minority of clients can move
+    (docs/security.md, "Clients and server")."""
+    trim_fraction: float = 0.2
+    """[D] ``aggregation = trimmed_mean``: fraction cut at each end, in [0, 0.5)."""
     wire_error_feedback: bool = False
     """[D] With ``int8``/``bfloat16``: each client keeps the rounding error of the update it sent
     (in its Flower context state) and adds it to its next update. Needs ``wire_dtype`` other than
@@ -299,6 +312,13 @@ class FedConfig:
         _require(0 < self.data_fraction <= 1, "data_fraction", self.data_fraction, "in (0, 1]")
         _require(self.engine in ENGINES, "engine", self.engine, f"choose one of {ENGINES}")
         _require(self.max_update_norm >= 0, "max_update_norm", self.max_update_norm, ">= 0")
+        _require(
+            self.aggregation in AGGREGATIONS,
+            "aggregation",
+            self.aggregation,
+            f"choose one of {AGGREGATIONS}",
+        )
+        _require(0 <= self.trim_fraction < 0.5, "trim_fraction", self.trim_fraction, "in [0, 0.5)")
         _require(self.client_cpus >= 1, "client_cpus", self.client_cpus, "must be >= 1")
         _require(self.client_gpus >= 0, "client_gpus", self.client_gpus, "must be >= 0 (0 = auto)")
         _require(
@@ -382,6 +402,7 @@ class TrainConfig:
         _require(self.local_steps >= 1, "local_steps", self.local_steps, "must be >= 1")
         _require(self.batch_size >= 1, "batch_size", self.batch_size, "must be >= 1")
         _require(self.learning_rate > 0, "learning_rate", self.learning_rate, "must be > 0")
+        _require(0 <= self.seed < 2**32, "seed", self.seed, "must be in [0, 2**32)")
         _require(self.weight_decay >= 0, "weight_decay", self.weight_decay, "must be >= 0")
         _require(self.max_grad_norm >= 0, "max_grad_norm", self.max_grad_norm, "must be >= 0")
         _require(self.loss_chunk_tokens >= 0, "loss_chunk_tokens", self.loss_chunk_tokens, ">= 0")

@@ -71,6 +71,7 @@ def test_round_averages_accepted_and_rejects_bad_updates() -> None:
     assert len(msgs) == 3 and strat.outcome is not None
     assert all(m.content[wire.CONFIG][wire.SERVER_ROUND] == 1 for m in msgs)
     sampled = strat.outcome.sampled
+    strat.partition_sizes = {sampled[0]: 10, sampled[1]: 30, sampled[2]: 10}  # server-assigned
     good1 = _reply(msgs[0], sampled[0], 1.0, 10)
     good2 = _reply(msgs[1], sampled[1], 4.0, 30)
     nan = _reply(msgs[2], sampled[2], float("nan"), 10)

@@ -20,7 +20,7 @@ from smartfed.errors import SmartFedError
 from smartfed.fed import wire
 from smartfed.fed.accounting import maybe_measure
 from smartfed.fed.cache import Bundle, BundleSpec, get_bundle
-from smartfed.fed.strategy import SmartFedStrategy
+from smartfed.fed.strategy import SmartFedStrategy, make_aggregator
 from smartfed.io.rundir import Checkpoint, RunDir
 from smartfed.io.tracking import NullTracker, Tracker, open_tracker
 from smartfed.log import get_logger
@@ -328,8 +328,22 @@ def _make_strategy(
     bound = cfg.fed.max_update_norm or (
         10 * cfg.train.learning_rate * cfg.train.local_steps * math.sqrt(n_params)
     )
+    # simulation clients train exactly the server's split; deployment nodes may hold own files
+    sizes = (
+        {p: len(rows) for p, rows in enumerate(bundle.split.partitions)}
+        if cfg.fed.engine == "simulation"
+        else None
+    )
     return SmartFedStrategy(
-        cfg, nodes, quotas, eeqa, round_offset=ckpt.round if ckpt else 0, max_update_norm=bound
+        cfg,
+        nodes,
+        quotas,
+        eeqa,
+        round_offset=ckpt.round if ckpt else 0,
+        max_update_norm=bound,
+        aggregate=make_aggregator(cfg.fed.aggregation, cfg.fed.trim_fraction),
+        partition_sizes=sizes,
+        experts_per_matrix=dict(bundle.experts_per_matrix),
     )
 
 

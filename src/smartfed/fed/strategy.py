@@ -1,8 +1,14 @@
 """``SmartFedStrategy(FedAvg)``: seeded sampling, robust router averaging and EEQA (style.md §7).
 
 Overrides only ``configure_train`` (seeded client sampling over partition ids, quotas into the
-config, bytes down) and ``aggregate_train`` (per-reply checks, example-weighted mean of routers,
-importance -> EEQA, bytes up). Everything else is Flower's FedAvg; ``Strategy.start`` drives rounds.
+config, bytes down) and ``aggregate_train`` (per-reply checks, mean of routers weighted by what the
+server knows, or a robust rule, importance -> EEQA, bytes up). Everything else is Flower's FedAvg;
+``Strategy.start`` drives rounds.
+
+Clients are not trusted (docs/security.md, "Clients and server"): a reply is used only when it
+comes from the node that holds the partition it names, once per round, with finite routers,
+loss and importance of the right shapes; its weight is the partition size the server assigned
+(or, for a partition the server does not know, its claim capped at the round's lower-median claim).
 """
 
 from __future__ import annotations
@@ -31,6 +37,8 @@ from smartfed.train.client import ClientUpdate
 log = get_logger(__name__)
 
 Aggregator = Callable[[Sequence[tuple[int, dict[str, np.ndarray]]]], dict[str, np.ndarray]]
+TRIM_FRACTION = 0.2
+"""Default cut fraction of :func:`trimmed_mean` [D] (Flower's FedTrimmedAvg ``beta``)."""
 
 
 def weighted_mean(updates: Sequence[tuple[int, dict[str, np.ndarray]]]) -> dict[str, np.ndarray]:
@@ -43,6 +51,68 @@ def weighted_mean(updates: Sequence[tuple[int, dict[str, np.ndarray]]]) -> dict[
         )
         for k in keys
     }
+
+
+def trimmed_mean(
+    updates: Sequence[tuple[int, dict[str, np.ndarray]]], cut: float = TRIM_FRACTION
+) -> dict[str, np.ndarray]:
+    """Per-coordinate trimmed mean (Flower's ``trim_mean``), unweighted, returned float32.
+
+    Args:
+        updates: ``(weight, {key: array})`` per client; weights are ignored (a robust rule must not
+            let a client's claim move it).
+        cut: fraction of clients cut at each end, in [0, 0.5) (with fewer than ``1 / cut``
+            clients nothing is cut: the plain mean).
+    """
+    from flwr.serverapp.strategy.fedtrimmedavg import trim_mean
+
+    keys = list(updates[0][1])
+    return {
+        k: np.asarray(
+            trim_mean(np.stack([u[k].astype(np.float64) for _, u in updates]), cut), np.float32
+        )
+        for k in keys
+    }
+
+
+def coordinate_median(
+    updates: Sequence[tuple[int, dict[str, np.ndarray]]],
+) -> dict[str, np.ndarray]:
+    """Per-coordinate median (as Flower's FedMedian), unweighted, returned float32."""
+    keys = list(updates[0][1])
+    return {
+        k: np.median(np.stack([u[k].astype(np.float64) for _, u in updates]), axis=0).astype(
+            np.float32
+        )
+        for k in keys
+    }
+
+
+def make_aggregator(name: str, cut: float = TRIM_FRACTION) -> Aggregator:
+    """The aggregation rule of ``fed.aggregation`` (``mean``, ``trimmed_mean``, ``median``).
+
+    Raises:
+        SmartFedError: an unknown rule name.
+    """
+    if name == "mean":
+        return weighted_mean
+    if name == "trimmed_mean":
+        return lambda updates: trimmed_mean(updates, cut)
+    if name == "median":
+        return coordinate_median
+    raise SmartFedError(f"fed.aggregation={name!r}: choose mean, trimmed_mean or median")
+
+
+def server_weights(claims: Sequence[tuple[int, int]], known: dict[int, int]) -> list[int]:
+    """The FedAvg weight of each ``(partition id, claimed examples)`` [D].
+
+    A partition whose size the server assigned gets that size, whatever the client claims; any
+    other claim is capped at the lower median of the round's claims (one client cannot outweigh
+    the rest by claiming more).
+    """
+    unknown = sorted(n for pid, n in claims if pid not in known)
+    cap = unknown[(len(unknown) - 1) // 2] if unknown else 0
+    return [known[pid] if pid in known else min(n, cap) for pid, n in claims]
 
 
 def sample_partitions(partitions: Sequence[int], k: int, seed: int, server_round: int) -> list[int]:
@@ -76,6 +146,10 @@ class SmartFedStrategy(FedAvg):
         round_offset: rounds already completed (resume); Flower's round r is round r + offset.
         max_update_norm: reject updates farther than this from the global routers (L2).
         aggregate: the aggregation rule (default: example-weighted mean).
+        partition_sizes: partition id -> rows the server assigned it (the FedAvg weight; a
+            partition missing here is weighted by its capped claim, :func:`server_weights`).
+        experts_per_matrix: matrix -> M_m (importance lists must have this length; ``None`` =
+            only finiteness and matrix names are checked).
     """
 
     def __init__(
@@ -88,6 +162,8 @@ class SmartFedStrategy(FedAvg):
         round_offset: int = 0,
         max_update_norm: float = math.inf,
         aggregate: Aggregator = weighted_mean,
+        partition_sizes: dict[int, int] | None = None,
+        experts_per_matrix: dict[str, int] | None = None,
     ) -> None:
         super().__init__(
             fraction_train=0.0,
@@ -99,6 +175,8 @@ class SmartFedStrategy(FedAvg):
         self.node_of = {pid: node for node, pid in node_partitions.items()}
         self.quotas = dict(eeqa.quotas if eeqa else quotas)
         self.max_update_norm, self.aggregate = max_update_norm, aggregate
+        self.partition_sizes = dict(partition_sizes or {})
+        self.experts_per_matrix = dict(experts_per_matrix) if experts_per_matrix else None
         self.outcome: RoundOutcome | None = None
         self._global: dict[str, np.ndarray] = {}
         self._sent: dict[str, np.ndarray] = {}
@@ -161,6 +239,11 @@ class SmartFedStrategy(FedAvg):
             )
             out.account.add_phase("aggregate_s", time.perf_counter() - t0)
             return None, None
+        weights = server_weights(
+            [(u.partition_id, u.num_examples) for u in out.updates], self.partition_sizes
+        )
+        for u, w in zip(out.updates, weights, strict=True):
+            u.num_examples = w  # what the round log and every later weighting use
         routers = self.aggregate([(u.num_examples, u.routers) for u in out.updates])
         if self.eeqa is not None:
             scores = aggregate_importance(
@@ -181,6 +264,8 @@ class SmartFedStrategy(FedAvg):
             out.rejected[-1 - len(out.rejected)] = str(err)
             log.warning("round %d: reply from node %d rejected: %s", out.round, node, err)
             return
+        if self._check_sender(upd, node, out):  # logged under no partition id
+            return
         self.downlink.acknowledge(upd.partition_id)  # it holds what it was sent this round
         reason = self._check(upd)
         if reason:
@@ -190,6 +275,33 @@ class SmartFedStrategy(FedAvg):
             )
         else:
             out.updates.append(upd)
+
+    def _check_sender(self, upd: ClientUpdate, node: int, out: RoundOutcome) -> str:
+        """Why a reply may not speak for its partition ("" = it may): wrong node or a repeat."""
+        pid = upd.partition_id
+        if pid in self.node_of and self.node_of[pid] != node:
+            reason = f"node {node} claims partition {pid}, which node {self.node_of[pid]} holds"
+            out.rejected[-1 - len(out.rejected)] = reason  # never under the victim's id
+            log.warning("round %d: reply rejected: %s", out.round, reason)
+            return reason
+        if any(u.partition_id == pid for u in out.updates) or pid in out.rejected:
+            reason = f"a second reply for partition {pid} this round"
+            out.rejected[-1 - len(out.rejected)] = reason
+            log.warning("round %d: reply rejected: %s", out.round, reason)
+            return reason
+        return ""
+
+    def _check_importance(self, upd: ClientUpdate) -> str:
+        """Why a reply's importance is unusable ("" = fine): unknown matrix, length, NaN/inf."""
+        for matrix, values in upd.importance.items():
+            if matrix not in self.quotas:
+                return f"importance for unknown matrix {matrix!r}"
+            want = self.experts_per_matrix.get(matrix) if self.experts_per_matrix else None
+            if want is not None and len(values) != want:
+                return f"importance for {matrix!r} has {len(values)} values, not {want}"
+            if not all(math.isfinite(v) for v in values):
+                return f"non-finite importance for {matrix!r}"
+        return ""
 
     def _check(self, upd: ClientUpdate) -> str:
         """Return why an update is unusable ("" = fine)."""
@@ -203,6 +315,9 @@ class SmartFedStrategy(FedAvg):
             return "non-finite router weights or loss"
         if upd.num_examples <= 0:
             return "num-examples must be > 0"
+        bad_importance = self._check_importance(upd)
+        if bad_importance:
+            return bad_importance
         norm = wire.update_norm(upd.routers, self._global)
         if norm > self.max_update_norm:
             return f"update norm {norm:.3g} > max_update_norm {self.max_update_norm:.3g}"
