@@ -88,7 +88,7 @@ def test_bad_importance_rejects_only_that_reply(bad: dict) -> None:
 
 
 def test_claimed_example_count_does_not_take_over_known_partitions() -> None:
-    strat = _strategy(partition_sizes={p: 10 for p in range(4)})
+    strat = _strategy(partition_sizes=dict.fromkeys(range(4), 10))
     msgs, sampled = _round(strat)
     replies = [
         _reply(msgs[0], sampled[0], 1.0, 10),

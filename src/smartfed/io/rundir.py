@@ -7,11 +7,22 @@ hashes in its metadata), ``eeqa.json`` (the EEQA state) and ``state.json`` (roun
 Crash safety: a round's metrics line is appended *before* its checkpoint; a checkpoint directory
 is complete before ``latest.json`` (atomic rename) points at it. On resume, metrics lines after the
 checkpointed round are dropped (they are re-run bit-identically), so every round appears once.
+
+Damage (docs/security.md, "Run directories"): the previous checkpoint is kept next to the latest;
+on resume a checkpoint that does not load (truncated safetensors, wrong types in ``state.json``,
+NaN/Inf routers, a pointer outside ``checkpoint/``) is skipped for the newest one that does, a
+torn last metrics line is dropped, stray ``.tmp`` files are removed, and a run whose every
+checkpoint is damaged fails with one line. A lock (``flock`` on the run folder) refuses a second
+process on the same ``--output_dir``.
 """
 
 from __future__ import annotations
 
+import fcntl
 import json
+import math
+import os
+import re
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,6 +46,11 @@ LATEST_FILE = "latest.json"
 ROUTERS_FILE = "routers.safetensors"
 STATE_FILE = "state.json"
 EEQA_FILE = "eeqa.json"
+KEEP_CHECKPOINTS = 2
+"""Checkpoints kept on disk: the latest and the one before it (the fallback if it is damaged)."""
+_CKPT_NAME = re.compile(r"r\d{4,}")
+_LOCKS: dict[Path, int] = {}
+"""Run folder -> the locked file descriptor this process holds (held until the process ends)."""
 # Keys of a resumed run's config allowed to differ from the original run's.
 RESUMABLE_CHANGES = frozenset(
     {
@@ -91,17 +107,64 @@ class RunDir:
                 in more than the rounds/engine/eval schedule.
         """
         run = cls.check(cfg)
-        exists = run.path.is_dir() and any(run.path.iterdir())
+        run.path.mkdir(parents=True, exist_ok=True)
+        run.lock()
+        exists = any(run.path.iterdir())
+        if exists and not cfg.resume:  # another process filled it since check()
+            cls.check(cfg)
         if cfg.resume and exists:
             run._check_same_run(cfg)
+            run.remove_stray_tmp()
             ckpt = run.load_checkpoint()
             run._drop_metrics_after(ckpt.round if ckpt else 0)
             atomic_write_text(run.path / CONFIG_FILE, cfg.to_json() + "\n")
             return run, ckpt
-        run.path.mkdir(parents=True, exist_ok=True)
         atomic_write_text(run.path / CONFIG_FILE, cfg.to_json() + "\n")
         atomic_write_json(run.path / META_FILE, meta)
         return run, None
+
+    def lock(self) -> None:
+        """Hold an exclusive ``flock`` on the run folder until this process ends.
+
+        The kernel drops the lock when the process dies (also on ``kill -9``), so a crashed run
+        never blocks its own ``--resume``. Taking it again in the same process is a no-op.
+
+        Raises:
+            CheckpointError: another process holds the lock (a run is writing this folder).
+        """
+        key = self.path.resolve()
+        if key in _LOCKS:
+            return
+        try:
+            fd = os.open(key, os.O_RDONLY | os.O_DIRECTORY)
+        except OSError as err:
+            raise CheckpointError(
+                f"--output_dir {self.path}: cannot open ({err.strerror}); choose another folder"
+            ) from err
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as err:
+            os.close(fd)
+            raise CheckpointError(
+                f"--output_dir {self.path} is in use by another smartfed process; wait for it to "
+                "finish (or stop it) or choose another --output_dir"
+            ) from err
+        _LOCKS[key] = fd
+
+    def unlock(self) -> None:
+        """Release :meth:`lock` (no-op when this process does not hold it)."""
+        fd = _LOCKS.pop(self.path.resolve(), None)
+        if fd is not None:
+            os.close(fd)
+
+    def remove_stray_tmp(self) -> list[Path]:
+        """Delete the ``.*.tmp`` files an interrupted atomic write left behind; return them."""
+        stray = [p for p in self.path.rglob(".*.tmp") if p.is_file()]
+        for p in stray:
+            p.unlink(missing_ok=True)
+        if stray:
+            log.info("resume: removed %d unfinished temporary files", len(stray))
+        return stray
 
     @classmethod
     def check(cls, cfg: RunConfig) -> RunDir:
@@ -139,25 +202,52 @@ class RunDir:
         append_jsonl(self.path / METRICS_FILE, row)
 
     def metrics(self) -> list[dict[str, Any]]:
-        """All metrics lines."""
+        """All metrics lines; a torn last line (a crash while appending) is left out.
+
+        Raises:
+            CheckpointError: the file is not UTF-8 or a line other than the last is not a JSON
+                object.
+        """
         p = self.path / METRICS_FILE
         if not p.is_file():
             return []
-        return [
-            json.loads(line) for line in p.read_text(encoding="utf-8").splitlines() if line.strip()
-        ]
+        try:
+            lines = [ln for ln in p.read_text(encoding="utf-8").splitlines() if ln.strip()]
+        except UnicodeDecodeError as err:
+            raise CheckpointError(
+                f"{p}: not UTF-8 text ({err.reason}); the run is damaged"
+            ) from err
+        rows: list[dict[str, Any]] = []
+        for i, line in enumerate(lines, 1):
+            try:
+                row = json.loads(line)
+                if not isinstance(row, dict) or not isinstance(row.get("round"), int):
+                    raise ValueError("not a round's metrics object")
+            except ValueError as err:
+                if i == len(lines):
+                    log.warning("%s: ignoring a torn last line (%s)", p, err)
+                    break
+                raise CheckpointError(
+                    f"{p}:{i}: damaged metrics line ({err}); restore the file or start a new "
+                    "--output_dir"
+                ) from err
+            rows.append(row)
+        return rows
 
     def _drop_metrics_after(self, last_round: int) -> None:
+        """Keep the metrics lines up to ``last_round``; also rewrites a file with a torn line."""
         rows = self.metrics()
         keep = [r for r in rows if int(r.get("round", 0)) <= last_round]
-        if len(keep) != len(rows):
+        p = self.path / METRICS_FILE
+        text = "".join(json.dumps(r, sort_keys=True) + "\n" for r in keep)
+        if p.is_file() and p.read_text(encoding="utf-8") != text:
             log.info(
-                "resume: dropping %d metrics lines after round %d",
-                len(rows) - len(keep),
+                "resume: keeping %d metrics lines (rounds <= %d) of %d",
+                len(keep),
                 last_round,
+                len(rows),
             )
-            text = "".join(json.dumps(r, sort_keys=True) + "\n" for r in keep)
-            atomic_write_text(self.path / METRICS_FILE, text)
+            atomic_write_text(p, text)
 
     def save_checkpoint(self, ckpt: Checkpoint) -> Path:
         """Write ``checkpoint/rNNNN/`` completely, then point ``latest.json`` at it."""
@@ -182,44 +272,124 @@ class RunDir:
             },
         )
         atomic_write_json(root / LATEST_FILE, {"round": ckpt.round, "dir": target.name})
-        for old in root.glob("r[0-9]*"):
-            if old.is_dir() and old.name != target.name:
-                shutil.rmtree(old, ignore_errors=True)
+        for old in self._checkpoint_dirs()[KEEP_CHECKPOINTS:]:
+            shutil.rmtree(old, ignore_errors=True)
         return target
 
+    def _checkpoint_dirs(self) -> list[Path]:
+        """``checkpoint/rNNNN`` folders, newest round first."""
+        root = self.path / CKPT_DIR
+        if not root.is_dir():
+            return []
+        found = [p for p in root.iterdir() if p.is_dir() and _CKPT_NAME.fullmatch(p.name)]
+        return sorted(found, key=lambda p: int(p.name[1:]), reverse=True)
+
     def load_checkpoint(self) -> Checkpoint | None:
-        """Read the checkpoint ``latest.json`` points at (``None`` when no round completed).
+        """Read the newest checkpoint that loads and is sound (``None`` when no round completed).
+
+        ``latest.json`` names the newest; when it or its checkpoint is damaged, older
+        ``checkpoint/rNNNN`` folders are tried, newest first (a warning names what was skipped).
 
         Raises:
-            CheckpointError: a pointer to a missing or corrupt checkpoint.
+            CheckpointError: checkpoints exist but none of them loads.
         """
-        from safetensors.numpy import load_file
-
-        latest = self.path / CKPT_DIR / LATEST_FILE
-        if not latest.is_file():
+        root = self.path / CKPT_DIR
+        latest = root / LATEST_FILE
+        candidates = self._checkpoint_dirs()
+        if not latest.is_file() and not candidates:
             return None
+        problems: list[str] = []
+        try:
+            first = self._pointed_dir(latest)
+            candidates = [first] + [c for c in candidates if c != first]
+        except CheckpointError as err:
+            problems.append(str(err))
+            log.warning("%s", err)
+        for target in candidates:
+            try:
+                ckpt = read_checkpoint(target)
+            except CheckpointError as err:
+                problems.append(str(err))
+                log.warning("resume: skipping a damaged checkpoint: %s", err)
+                continue
+            if problems:
+                log.warning("resume: continuing from %s (round %d)", target, ckpt.round)
+            return ckpt
+        raise CheckpointError(
+            f"{root}: no usable checkpoint ({problems[-1] if problems else 'none found'}); "
+            "start a new --output_dir"
+        )
+
+    def _pointed_dir(self, latest: Path) -> Path:
+        """The folder ``latest.json`` names (a plain ``rNNNN`` inside ``checkpoint/``)."""
         try:
             ptr = json.loads(latest.read_text(encoding="utf-8"))
-            target = self.path / CKPT_DIR / ptr["dir"]
-            state = json.loads((target / STATE_FILE).read_text(encoding="utf-8"))
-            routers = load_file(str(target / ROUTERS_FILE))
-            eeqa_path = target / EEQA_FILE
-            eeqa = (
-                json.loads(eeqa_path.read_text(encoding="utf-8")) if eeqa_path.is_file() else None
-            )
-        except (OSError, KeyError, ValueError) as err:
-            raise CheckpointError(
-                f"{latest}: checkpoint unreadable ({err}); cannot resume"
-            ) from err
-        return Checkpoint(
-            int(state["round"]),
-            dict(routers),
-            eeqa,
-            {k: int(v) for k, v in state["quotas"].items()},
-            dict(state.get("totals", {})),
-            dict(state.get("adapters", {})),
-        )
+            name = ptr["dir"]
+        except (OSError, KeyError, TypeError, ValueError) as err:
+            raise CheckpointError(f"{latest}: unreadable pointer ({err})") from err
+        if not isinstance(name, str) or not _CKPT_NAME.fullmatch(name):
+            raise CheckpointError(f"{latest}: dir={name!r} is not a checkpoint of this run")
+        return latest.parent / name
 
     def write_summary(self, summary: dict[str, Any]) -> None:
         """Write ``summary.json`` atomically."""
         atomic_write_json(self.path / SUMMARY_FILE, summary)
+
+
+def read_checkpoint(target: Path) -> Checkpoint:
+    """Load and check one ``checkpoint/rNNNN`` folder.
+
+    Raises:
+        CheckpointError: a missing/corrupt file, wrong types in ``state.json``, a round that
+            differs from the folder name, or NaN/Inf routers.
+    """
+    from safetensors import SafetensorError
+    from safetensors.numpy import load_file
+
+    try:
+        state = json.loads((target / STATE_FILE).read_text(encoding="utf-8"))
+        routers = load_file(str(target / ROUTERS_FILE))
+        eeqa_path = target / EEQA_FILE
+        eeqa = json.loads(eeqa_path.read_text(encoding="utf-8")) if eeqa_path.is_file() else None
+    except (OSError, ValueError, SafetensorError) as err:
+        raise CheckpointError(f"{target}: unreadable ({err})") from err
+    _check_state(target, state)
+    if eeqa is not None and not isinstance(eeqa, dict):
+        raise CheckpointError(f"{target}/{EEQA_FILE}: not a JSON object")
+    bad = [k for k, v in routers.items() if not np.isfinite(v).all()]
+    if bad:
+        raise CheckpointError(f"{target}/{ROUTERS_FILE}: NaN/Inf in {bad[0]}")
+    return Checkpoint(
+        state["round"],
+        dict(routers),
+        eeqa,
+        dict(state["quotas"]),
+        dict(state.get("totals", {})),
+        dict(state.get("adapters", {})),
+    )
+
+
+def _check_state(target: Path, state: Any) -> None:
+    """Types of ``state.json``: round int, quotas {str: int >= 0}, totals {str: finite number}."""
+    where = f"{target}/{STATE_FILE}"
+
+    def is_int(v: Any) -> bool:
+        return isinstance(v, int) and not isinstance(v, bool)
+
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{where}: not a JSON object")
+    rnd = state.get("round")
+    if not is_int(rnd) or rnd < 1 or target.name != f"r{rnd:04d}":
+        raise CheckpointError(f"{where}: round={rnd!r} does not match the folder {target.name}")
+    quotas = state.get("quotas")
+    if not isinstance(quotas, dict) or not all(is_int(v) and v >= 0 for v in quotas.values()):
+        raise CheckpointError(f"{where}: quotas must map matrix names to integers >= 0")
+    totals = state.get("totals", {})
+    if not isinstance(totals, dict) or not all(
+        isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
+        for v in totals.values()
+    ):
+        raise CheckpointError(f"{where}: totals must map names to finite numbers")
+    adapters = state.get("adapters", {})
+    if not isinstance(adapters, dict) or not all(isinstance(v, str) for v in adapters.values()):
+        raise CheckpointError(f"{where}: adapters must map names to sha256 strings")
