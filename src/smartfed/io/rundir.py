@@ -134,7 +134,10 @@ class RunDir:
         """
         key = self.path.resolve()
         if key in _LOCKS:
-            return
+            held, now = os.fstat(_LOCKS[key]), os.stat(key)
+            if (held.st_dev, held.st_ino) == (now.st_dev, now.st_ino):
+                return
+            os.close(_LOCKS.pop(key))  # the folder was deleted and made anew
         try:
             fd = os.open(key, os.O_RDONLY | os.O_DIRECTORY)
         except OSError as err:
