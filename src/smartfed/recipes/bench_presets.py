@@ -138,10 +138,13 @@ V2: dict[str, Scalar] = {
     "tf_eval_every": 1,
     "val_examples": 200,
     "heldout_examples": 64,
+    "gradient_checkpointing": False,
 }
 """[D] The v2 protocol on top of :data:`COMMON`: teacher-forced accuracy and eval-distribution
 loss every round on 200 eval rows, greedy generation (the task metric) after the last round only,
-the sweep's score on 200 val rows after the last round."""
+the sweep's score on 200 val rows after the last round. Activation checkpointing is off: at batch
+8 x 128 tokens memory is no constraint, and it costs ~1.3x CPU time per step for identical losses
+(benchmarks/results/client_memory.json)."""
 
 
 def v2_tasks() -> tuple[str, ...]:
