@@ -1,4 +1,4 @@
-"""Elastic Expert Quota Allocation (EEQA, SPEC.md §1.3).
+"""Elastic Expert Quota Allocation (EEQA, docs/method.md §5).
 
 ``allocate`` (stdlib only) runs on the server; ``importance`` (torch) runs on clients and is not
 imported here so that the server-side, stdlib-only part stays importable without torch.

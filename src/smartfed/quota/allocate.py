@@ -1,4 +1,4 @@
-"""EEQA allocation on the server: aggregated importance -> per-matrix top-K quotas (SPEC.md §1.3).
+"""EEQA allocation on the server: aggregated importance -> per-matrix top-K quotas (method.md §5).
 
 Pure and stdlib only (no torch, numpy or flwr): the Flower strategy calls these functions on plain
 Python numbers that arrived over the wire.
@@ -156,7 +156,7 @@ def allocate_quotas(
 ) -> dict[str, int]:
     """Allocate per-matrix top-K quotas K_m from importance, exactly spending ``budget``.
 
-    EEQA, SPEC.md §1.3 [P]: proportional phase (floored), then the remaining units greedily to the
+    EEQA (method.md §5) [P]: proportional phase (floored), then the remaining units greedily to the
     largest residuals. Guarantees (property-tested in ``tests/unit/test_allocate.py``):
 
     * ``sum(K_m) == budget`` and ``k_min <= K_m <= k_max[m]`` whenever
@@ -241,7 +241,7 @@ def mean_expert_scores(
 def aggregate_importance(
     client_scores: list[tuple[int, Mapping[str, list[float]]]],
 ) -> dict[str, float]:
-    """Aggregate client importance into one score per matrix (SPEC.md §1.3 [P]).
+    """Aggregate client importance into one score per matrix (docs/method.md §5 [P]).
 
     Sample-weighted mean per expert over clients (:func:`mean_expert_scores`), then summed over
     the experts of each matrix.

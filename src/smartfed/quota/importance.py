@@ -1,6 +1,6 @@
 """EEQA importance on the client: per-expert contribution scores gathered during local training.
 
-SPEC.md §1.3 [P]: an expert's importance comes from the cosine similarity between its output and
+The paper [P]: an expert's importance comes from the cosine similarity between its output and
 the input representation; the exact formula is not public. Our formula [D] (reasons in
 docs/method.md, "EEQA importance"):
 
@@ -176,7 +176,7 @@ class _MatrixStats:
 class ImportanceTracker:
     """Collect EEQA importance and expert usage from every MoRE layer while active.
 
-    Use as a context manager around local training (SPEC.md §1.3)::
+    Use as a context manager around local training (docs/method.md §5)::
 
         with ImportanceTracker(model) as tracker:
             for batch in loader:

@@ -1,4 +1,4 @@
-"""EEQA schedule on the server: current quotas, warm-up and budget across rounds (SPEC.md §1.3).
+"""EEQA schedule on the server: current quotas, warm-up and budget across rounds (method.md §5).
 
 Stdlib only, like :mod:`smartfed.quota.allocate`, and JSON-serialisable for checkpoints.
 """
@@ -26,7 +26,7 @@ _STATE_FORMAT = "smartfed-eeqa-state/1"
 
 @dataclass
 class EEQAState:
-    """The server's EEQA schedule: current quotas, budget, bounds and warm-up (SPEC.md §1.3).
+    """The server's EEQA schedule: current quotas, budget, bounds and warm-up (docs/method.md §5).
 
     Stdlib only and JSON-serialisable, so it lives in the strategy and in every checkpoint.
 

@@ -1,4 +1,4 @@
-"""``MoRELinear``: a frozen ``nn.Linear`` plus a routed mixture of rank-one experts (SPEC.md §1.2).
+"""``MoRELinear``: a frozen ``nn.Linear`` plus a routed mixture of rank-one experts (method.md §2).
 
 ``forward(x) = W0 x + c * sum_{i in topK(x)} g_i(x) * s_i * B[:, i] (A[i] . x)``
 
@@ -143,7 +143,7 @@ class MoRELinear(nn.Module):
 
     @property
     def output_scale(self) -> float:
-        """The mixture scale c of the current mode (SPEC.md §1.2 [D], docs/method.md)."""
+        """The mixture scale c of the current mode ([D], docs/method.md §2)."""
         if self.output_scale_mode == "rank":
             ranks = self.bank.source_ranks
             return sum(ranks) / len(ranks)

@@ -1,4 +1,4 @@
-"""The per-matrix MoRE router: ``g = softmax(W x / T)``, top-K per token (SPEC.md §1.2 [P]).
+"""The per-matrix MoRE router: ``g = softmax(W x / T)``, top-K per token (docs/method.md §2 [P]).
 
 Optional projected router [D] (``router_proj_dim = h > 0``): ``g = softmax(W_r (P x) / T)`` with a
 fixed random ``P: (h, d_in)`` (:func:`random_projection`), a non-trainable, non-persistent buffer
