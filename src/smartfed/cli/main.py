@@ -45,6 +45,17 @@ def fail(message: str) -> NoReturn:
     raise SystemExit(EXIT_USER_ERROR)
 
 
+def os_error_line(err: OSError) -> str:
+    """One line for a file-system error: the path, what the OS said and what to do."""
+    path = err.filename if err.filename is not None else "a path"
+    extra = f" -> {err.filename2}" if getattr(err, "filename2", None) else ""
+    what = err.strerror or type(err).__name__
+    return (
+        f"{path}{extra}: {what}; check that the folders on this path exist, are folders (not "
+        "files) and are writable, or choose another path"
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     """Build the top-level parser with every registered subcommand."""
     parser = OneLineParser(
@@ -103,6 +114,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(args.handler(args) or 0)
     except SmartFedError as err:
         fail(str(err).splitlines()[0] if str(err) else type(err).__name__)
+    except OSError as err:  # a path that is a file, under a file, read-only, full disk, ...
+        fail(os_error_line(err))
+    except UnicodeDecodeError as err:
+        fail(f"a file is not UTF-8 text ({err.reason} at byte {err.start}); save it as UTF-8")
     except KeyboardInterrupt:
         print("smartfed: interrupted", file=sys.stderr)
         return 130

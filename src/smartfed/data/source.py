@@ -54,7 +54,13 @@ def load_training_data(cfg: RunConfig) -> TrainingData:
     examples, task_label = load_examples(source, cfg.data.data_dir)
     if cfg.data.max_train_examples:
         examples = examples[: cfg.data.max_train_examples]
-    return TrainingData(examples, cfg.fed.partition_by or task_label, source)
+    by = cfg.fed.partition_by
+    if by and examples and not any(by in ex.meta for ex in examples):
+        have = sorted({k for ex in examples[:100] for k in ex.meta})
+        raise DataError(
+            f"--partition_by {by!r}: no row of {source} has that column; choose one of {have}"
+        )
+    return TrainingData(examples, by or task_label, source)
 
 
 def load_examples(source: str, data_dir: str = "") -> tuple[list[Example], str]:

@@ -30,6 +30,9 @@ BIN_FILE = "adapter_model.bin"
 _KEY = re.compile(
     r"^(?:base_model\.model\.)?(?P<module>.+)\.lora_(?P<ab>[AB])(?:\.[^.]+)?\.weight$"
 )
+DELTA_LIMIT = 1e4
+"""[D] Largest ``|scaling| x (|B| @ |A|)`` entry accepted: a bound on any entry of the weight
+update; trained LoRAs stay far below 1, beyond this the adapter overflows float16/activations."""
 _FIX_RESAVE = "re-save it with PeftModel.save_pretrained or copy it again"
 
 
@@ -101,6 +104,7 @@ class LoraAdapter:
         root = _check_dir(Path(path).expanduser())
         config = _read_config(root / CONFIG_FILE)
         _check_supported(config, root / CONFIG_FILE)
+        _check_types(config, root / CONFIG_FILE)
         weights_file = _weights_file(root)
         tensors = _load_tensors(weights_file)
         modules = _build_modules(tensors, config, weights_file)
@@ -212,13 +216,56 @@ def _check_supported(config: dict[str, Any], path: Path) -> None:
         )
 
 
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _check_types(config: dict[str, Any], path: Path) -> None:
+    """Refuse ``adapter_config.json`` values of the wrong type (``r: "four"``, NaN alpha, ...)."""
+    rules: list[tuple[str, Any, str]] = [
+        ("r", lambda v: _is_int(v) and v >= 1, "an integer >= 1"),
+        ("lora_alpha", _is_number, "a finite number"),
+        ("use_rslora", lambda v: isinstance(v, bool), "true or false"),
+        (
+            "target_modules",
+            lambda v: (
+                v is None
+                or isinstance(v, str)
+                or (isinstance(v, list) and all(isinstance(x, str) for x in v))
+            ),
+            "a module name or a list of module names",
+        ),
+        (
+            "rank_pattern",
+            lambda v: (
+                v is None
+                or (isinstance(v, dict) and all(_is_int(x) and x >= 1 for x in v.values()))
+            ),
+            "an object of module -> integer rank >= 1",
+        ),
+        (
+            "alpha_pattern",
+            lambda v: v is None or (isinstance(v, dict) and all(map(_is_number, v.values()))),
+            "an object of module -> finite number",
+        ),
+    ]
+    for key, ok, want in rules:
+        if key in config and not ok(config[key]):
+            raise AdapterFileError(
+                f"{path}: {key}={config[key]!r} must be {want}; fix the file or re-save the "
+                "adapter with PeftModel.save_pretrained"
+            )
+
+
 def _weights_file(root: Path) -> Path:
     for name in (SAFETENSORS_FILE, BIN_FILE):
         if (root / name).is_file():
             return root / name
-    raise AdapterFileError(
-        f"{root} has no {SAFETENSORS_FILE} (or {BIN_FILE}); {_FIX_RESAVE}"
-    )
+    raise AdapterFileError(f"{root} has no {SAFETENSORS_FILE} (or {BIN_FILE}); {_FIX_RESAVE}")
 
 
 def _load_tensors(path: Path) -> dict[str, torch.Tensor]:
@@ -232,9 +279,7 @@ def _load_tensors(path: Path) -> dict[str, torch.Tensor]:
             tensors = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # safetensors raises its own error types; pickle many others
         detail = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise AdapterFileError(
-            f"{path} is corrupt or truncated ({detail}); {_FIX_RESAVE}"
-        ) from err
+        raise AdapterFileError(f"{path} is corrupt or truncated ({detail}); {_FIX_RESAVE}") from err
     if not isinstance(tensors, dict) or not all(
         isinstance(t, torch.Tensor) for t in tensors.values()
     ):
@@ -284,6 +329,12 @@ def _build_modules(
             )
         alpha = float(pattern_value(alpha_pattern, module, config.get("lora_alpha", r)))
         scaling = alpha / math.sqrt(r) if use_rslora else alpha / r
+        delta_max = float((b.float().abs() @ a.float().abs()).max()) * abs(scaling)
+        if not math.isfinite(delta_max) or delta_max > DELTA_LIMIT:
+            raise AdapterFileError(
+                f"{path}: module {module}: scaling x B @ A reaches {delta_max:.3g} (> "
+                f"{DELTA_LIMIT:.0e}: the adapter overflows the model); use a trained adapter"
+            )
         modules[module] = LoraModule(
             A=a.detach().to(torch.float32).contiguous(),
             B=b.detach().to(torch.float32).contiguous(),
