@@ -1,7 +1,12 @@
 """``smartfed deploy-local``: the same apps on Flower's Deployment Runtime, all on loopback.
 
 Starts one SuperLink and N SuperNodes (``partition-id`` 0..N-1), submits the job with
-``flwr run`` and stops every process it started, children included, by PID, even on failure.
+``flwr run`` and stops every process it started, children included, by PID, even on failure,
+Ctrl-C or SIGTERM. On Linux every Flower process started here also gets ``PR_SET_PDEATHSIG``
+(SIGTERM when this process dies, even by SIGKILL); Flower's own processes watch their parent
+(``--parent-pid``), so the SuperExecs, ServerApp and ClientApps follow the SuperLink/SuperNodes.
+A watchdog process (:mod:`smartfed.recipes.deploy_watchdog`) ends whatever is left if this process
+dies without stopping them.
 Everything Flower writes (``FLWR_HOME``, the app bundle dir, state db, logs) stays under
 ``<output_dir>/.flower``. The app bundle is a generated ``pyproject.toml`` whose
 ``[tool.flwr.app.config]`` is this run's resolved config (components import the installed package).
@@ -9,15 +14,19 @@ Everything Flower writes (``FLWR_HOME``, the app bundle dir, state db, logs) sta
 
 from __future__ import annotations
 
+import ctypes
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
 import time
 import urllib.request
-from contextlib import ExitStack, suppress
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager, suppress
 from pathlib import Path
+from types import FrameType
 from typing import Any
 
 from smartfed.config import RunConfig, Scalar
@@ -32,6 +41,7 @@ SUPERNODE_ENV = {"FLWR_SUPEREXEC_TASK_POLL_INTERVAL": "0.1"}
 FLOWER_DIR = ".flower"
 HEALTH_TIMEOUT_S = 60.0
 STOP_GRACE_S = 5.0
+_PR_SET_PDEATHSIG = 1
 
 
 class DeploymentError(SmartFedError):
@@ -100,11 +110,93 @@ def _tool(name: str) -> str:
     return str(path) if path.exists() else (shutil.which(name) or name)
 
 
+def die_with_parent() -> Callable[[], None] | None:
+    """A pre-exec hook: the child gets SIGTERM when the process starting it dies (Linux only).
+
+    The kernel sends the signal when the *thread* that forked the child ends, so the processes
+    must be started (as here) by the thread that waits for them. A parent that died between the
+    fork and the ``prctl`` is caught by comparing the parent PID afterwards.
+
+    Returns:
+        The hook for ``subprocess.Popen(preexec_fn=...)``, or ``None`` off Linux.
+    """
+    if not sys.platform.startswith("linux"):
+        return None
+    prctl = ctypes.CDLL(None, use_errno=True).prctl  # resolved before the fork
+    parent = os.getpid()
+
+    def hook() -> None:
+        prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+        if os.getppid() != parent:  # the parent is already gone
+            os._exit(1)
+
+    return hook
+
+
+@contextmanager
+def sigterm_stops() -> Iterator[None]:
+    """Within the block, SIGTERM raises ``SystemExit(143)`` so the cleanup runs (main thread).
+
+    A second SIGTERM during the cleanup is ignored; the previous handler comes back afterwards.
+    Outside the main thread (where handlers cannot be set) this does nothing.
+    """
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def stop(signum: int, _frame: FrameType | None) -> None:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        log.warning("SIGTERM: stopping every process of the deployment")
+        raise SystemExit(128 + signum)
+
+    previous = signal.signal(signal.SIGTERM, stop)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+class Watchdog:
+    """The run's watchdog process: told every PID started here, and ``done`` at a normal stop."""
+
+    def __init__(self, log_dir: Path) -> None:
+        with open(log_dir / "watchdog.log", "ab") as fh:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "smartfed.recipes.deploy_watchdog"],
+                stdin=subprocess.PIPE, stdout=fh, stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )  # fmt: skip
+
+    def track(self, pid: int) -> None:
+        """Announce a process started by this run."""
+        self._say(f"{pid}\n")
+
+    def done(self) -> None:
+        """Everything was stopped in order: end the watchdog without it touching anything."""
+        self._say("done\n")
+        with suppress(OSError):
+            self.proc.stdin.close()  # type: ignore[union-attr]
+        try:
+            self.proc.wait(timeout=STOP_GRACE_S)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+    def _say(self, line: str) -> None:
+        with suppress(OSError, ValueError):  # a watchdog that died must not stop the run
+            self.proc.stdin.write(line.encode())  # type: ignore[union-attr]
+            self.proc.stdin.flush()  # type: ignore[union-attr]
+
+
 class Processes:
     """Processes started here; :meth:`stop_all` ends them and their children by PID."""
 
-    def __init__(self, log_dir: Path, env: dict[str, str]) -> None:
-        self.log_dir, self.env = log_dir, env
+    def __init__(
+        self, log_dir: Path, env: dict[str, str], watchdog: Watchdog | None = None
+    ) -> None:
+        self.log_dir, self.env, self.watchdog = log_dir, env, watchdog
         self.procs: list[tuple[str, subprocess.Popen[bytes]]] = []
 
     def start(
@@ -118,9 +210,12 @@ class Processes:
             stderr=subprocess.STDOUT,
             env={**self.env, **(extra_env or {})},
             start_new_session=True,
+            preexec_fn=die_with_parent(),  # noqa: PLW1509 - only prctl + getppid in the child
         )
         fh.close()
         self.procs.append((name, proc))
+        if self.watchdog is not None:
+            self.watchdog.track(proc.pid)
         return proc
 
     def stop_all(self) -> None:
@@ -180,9 +275,11 @@ def run_deployment(cfg: RunConfig, timeout_s: float | None = None) -> dict[str, 
     atomic_write_text(app_dir / "pyproject.toml", app_pyproject(cfg))
     port = free_port()
     _write_connection(home, cfg.fed.superlink or f"127.0.0.1:{port}", cfg.fed.root_certificates)
-    procs = Processes(log_dir, flower_env(home))
     timings: dict[str, Any] = {}
-    with ExitStack() as stack:
+    with sigterm_stops(), ExitStack() as stack:
+        watchdog = Watchdog(log_dir)
+        stack.callback(watchdog.done)  # runs last: after every stop below
+        procs = Processes(log_dir, flower_env(home), watchdog)
         stack.callback(procs.stop_all)
         if cfg.fed.superlink:  # a running (remote) SuperLink: submit only
             return _flwr_run(procs, app_dir, log_dir, timeout_s, timings)
@@ -191,7 +288,7 @@ def run_deployment(cfg: RunConfig, timeout_s: float | None = None) -> dict[str, 
         workers = LocalWorkers(cfg, log_dir)
         stack.callback(workers.stop)
         for pid in range(n):  # each node's worker loads the model while Flower starts
-            workers.prestart(pid, {**procs.env, **node_env[pid]})
+            watchdog.track(workers.prestart(pid, {**procs.env, **node_env[pid]}))
         t0 = time.perf_counter()
         link = procs.start(
             "superlink",
@@ -271,6 +368,10 @@ def _write_connection(home: Path, address: str, root_certificates: str) -> None:
 def _flwr_run(
     procs: Processes, app_dir: Path, log_dir: Path, timeout_s: float | None, timings: dict[str, Any]
 ) -> dict[str, Any]:
+    from smartfed.io.rundir import RunDir
+
+    # The ServerApp runs in its own process and takes the run folder's lock itself.
+    RunDir(app_dir.parent.parent).unlock()
     t1 = time.perf_counter()
     run = procs.start("flwr-run", [_tool("flwr"), "run", str(app_dir), "deploy", "--stream"])
     try:

@@ -48,8 +48,8 @@ class LocalWorkers:
             f"{wl.NODE_WORKER_THREADS}={self.threads}"
         )
 
-    def prestart(self, pid: int, env: Mapping[str, str]) -> None:
-        """Start SuperNode ``pid``'s worker now (it loads while Flower starts)."""
+    def prestart(self, pid: int, env: Mapping[str, str]) -> int:
+        """Start SuperNode ``pid``'s worker now (it loads while Flower starts); return its PID."""
         paths = wl.WorkerPaths(self.node_dir(pid), bundle_key(spec_of(self.cfg), env))
         job = {"run_config": self.cfg.to_flat(), "dataset": ""}
         self.started.append(
@@ -58,6 +58,7 @@ class LocalWorkers:
                 env=dict(env),
             )
         )  # fmt: skip
+        return self.started[-1].pid
 
     def stop(self) -> list[int]:
         """Stop every worker of the run, keep their logs, remove the directories."""
