@@ -1,7 +1,7 @@
 """Measure which MoRE output scale lets a router compose two skill LoRAs (issue 2, item 4).
 
 The mixture ``W0 x + c * sum_topK g_i E_i(x)`` needs a scale: softmax gates sum to 1, so with
-c = 1 the mixture applies only a fraction of any one LoRA's update (cpu-scale-findings.md, lead 1).
+c = 1 the mixture applies only a fraction of any one LoRA's update (our CPU-scale prototype).
 This script reproduces the prototype's setting on the embedded SmolLM2-135M (bf16, CPU), centrally
 (no Flower), and trains ONLY the MoRE routers for a fixed number of steps per variant:
 

@@ -1,4 +1,4 @@
-"""Builders of broken PEFT adapter directories for the bad-input tests (SPEC.md §2.4)."""
+"""Builders of broken PEFT adapter directories for the bad-input tests."""
 
 from __future__ import annotations
 

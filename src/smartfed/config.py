@@ -7,7 +7,7 @@ function boundaries after that; defaults live only here.
 
 Leaf field names are unique across sections, so a flat key may be the bare field name
 (``topk_experts``, matching the upstream README's ``--topk_experts``) or the dotted path
-(``router.topk_experts``). Tags: [P] = the paper's value (SPEC.md §1.4), [D] = our default.
+(``router.topk_experts``). Tags: [P] = the paper's value (docs/method.md §7), [D] = our default.
 """
 
 from __future__ import annotations
@@ -88,7 +88,7 @@ class PoolConfig:
     """Which LoRA modules form the expert pool."""
 
     lora_pool: str = ""
-    """Comma-separated registered names or PEFT adapter dirs / hub ids (SPEC.md §2.2).
+    """Comma-separated registered names or PEFT adapter dirs / hub ids (README, Using it).
     ``smartfed train`` also takes ``cpu-mini:<skill>[@<pool seed>]`` (e.g. ``cpu-mini:skill.zh@1``):
     that cpu-mini skill LoRA, trained with that seed and cached (docs/cpu-mini.md)."""
     registry: str = ""
@@ -102,7 +102,7 @@ class PoolConfig:
 
 @dataclass(frozen=True, kw_only=True)
 class RouterConfig:
-    """MoRE router and mixture (SPEC.md §1.2)."""
+    """MoRE router and mixture (docs/method.md §2)."""
 
     topk_experts: int = 32
     """Experts applied per token per matrix (K) [P: 32]."""
@@ -185,7 +185,7 @@ class RouterConfig:
 
 @dataclass(frozen=True, kw_only=True)
 class QuotaConfig:
-    """Elastic Expert Quota Allocation (SPEC.md §1.3)."""
+    """Elastic Expert Quota Allocation (docs/method.md §5)."""
 
     enable_eeqa: bool = True
     """Reallocate per-matrix K_m every round [P]; off = every matrix keeps ``topk_experts``."""
@@ -216,7 +216,7 @@ class QuotaConfig:
 
 @dataclass(frozen=True, kw_only=True)
 class FedConfig:
-    """Federated protocol (SPEC.md §1.4)."""
+    """Federated protocol (docs/method.md §7)."""
 
     num_clients: int = 20
     """Clients (data partitions) [P: 20]."""

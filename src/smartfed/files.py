@@ -1,6 +1,6 @@
 """Atomic file writes: write to a temporary file in the same folder, fsync, then rename.
 
-Nothing already written is ever half-overwritten (SPEC.md §2.4).
+Nothing already written is ever half-overwritten (docs/ARCHITECTURE.md, Errors).
 """
 
 from __future__ import annotations

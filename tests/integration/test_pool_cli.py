@@ -1,4 +1,4 @@
-"""``smartfed pool`` end to end: verify/inspect/add/list, and every bad input of SPEC.md §2.4."""
+"""``smartfed pool`` end to end: verify/inspect/add/list, and every bad input of an adapter."""
 
 from __future__ import annotations
 
@@ -90,7 +90,7 @@ def test_inspect_add_list(tiny_pool: list[Path], capsys: pytest.CaptureFixture[s
 @pytest.fixture(scope="module")
 def bad(tiny_model_dir: Path, tiny_pool: list[Path],
         tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """One broken adapter (or path) per SPEC.md §2.4 case."""
+    """One broken adapter (or path) per docs/ARCHITECTURE.md, Errors case."""
     root = tmp_path_factory.mktemp("bad")
     (root / "empty").mkdir()
     make_tiny_llama(root / "h32", hidden=32)

@@ -1,4 +1,4 @@
-"""EEQA allocation: hand-computed cases and hypothesis properties of each invariant (SPEC §1.3)."""
+"""EEQA allocation: hand-computed cases and hypothesis properties of each invariant."""
 
 from __future__ import annotations
 

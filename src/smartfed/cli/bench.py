@@ -1,4 +1,4 @@
-"""``smartfed bench``: methods side by side on the cpu-mini suite (SPEC.md §2.2)."""
+"""``smartfed bench``: methods side by side on the cpu-mini suite (README, Using it)."""
 
 from __future__ import annotations
 

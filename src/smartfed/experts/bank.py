@@ -15,8 +15,8 @@ class ExpertBank(nn.Module):
     """All rank-one experts of one matrix as frozen (non-trainable, non-persistent) buffers.
 
     Expert ``j`` is ``scaling[j] * outer(B[:, j], A[j])`` and comes from pool adapter
-    ``adapter_index[j]`` (SPEC.md §1.1). With a heterogeneous pool a matrix holds only the experts
-    of the adapters that target it, in pool order.
+    ``adapter_index[j]`` (docs/method.md §1). With a heterogeneous pool a matrix holds only the
+    experts of the adapters that target it, in pool order.
 
     Attributes:
         A: shape ``(M, d_in)``, model dtype.

@@ -1,4 +1,4 @@
-"""The rank-one split of a LoRA update and its inverse (SPEC.md §1.1 [P]).
+"""The rank-one split of a LoRA update and its inverse (docs/method.md §1 [P]).
 
 A LoRA update is ``delta_W = s * B @ A = sum_i s * B[:, i] A[i, :]``: each rank-one term
 ``E_i(x) = s * B[:, i] (A[i, :] . x)`` is one expert. These functions are pure tensor algebra and

@@ -1,4 +1,4 @@
-"""``SmartFedStrategy(FedAvg)``: seeded sampling, robust router averaging and EEQA (style.md §7).
+"""``SmartFedStrategy(FedAvg)``: seeded sampling, robust router averaging and EEQA.
 
 Overrides only ``configure_train`` (seeded client sampling over partition ids, quotas into the
 config, bytes down) and ``aggregate_train`` (per-reply checks, mean of routers weighted by what the

@@ -1,6 +1,6 @@
-"""SmartFed's wire contract: every record key, and pack/unpack of every message (style.md §6).
+"""SmartFed's wire contract: every record key, and pack/unpack of every message.
 
-What travels (SPEC.md §1.4): down = routers (``ArrayRecord``) + quotas and step settings
+What travels (docs/method.md §7): down = routers (``ArrayRecord``) + quotas and step settings
 (``ConfigRecord``); up = routers + example count, loss, timings, energy and, for EEQA methods, the
 per-expert importance of every matrix (``MetricRecord``, one list per matrix, same keys from every
 client). Quotas travel as a list of K_m in the sorted order of the router keys, which both sides

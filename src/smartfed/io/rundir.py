@@ -1,4 +1,4 @@
-"""A run directory (SPEC.md §2.3) and its crash-safe checkpoints.
+"""A run directory (docs/ARCHITECTURE.md, Run directory) and its crash-safe checkpoints.
 
 Layout: ``config.json``, ``meta.json``, ``metrics.jsonl`` (one line per round), ``summary.json``,
 ``checkpoint/latest.json`` -> ``checkpoint/rNNNN/`` holding ``routers.safetensors`` (+ adapter

@@ -238,7 +238,7 @@ class PoolFedIT(PeftLoRA):
     and B.
 
     Sum, not mean [D]: it is what the CPU prototype's strongest baseline did (A and B concatenated,
-    each LoRA applied at full strength, cpu-scale-findings.md), every source skill starts intact,
+    each LoRA applied at full strength, our CPU-scale prototype), every source skill starts intact,
     and
     the mean start is already covered by ``merge_fedit``.
     """

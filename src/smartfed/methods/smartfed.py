@@ -1,4 +1,4 @@
-"""SmartFed (SPEC.md §1): route over the rank-one experts of the pool; only routers travel [P]."""
+"""SmartFed: route over the rank-one experts of the pool; only routers travel [P]."""
 
 from __future__ import annotations
 

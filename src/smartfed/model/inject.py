@@ -1,4 +1,4 @@
-"""Turn a base causal LM into a MoRE model: one routed layer per adapted matrix (SPEC.md §1.2).
+"""Turn a base causal LM into a MoRE model: one routed layer per adapted matrix (docs/method.md §2).
 
 Works for any Hugging Face causal LM whose adapted modules are ``nn.Linear`` (Llama, Qwen, Mistral
 naming: ``q_proj``, ``k_proj``, ``v_proj``, ``o_proj``, ``gate_proj``, ``up_proj``, ``down_proj``).

@@ -1,4 +1,4 @@
-"""Exactness check of MoRE against PEFT (SPEC.md §1.2, ``smartfed pool verify``).
+"""Exactness check of MoRE against PEFT (docs/method.md §2, ``smartfed pool verify``).
 
 For every pool adapter ``n``, every MoRE layer is forced to *unit routing*: weight 1 on all of
 adapter ``n``'s experts, 0 elsewhere, output scale ``c = 1``. The MoRE update of a matrix is then

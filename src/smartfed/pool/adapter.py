@@ -1,13 +1,13 @@
-"""Read one PEFT LoRA adapter from disk without building a model (SPEC.md §1.1, §2.4).
+"""Read one PEFT LoRA adapter from disk without building a model (docs/method.md §1).
 
 A PEFT adapter directory holds ``adapter_config.json`` and ``adapter_model.safetensors`` (or, from
 older PEFT, ``adapter_model.bin``, which is only read with ``torch.load(weights_only=True)``).
 Saved keys look like ``base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight``; the module
 path in the base model is what sits between ``base_model.model.`` and ``.lora_A``.
 
-Per-module scaling follows PEFT exactly [P: SPEC.md §1.1]: ``s = alpha / r`` (``alpha / sqrt(r)``
-with rsLoRA), where ``r`` and ``alpha`` come from ``rank_pattern`` / ``alpha_pattern`` when a
-pattern matches the module path.
+Per-module scaling follows PEFT exactly [P: docs/method.md §1]: ``s = alpha / r``
+(``alpha / sqrt(r)`` with rsLoRA), where ``r`` and ``alpha`` come from ``rank_pattern`` /
+``alpha_pattern`` when a pattern matches the module path.
 """
 
 from __future__ import annotations

@@ -69,7 +69,7 @@ class LoraPool:
         return [(i, a.modules[matrix]) for i, a in enumerate(self.adapters) if matrix in a.modules]
 
     def experts_per_matrix(self) -> dict[str, int]:
-        """M_m = sum of the ranks of the adapters that adapt matrix m (SPEC.md §1.1 [P])."""
+        """M_m = sum of the ranks of the adapters that adapt matrix m (docs/method.md §1 [P])."""
         return {m: sum(mod.rank for _, mod in self.modules_for(m)) for m in self.matrices()}
 
     def check_topk(self, topk: int) -> int:

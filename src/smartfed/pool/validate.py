@@ -1,4 +1,4 @@
-"""Check a pool against a base model before anything is built (SPEC.md §2.4).
+"""Check a pool against a base model before anything is built (docs/ARCHITECTURE.md, Errors).
 
 Decision [D]: a differing ``base_model_name_or_path`` is a *warning*, not an error. The same
 weights are often saved under another name (a local copy, a converted GGUF, a re-upload), so the

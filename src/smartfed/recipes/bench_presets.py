@@ -60,7 +60,7 @@ METHOD_LR: dict[str, float] = {
     "merge": 2e-3,
 }
 """[D] Learning rate per method family: routers 5e-3, LoRAs 2e-3 (the rates that learned in
-cpu-scale-findings.md: a router at 1e-3 lagged far behind 5e-3 at 60 steps); merge and lorahub
+our CPU-scale prototype: a router at 1e-3 lagged far behind 5e-3 at 60 steps); merge and lorahub
 train nothing (lorahub's search has its own step size). The paper uses 5e-4 for all at 7B.
 
 LoRA scaling of the LoRA baselines [D]: PEFT ``alpha = r`` (scaling 1), not the skill LoRAs'

@@ -1,4 +1,4 @@
-"""``smartfed report``: plots and a Markdown summary of a run directory (SPEC.md §2.2)."""
+"""``smartfed report``: plots and a Markdown summary of a run directory (README, Using it)."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """Instruction-following skill sets that train the source LoRAs (train only).
 
-Stand-ins (see shared/data/README.md): ``chinese_chat`` uses the Chinese fields of the bilingual
+Stand-ins (see docs/data.md): ``chinese_chat`` uses the Chinese fields of the bilingual
 Alpaca-52K (for Okapi-zh 52K), ``english_chat`` its English fields (for Stanford Alpaca),
 ``code_en``
 Code Alpaca (for Magicoder OSS-Instruct). ``math_en`` (GSM8K train, for MetaMathQA) lives in

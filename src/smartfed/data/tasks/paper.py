@@ -3,7 +3,7 @@
 - ``gsm8k_pal`` [D]: GSM8K *train* questions with a ``def solution():`` program built mechanically
   from each solution's calculator annotations (``<<48/2=24>>`` -> ``step1 = 48 / 2``), kept only
   when the program's value equals the ``#### N`` answer. The nearest public stand-in for
-  MathCodeInstruct, which is not available here (shared/data/README.md). Prompts are the same
+  MathCodeInstruct, which is not available here (docs/data.md). Prompts are the same
   few-shot PAL prompts GSM-Hard is evaluated with, so training and evaluation share one format.
 - ``cn_math``, ``cn_code``, ``math_code``: the upstream README's ``--task`` values, each a pair
   (train task, eval task) [P: Math23K -> MGSM-zh; DoIT (stand-in ``code_zh``); MathCodeInstruct

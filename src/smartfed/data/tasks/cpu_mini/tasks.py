@@ -1,7 +1,7 @@
 """The cpu-mini tasks (skills, composites, controls) and the suite's composition table.
 
-Three compositions mirror the paper's tasks (SPEC §1.5) at a scale SmolLM2-135M learns on 2 CPU
-cores:
+Three compositions mirror the paper's tasks (docs/method.md §7) at a scale SmolLM2-135M learns
+on 2 CPU cores:
 
 =====================  ==========================  ==========================================
 composite              skills composed             paper task it stands for
@@ -300,7 +300,7 @@ class Composition:
             LoRAs per task; D: three for the three-skill chain, and one relevant plus two
             irrelevant ones for the partly relevant pool].
         irrelevant: skill tasks unrelated to the composite (the irrelevant-pool control).
-        paper_task: the paper task this mirrors (SPEC §1.5).
+        paper_task: the paper task this mirrors (docs/method.md §7).
     """
 
     composite: str
