@@ -42,7 +42,7 @@ SKILL_STEPS = {
     "cpu_mini.skill.reverse": 30,
     "cpu_mini.skill.sort": 30,
 }
-"""[D] Optimizer steps per skill LoRA (batch 4), sized for 2 cores shared by ~6 engineers
+"""[D] Optimizer steps per skill LoRA (batch 4), sized for 2 CPU cores shared with other jobs
 (8-35 s/step measured under that load); controls get fewer: they only need to be real,
 unrelated LoRAs."""
 SKILL_BATCH = 4
