@@ -1,4 +1,4 @@
-"""``smartfed pool``: list, add, inspect and verify the LoRA pool (SPEC.md §2.2).
+"""``smartfed pool``: list, add, inspect and verify the LoRA pool (README, Using it).
 
 More actions plug in through ``POOL_ACTIONS`` (action -> module exposing
 ``register(pool_subparsers)``), the same way ``smartfed.cli.main.COMMANDS`` works.
@@ -56,6 +56,9 @@ def _register_add(actions: Any) -> None:
     p = actions.add_parser("add", help="register NAME -> SOURCE (a local PEFT dir or a hub id)")
     p.add_argument("name", help="pool name, used in --lora_pool")
     p.add_argument("source", help="local PEFT adapter directory or hub id owner/name")
+    p.add_argument(
+        "--force", action="store_true", help="replace NAME when it is registered for another source"
+    )
     _registry_flag(p)
     p.set_defaults(handler=_cmd_add)
 
@@ -82,7 +85,9 @@ def _register_verify(actions: Any) -> None:
     )
     add_config_flags(p, sections=("model", "pool"))
     p.add_argument(
-        "--tolerance", type=float, default=None,
+        "--tolerance",
+        type=float,
+        default=None,
         help="max relative logit error (default: 5e-5 in float32; in bf16/fp16 3e-2 or 2x PEFT's "
         "own error against float32, whichever is larger)",
     )
@@ -94,8 +99,10 @@ def _cmd_list(args: argparse.Namespace) -> int:
 
     entries = load_registry(args.registry)
     if not entries:
-        print(f"no adapters registered in {registry_path(args.registry)}; "
-              "add one with `smartfed pool add NAME SOURCE`")
+        print(
+            f"no adapters registered in {registry_path(args.registry)}; "
+            "add one with `smartfed pool add NAME SOURCE`"
+        )
         return 0
     width = max(len(n) for n in entries)
     for entry in entries.values():
@@ -114,9 +121,11 @@ def _cmd_add(args: argparse.Namespace) -> int:
         detail = f"r={adapter.rank}, {len(adapter.modules)} matrices"
     else:
         detail = "hub id, fetched on first use"
-    entry = add_entry(args.name, args.source, args.registry)
-    print(f"registered {entry.name} -> {entry.source} ({entry.kind}, {detail}) "
-          f"in {registry_path(args.registry)}")
+    entry = add_entry(args.name, args.source, args.registry, replace=args.force)
+    print(
+        f"registered {entry.name} -> {entry.source} ({entry.kind}, {detail}) "
+        f"in {registry_path(args.registry)}"
+    )
     return 0
 
 
@@ -169,10 +178,15 @@ def _cmd_verify(args: argparse.Namespace) -> int:
     print(f"{'adapter':<{width}}  max_rel_error  adapter_effect{extra}  bound     result")
     for c in checks:
         cols = f"  {c.error_vs_fp32:12.3e}  {c.peft_error_vs_fp32:12.3e}" if low else ""
-        print(f"{c.name:<{width}}  {c.max_rel_error:13.3e}  {c.effect:14.3e}{cols}  "
-              f"{c.bound:8.1e}  {'PASS' if c.passed else 'FAIL'}")
+        print(
+            f"{c.name:<{width}}  {c.max_rel_error:13.3e}  {c.effect:14.3e}{cols}  "
+            f"{c.bound:8.1e}  {'PASS' if c.passed else 'FAIL'}"
+        )
     failed = sum(not c.passed for c in checks)
     ok = failed == 0
-    print(f"verify: all {len(checks)} adapters pass" if ok
-          else f"verify: {failed} of {len(checks)} adapters fail")
+    print(
+        f"verify: all {len(checks)} adapters pass"
+        if ok
+        else f"verify: {failed} of {len(checks)} adapters fail"
+    )
     return 0 if ok else 1

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 from typing import Any
 
 from smartfed.cli.config_flags import add_field_flags
@@ -115,12 +116,35 @@ def _check_name(name: str, registry: str) -> None:
     load_registry(registry)
 
 
+PEFT_WRITES = ("README.md", "adapter_config.json", "adapter_model.safetensors")
+"""Files ``PeftModel.save_pretrained`` writes into ``--output_dir`` (README.md: its model card)."""
+
+
+def _check_user_files(out: Path) -> None:
+    """Refuse a folder holding files PEFT would overwrite that an earlier pool train did not write.
+
+    Raises:
+        ConfigError: e.g. the user's own README.md in ``--output_dir``.
+    """
+    from smartfed.errors import ConfigError
+
+    if (out / "training_record.json").is_file() or (out / ".resume").is_dir():
+        return  # our own earlier output (refused or resumed by train_skill_lora)
+    taken = [name for name in PEFT_WRITES if (out / name).exists()]
+    if taken:
+        raise ConfigError(
+            f"--output_dir {out} already holds {taken[0]}, which saving the adapter would "
+            "overwrite; choose a new or empty directory"
+        )
+
+
 def _cmd_train(args: argparse.Namespace) -> int:
     from smartfed.config import ModelConfig
     from smartfed.train.skill_lora import SkillLoraRecipe, train_skill_lora
 
     if args.name:  # fail on a bad name or registry before spending minutes on training
         _check_name(args.name, args.registry)
+    _check_user_files(Path(args.output_dir).expanduser())
     if args.threads < 0:
         from smartfed.errors import ConfigError
 

@@ -6,6 +6,7 @@ import argparse
 from typing import Any
 
 from smartfed.cli.config_flags import TAGS_EPILOG, add_config_flags, config_from_args
+from smartfed.errors import SmartFedError
 
 EPILOG = (
     "examples:\n"
@@ -70,8 +71,37 @@ def handle(args: argparse.Namespace) -> int:
     from smartfed.recipes.train import run_train
 
     cfg = config_from_args(args)
+    eval_name = cfg.eval.eval_task or cfg.data.task
+    if eval_name:  # a typo fails here, not after every round has trained
+        from smartfed.data.tasks import get_task
+
+        get_task(eval_name)
     summary = run_train(cfg)
     for line in summary_lines(summary):
         print(line)
     print(f"run directory: {cfg.output_dir} (summary.json, metrics.jsonl; `smartfed report` plots)")
+    check_learned(cfg.output_dir)
     return 0
+
+
+class NothingLearnedError(SmartFedError):
+    """Every round of a finished run ended without an accepted client update."""
+
+
+def check_learned(run_dir: str) -> None:
+    """Fail (exit 2) when no round accepted a client update: the routers never moved.
+
+    Raises:
+        NothingLearnedError: every metrics line has no accepted client (all failed or rejected).
+    """
+    from smartfed.io.rundir import RunDir
+
+    rows = RunDir(run_dir).metrics()
+    if rows and not any(r.get("clients") for r in rows):
+        why = next((v for r in rows for v in (r.get("rejected") or {}).values()), "")
+        failures = sum(int(r.get("failures", 0)) for r in rows)
+        raise NothingLearnedError(
+            f"no client update was accepted in any of {len(rows)} rounds ({failures} failed"
+            f"{'; rejected: ' + why if why else ''}): the routers are the initial ones; see "
+            f"{run_dir}/metrics.jsonl and the log above"
+        )

@@ -61,20 +61,32 @@ def load_registry(path: str | Path = "") -> dict[str, RegistryEntry]:
             name: RegistryEntry(name, str(e["source"]), str(e.get("kind", "local")))
             for name, e in entries.items()
         }
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError) as err:
+    except (
+        OSError,
+        UnicodeDecodeError,
+        json.JSONDecodeError,
+        KeyError,
+        TypeError,
+        AttributeError,
+    ) as err:
         raise ConfigError(
             f"pool registry {p} is not valid ({err}); fix or delete it and re-add adapters "
             "with `smartfed pool add NAME SOURCE`"
         ) from err
 
 
-def add_entry(name: str, source: str, path: str | Path = "") -> RegistryEntry:
+def add_entry(
+    name: str, source: str, path: str | Path = "", *, replace: bool = False
+) -> RegistryEntry:
     """Register ``name`` -> ``source`` (a local adapter dir or a hub id); atomic write.
 
-    A local directory is stored as an absolute path and must exist; re-adding a name replaces it.
+    A local directory is stored as an absolute path and must exist. Re-adding a name with the same
+    source changes nothing; another source needs ``replace``. Everything else in the file (other
+    names, keys SmartFed does not know) is kept as it was.
 
     Raises:
-        ConfigError: a bad name, or a source that is neither an existing dir nor a hub id.
+        ConfigError: a bad name, a source that is neither an existing dir nor a hub id, or a name
+            already registered for another source without ``replace``.
     """
     if not _NAME.match(name) or "," in name:
         raise ConfigError(
@@ -90,14 +102,18 @@ def add_entry(name: str, source: str, path: str | Path = "") -> RegistryEntry:
             f"pool source {source!r} is neither an existing adapter directory nor a hub id "
             "(owner/name); pass one of those"
         )
-    entries = load_registry(path)
-    entries[name] = entry
-    _write(entries, registry_path(path))
+    old = load_registry(path).get(name)
+    if old is not None and old.source != entry.source and not replace:
+        raise ConfigError(
+            f"pool name {name!r} is already registered for {old.source}; pass --force to replace "
+            "it, or choose another name"
+        )
+    _update(path, name, {"source": entry.source, "kind": entry.kind})
     return entry
 
 
 def remove_entry(name: str, path: str | Path = "") -> None:
-    """Remove ``name`` from the registry.
+    """Remove ``name`` from the registry (everything else in the file is kept).
 
     Raises:
         ConfigError: ``name`` is not registered.
@@ -105,8 +121,7 @@ def remove_entry(name: str, path: str | Path = "") -> None:
     entries = load_registry(path)
     if name not in entries:
         raise ConfigError(f"pool name {name!r} is not registered; see `smartfed pool list`")
-    del entries[name]
-    _write(entries, registry_path(path))
+    _update(path, name, None)
 
 
 def is_hub_id(source: str) -> bool:
@@ -163,8 +178,14 @@ def download_hub_adapter(repo_id: str) -> Path:
         ) from err
 
 
-def _write(entries: dict[str, RegistryEntry], path: Path) -> None:
-    atomic_write_json(
-        path,
-        {"adapters": {e.name: {"source": e.source, "kind": e.kind} for e in entries.values()}},
-    )
+def _update(path: str | Path, name: str, value: dict[str, str] | None) -> None:
+    """Set (or, with ``None``, delete) one name in the file, keeping every other key as it was."""
+    p = registry_path(path)
+    load_registry(path)  # refuses a file that is not a registry
+    data = json.loads(p.read_text(encoding="utf-8")) if p.exists() else {"adapters": {}}
+    adapters = data["adapters"]
+    if value is None:
+        adapters.pop(name, None)
+    else:
+        adapters[name] = {**adapters.get(name, {}), **value}
+    atomic_write_json(p, data)
