@@ -167,6 +167,9 @@ class ServerLoop:
         }
         if self.strategy.eeqa is not None:  # EEQA's decision for the next round, logged apart
             row["next_quotas"] = dict(self.strategy.quotas)
+        steps = {str(u.partition_id): u.step_losses for u in out.updates if u.step_losses}
+        if steps:  # only with train.report_to: the trackers' per-step scalars
+            row["client_step_losses"] = steps
         usage = round_usage([u.usage for u in out.updates])
         if usage:
             row["usage"] = usage

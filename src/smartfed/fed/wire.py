@@ -60,6 +60,7 @@ TRAIN_LOSS = "train_loss"
 STEPS = "steps"
 TRAIN_S = "train_s"
 LOAD_S = "load_s"
+STEP_LOSSES = "step_losses"
 ENERGY_KWH = "energy_kwh"
 IMPORTANCE_PREFIX = "imp:"
 USAGE_PREFIX = "use:"
@@ -326,6 +327,8 @@ def pack_train_res(
         LOAD_S: float(res.load_s),
         ENERGY_KWH: float(res.energy_kwh),
     }
+    if res.step_losses:
+        metrics[STEP_LOSSES] = [float(v) for v in res.step_losses]
     for matrix, values in sorted(res.importance.items()):
         metrics[IMPORTANCE_PREFIX + matrix] = [float(v) for v in values]
     for matrix, counts in sorted(res.usage.items()):
@@ -370,6 +373,7 @@ def unpack_train_res(content: RecordDict, reference: State | None = None) -> Cli
             train_s=float(m[TRAIN_S]),  # type: ignore[arg-type]
             load_s=float(m[LOAD_S]),
             energy_kwh=float(m[ENERGY_KWH]),  # type: ignore[arg-type]
+            step_losses=[float(v) for v in m[STEP_LOSSES]] if STEP_LOSSES in m else [],  # type: ignore[union-attr]
         )
     except (KeyError, TypeError, ValueError) as err:
         raise WireFormatError(f"client reply lacks or mistypes {err}; versions differ") from err

@@ -32,6 +32,8 @@ class ClientUpdate:
         train_s: seconds of local training.
         load_s: seconds spent loading the model/data in this message (0 when cached).
         energy_kwh: energy of this round on this client (0 when not tracked).
+        step_losses: the loss of every local step, sent only for ``train.report_to`` trackers
+            (empty otherwise, so the default reply carries no extra bytes).
     """
 
     partition_id: int
@@ -44,6 +46,7 @@ class ClientUpdate:
     train_s: float = 0.0
     load_s: float = 0.0
     energy_kwh: float = 0.0
+    step_losses: list[float] = field(default_factory=list)
 
 
 def client_round(
@@ -116,6 +119,7 @@ def client_round(
         usage=usage,
         steps=result.steps,
         train_s=result.seconds,
+        step_losses=list(result.losses) if cfg.train.report_to != "none" else [],
     )
 
 
