@@ -156,3 +156,17 @@ def test_a_run_where_every_client_failed_is_an_error(tmp_path: Path) -> None:
     rows[1]["clients"] = [0]
     (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     check_learned(str(run))
+
+
+def test_corrupt_base_model_safetensors(tiny_model_dir: Path, tmp_path: Path) -> None:
+    import shutil
+
+    from smartfed.config import ModelConfig
+    from smartfed.errors import ModelLoadError
+    from smartfed.model.base import load_base_model
+
+    bad = Path(shutil.copytree(tiny_model_dir, tmp_path / "model"))
+    for f in bad.glob("*.safetensors"):
+        f.write_bytes(f.read_bytes()[:100])
+    with pytest.raises(ModelLoadError, match="cannot load model"):
+        load_base_model(ModelConfig(model_name_or_path=str(bad), dtype="float32"))

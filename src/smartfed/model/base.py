@@ -180,6 +180,7 @@ def load_base_model(cfg: ModelConfig) -> tuple[Any, Any]:
         DeviceError: the device (or quantisation) asked for is not available here.
         ModelLoadError: the model cannot be found or loaded (no hub access is assumed).
     """
+    from safetensors import SafetensorError
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     device = resolve_device(cfg.device)
@@ -193,7 +194,7 @@ def load_base_model(cfg: ModelConfig) -> tuple[Any, Any]:
         model = AutoModelForCausalLM.from_pretrained(
             resolved.location, dtype=_DTYPES[cfg.dtype], **extra
         )
-    except (OSError, ValueError) as err:
+    except (OSError, ValueError, SafetensorError) as err:  # SafetensorError: a corrupt file
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise ModelLoadError(
             f"cannot load model {cfg.model_name_or_path!r}: {first} "
