@@ -76,6 +76,9 @@ def handle(args: argparse.Namespace) -> int:
         from smartfed.data.tasks import get_task
 
         get_task(eval_name)
+    from smartfed.fed.reaper import start_reaper
+
+    start_reaper()  # Ray / SuperNodes end with this process, also after kill -9
     summary = run_train(cfg)
     for line in summary_lines(summary):
         print(line)
