@@ -46,7 +46,6 @@ def time_make_demo(env: dict[str, str], log: Path) -> dict[str, object]:
         "exit_code": proc.returncode,
         "loadavg_1_5_15_before": before,
         "loadavg_1_5_15_after": _load(),
-        "log": str(log),
     }
 
 
