@@ -20,7 +20,7 @@ def _app() -> dict:  # type: ignore[type-arg]
 
 def test_config_keys_and_defaults_match_runconfig() -> None:
     """Same keys; same defaults except the documented quickstart job of a bare `flwr run .`."""
-    from smartfed.fed.server_app import FLWR_RUN_DEFAULTS
+    from smartfed.fed.flwr_run import FLWR_RUN_DEFAULTS
 
     config = _app()["config"]
     assert config == {**RunConfig().to_flat(), **FLWR_RUN_DEFAULTS}

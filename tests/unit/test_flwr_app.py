@@ -11,7 +11,7 @@ import pytest
 
 from smartfed.errors import SmartFedError
 from smartfed.fed.driver import FederationError, hello
-from smartfed.fed.server_app import FLWR_RUN_DEFAULTS, flwr_run_config, prepare_flwr_run
+from smartfed.fed.flwr_run import FLWR_RUN_DEFAULTS, flwr_run_config, prepare_flwr_run
 
 
 class _Grid:
