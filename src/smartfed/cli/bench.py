@@ -64,6 +64,11 @@ def register(subparsers: Any) -> None:
         help="override a run-config key for every run (e.g. num_rounds=20)",
     )
     bench.add_argument(
+        "--force",
+        action="store_true",
+        help="allow --results to replace a file that is not this preset's bench results",
+    )
+    bench.add_argument(
         "--report_only",
         action="store_true",
         help="run nothing: rebuild the results JSON, table and plots from --output_dir",
@@ -81,6 +86,34 @@ def _overrides(pairs: list[str]) -> dict[str, str]:
             raise ConfigError(f"--set {pair!r}: expected KEY=VALUE, e.g. --set num_rounds=20")
         out[key.strip()] = value.strip()
     return out
+
+
+def check_results_path(path: str, preset: str, force: bool) -> None:
+    """Refuse to replace a file at ``--results`` unless it is this preset's own bench results.
+
+    A bench rewrites its results after every run, so its own earlier file is expected; anything
+    else (another preset's results, a user's file) needs ``--force``.
+
+    Raises:
+        ConfigError: the file exists, is not ``preset``'s bench results, and ``force`` is off.
+    """
+    import json
+    from pathlib import Path
+
+    from smartfed.errors import ConfigError
+
+    target = Path(path)
+    if force or not target.exists():
+        return
+    try:
+        own = json.loads(target.read_text(encoding="utf-8")).get("preset") == preset
+    except (OSError, UnicodeDecodeError, ValueError, AttributeError):
+        own = False
+    if not own:
+        raise ConfigError(
+            f"--results {path} exists and is not the results of a '{preset}' bench: "
+            "choose another path, or pass --force to replace it"
+        )
 
 
 def progress(i: int, n: int, spec: Any) -> None:
@@ -103,6 +136,7 @@ def run_bench_cli(args: argparse.Namespace) -> int:
     )
     over = _overrides(args.set)
     RunConfig.from_flat(over)  # bad keys/values fail here, before any work
+    check_results_path(args.results, args.preset, args.force)
     model_cfg = ModelConfig(model_name_or_path=args.model_name_or_path, dtype=args.dtype)
     if args.report_only:
         from smartfed.recipes.bench import rebuild_results
