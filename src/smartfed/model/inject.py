@@ -203,27 +203,19 @@ def _build_layer(
             generator=generator,
             down_seed=lowrank_seed(seed, name),
         ).to(weight.device)
-        return MoRELinear.from_linear(
-            base,
-            bank,
-            router,
-            k,
-            output_scale_mode=cfg.output_scale_mode,
-            output_scale=cfg.output_scale,
-            name=name,
-        )
-    proj = None
-    if cfg.router_proj_dim > 0:
-        proj = random_projection(bank.d_in, cfg.router_proj_dim, projection_seed(seed, name))
-    router = TopKRouter(
-        bank.d_in,
-        bank.num_experts,
-        init_std=cfg.router_init_std,
-        temperature=cfg.router_temperature,
-        renormalize=cfg.renormalize_topk,
-        generator=generator,
-        projection=proj,
-    ).to(weight.device)
+    else:
+        proj = None
+        if cfg.router_proj_dim > 0:
+            proj = random_projection(bank.d_in, cfg.router_proj_dim, projection_seed(seed, name))
+        router = TopKRouter(
+            bank.d_in,
+            bank.num_experts,
+            init_std=cfg.router_init_std,
+            temperature=cfg.router_temperature,
+            renormalize=cfg.renormalize_topk,
+            generator=generator,
+            projection=proj,
+        ).to(weight.device)
     return MoRELinear.from_linear(
         base,
         bank,
