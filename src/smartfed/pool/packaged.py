@@ -10,7 +10,6 @@ sha256 both match the manifest; otherwise the caller trains it as before.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import shutil
 from collections.abc import Mapping
@@ -19,6 +18,7 @@ from typing import Any
 
 from smartfed.files import atomic_write_json
 from smartfed.log import get_logger
+from smartfed.pool.adapter import file_sha256
 
 log = get_logger(__name__)
 
@@ -26,15 +26,6 @@ PACKAGED_ROOT = Path(__file__).resolve().parent / "packaged_pools"
 MANIFEST = "manifest.json"
 WEIGHTS = "adapter_model.safetensors"
 SHIPPED_FILES = ("adapter_config.json", WEIGHTS, "training_record.json")
-
-
-def file_sha256(path: Path) -> str:
-    """Hex sha256 of a file, read in 1 MiB chunks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def read_manifest(suite: str, root: Path = PACKAGED_ROOT) -> dict[str, Any]:
