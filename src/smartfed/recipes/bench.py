@@ -395,21 +395,7 @@ def rebuild_results(
     return Path(results_path)
 
 
-def _child(request: str) -> int:
-    """Child-process entry: run one ``smartfed train`` config from a JSON request file."""
-    from smartfed.log import configure_logging
-    from smartfed.recipes.train import run_train
-
-    configure_logging()
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    cfg = RunConfig.load_json(request)
-    try:
-        run_train(cfg)
-    except SmartFedError as err:
-        print(f"smartfed: error: {err}", file=sys.stderr)
-        return 2
-    return 0
-
-
 if __name__ == "__main__":  # pragma: no cover - the child process of run_one
-    sys.exit(_child(sys.argv[1]))
+    from smartfed.recipes.train import run_request
+
+    sys.exit(run_request(sys.argv[1]))

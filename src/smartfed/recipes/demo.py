@@ -290,23 +290,10 @@ def render_table(runs: Sequence[DemoRun]) -> str:
     return "\n".join(lines)
 
 
-def _child(request: str) -> int:
-    """Child-process entry: run one ``smartfed train`` config from a JSON request file."""
-    from smartfed.log import configure_logging
-    from smartfed.recipes.train import run_train
-
-    configure_logging()
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    try:
-        run_train(RunConfig.load_json(request))
-    except SmartFedError as err:
-        print(f"smartfed: error: {err}", file=sys.stderr)
-        return 2
-    return 0
-
-
 if __name__ == "__main__":  # pragma: no cover - the child process of run_one
-    sys.exit(_child(sys.argv[1]))
+    from smartfed.recipes.train import run_request
+
+    sys.exit(run_request(sys.argv[1]))
 
 
 PACKAGE_COMMAND = "smartfed pool package"

@@ -105,3 +105,23 @@ def read_summary(cfg: RunConfig) -> dict[str, Any]:
         )
     summary: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
     return summary
+
+
+def run_request(request: str) -> int:
+    """Child-process entry of the bench and the demo: run one config from a JSON request file.
+
+    Returns:
+        0 when the run finished, 2 after a ``SmartFedError`` (its one line is on stderr).
+    """
+    import sys
+
+    from smartfed.log import configure_logging
+
+    configure_logging()
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    try:
+        run_train(RunConfig.load_json(request))
+    except SmartFedError as err:
+        print(f"smartfed: error: {err}", file=sys.stderr)
+        return 2
+    return 0
