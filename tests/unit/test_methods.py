@@ -9,7 +9,14 @@ import torch
 
 from smartfed.config import ModelConfig, RunConfig
 from smartfed.errors import CheckpointError, ConfigError
-from smartfed.methods import METHODS, Method, get_method
+from smartfed.methods import (
+    METHODS,
+    AuxiliaryLoss,
+    LocalUpdate,
+    Method,
+    ServerSearch,
+    get_method,
+)
 from smartfed.model.base import load_base_model
 from smartfed.pool.pool import resolve_pool
 
@@ -24,6 +31,24 @@ def test_every_registered_method_resolves() -> None:
         method = get_method(name)
         assert isinstance(method, Method) and method.name == name
     assert get_method("smartfed").uses_eeqa and not get_method("smartfed_no_eeqa").uses_eeqa
+
+
+def test_optional_hooks_are_declared_by_protocol() -> None:
+    hooks = (LocalUpdate, ServerSearch, AuxiliaryLoss)
+    found = {n: {h.__name__ for h in hooks if isinstance(get_method(n), h)} for n in METHODS}
+    assert {n: h for n, h in found.items() if h} == {
+        "merge": {"LocalUpdate"},
+        "lorahub": {"LocalUpdate", "ServerSearch"},
+        "mole": {"AuxiliaryLoss"},
+    }
+
+
+def test_a_partial_server_search_is_not_one() -> None:
+    class ProposeOnly:
+        def server_propose(self, state, server_round, seed):  # type: ignore[no-untyped-def]
+            return {}
+
+    assert not isinstance(ProposeOnly(), ServerSearch)
 
 
 def test_unknown_method_lists_the_registered_ones() -> None:

@@ -11,7 +11,7 @@ from smartfed.config import RunConfig
 from smartfed.fed import wire
 from smartfed.fed.strategy import SmartFedStrategy, sample_partitions, weighted_mean
 from smartfed.quota.schedule import EEQAState
-from smartfed.train.client import ClientUpdate
+from smartfed.update import ClientUpdate
 
 Q, V = "m.layers.0.q_proj", "m.layers.0.v_proj"
 KEYS = {Q + wire.ROUTER_SUFFIX: (6, 4), V + wire.ROUTER_SUFFIX: (6, 4)}

@@ -10,7 +10,7 @@ from flwr.supercore.task_identity import TaskIdentity
 
 from smartfed.errors import WireFormatError
 from smartfed.fed import wire
-from smartfed.train.client import ClientUpdate
+from smartfed.update import ClientUpdate
 
 ROUTERS = {
     "model.layers.0.self_attn.q_proj.router.weight": torch.randn(6, 8),
@@ -111,7 +111,7 @@ def test_update_checks() -> None:
 def test_usage_round_trips_and_sums_over_clients() -> None:
     from smartfed.fed import wire
     from smartfed.fed.driver import round_usage
-    from smartfed.train.client import ClientUpdate
+    from smartfed.update import ClientUpdate
 
     upd = ClientUpdate(
         0,

@@ -17,7 +17,7 @@ from smartfed.fed import codec, wire
 from smartfed.fed.driver import FederationError, _make_strategy
 from smartfed.fed.strategy import SmartFedStrategy
 from smartfed.methods import get_method
-from smartfed.train.client import ClientUpdate
+from smartfed.update import ClientUpdate
 
 Q, V = "m.layers.0.q_proj.router.weight", "m.layers.0.v_proj.router.weight"
 SHAPES = {Q: (6, 16), V: (6, 16)}

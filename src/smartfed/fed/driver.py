@@ -24,6 +24,7 @@ from smartfed.fed.strategy import SmartFedStrategy, make_aggregator
 from smartfed.io.rundir import Checkpoint, RunDir
 from smartfed.io.tracking import NullTracker, Tracker, open_tracker
 from smartfed.log import get_logger
+from smartfed.methods.base import ServerSearch
 from smartfed.model.state import get_quotas, save_routers, set_quotas
 from smartfed.quota.schedule import EEQAState
 from smartfed.train.local import evaluate_loss
@@ -307,7 +308,7 @@ def _start(
 def _make_strategy(
     cfg: RunConfig, bundle: Bundle, ckpt: Checkpoint | None, nodes: dict[int, int]
 ) -> SmartFedStrategy:
-    if hasattr(bundle.method, "server_propose"):  # the server runs the method's search (lorahub)
+    if isinstance(bundle.method, ServerSearch):  # the server runs the method's search (lorahub)
         from smartfed.fed.search import SearchStrategy
 
         if cfg.fed.dp_noise_multiplier > 0:

@@ -1,12 +1,13 @@
 """``SearchStrategy``: the server runs a method's own optimiser (LoRAHub's search) over client
 replies.
 
-For a method with ``server_propose(state, round, seed) -> sent``, ``reply_template(sent) -> zeros``
-and ``server_update(state, sent, mean_reply) -> state`` (and optionally ``configure_search(cfg)``,
-called once with the run config, since a cached bundle's method is prepared from a partial one):
-each round the server sends ``sent`` (e.g. candidate weights) instead of its state, checks every
-reply against ``reply_template`` (keys, shapes, finiteness), averages the accepted replies
-example-weighted (FedAvg, unchanged) and turns the mean into the next state. Bytes are counted by
+For a :class:`~smartfed.methods.base.ServerSearch` method (``configure_search(cfg)``, called once
+with the run config since a cached bundle's method is prepared from a partial one;
+``server_propose(state, round, seed) -> sent``, ``reply_template(sent) -> zeros`` and
+``server_update(state, sent, mean_reply) -> state``): each round the server sends ``sent`` (e.g.
+candidate weights) instead of its state, checks every reply against ``reply_template`` (keys,
+shapes, finiteness), averages the accepted replies example-weighted (FedAvg, unchanged) and turns
+the mean into the next state. Bytes are counted by
 :class:`~smartfed.fed.strategy.SmartFedStrategy` as for any method.
 """
 
@@ -14,7 +15,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable
-from typing import Any
 
 import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
@@ -23,27 +23,32 @@ from flwr.serverapp import Grid
 from smartfed.config import RunConfig
 from smartfed.fed import wire
 from smartfed.fed.strategy import SmartFedStrategy
+from smartfed.methods.base import ServerSearch
 
 
 class SearchStrategy(SmartFedStrategy):
     """SmartFedStrategy whose down-link and aggregation are the method's search steps.
 
     Args:
-        method: a method with ``server_propose``, ``reply_template`` and ``server_update``.
+        method: a :class:`~smartfed.methods.base.ServerSearch` method.
         cfg: the run config.
         node_partitions: node id -> partition id.
         round_offset: rounds already completed (resume).
     """
 
     def __init__(
-        self, method: Any, cfg: RunConfig, node_partitions: dict[int, int], *, round_offset: int = 0
+        self,
+        method: ServerSearch,
+        cfg: RunConfig,
+        node_partitions: dict[int, int],
+        *,
+        round_offset: int = 0,
     ) -> None:
         super().__init__(
             cfg, node_partitions, {}, None, round_offset=round_offset, max_update_norm=math.inf
         )
         self.method = method
-        if hasattr(method, "configure_search"):  # the run's own settings (budget, rounds, seed)
-            method.configure_search(cfg)
+        method.configure_search(cfg)  # the run's own settings (budget, rounds, seed)
         self._state: dict[str, np.ndarray] = {}
         self._sent_state: dict[str, np.ndarray] = {}
 

@@ -32,7 +32,7 @@ from smartfed.fed.wire_state import DownlinkRefs
 from smartfed.log import get_logger
 from smartfed.quota.allocate import aggregate_importance
 from smartfed.quota.schedule import EEQAState
-from smartfed.train.client import ClientUpdate
+from smartfed.update import ClientUpdate
 
 log = get_logger(__name__)
 

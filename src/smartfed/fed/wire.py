@@ -44,7 +44,7 @@ from flwr.common.serde import message_to_proto, recorddict_to_proto
 
 from smartfed.errors import WireFormatError
 from smartfed.fed import codec
-from smartfed.train.client import ClientUpdate
+from smartfed.update import ClientUpdate
 
 ARRAYS = "arrays"
 CONFIG = "config"

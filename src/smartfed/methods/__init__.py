@@ -5,6 +5,13 @@ Every method is one line in :data:`METHODS` (name -> ``module:Class``), imported
 
 from __future__ import annotations
 
-from smartfed.methods.base import METHODS, Method, get_method
+from smartfed.methods.base import (
+    METHODS,
+    AuxiliaryLoss,
+    LocalUpdate,
+    Method,
+    ServerSearch,
+    get_method,
+)
 
-__all__ = ["METHODS", "Method", "get_method"]
+__all__ = ["METHODS", "AuxiliaryLoss", "LocalUpdate", "Method", "ServerSearch", "get_method"]

@@ -3,11 +3,11 @@
 A method prepares the frozen base model for local training and names exactly the tensors that
 travel between clients and server. Register a method with ONE line in :data:`METHODS`.
 
-Optional hooks (docs/baselines.md): ``local_update(model, batches, cfg, payload) -> (state,
-{"loss", "steps"})`` replaces local SGD on clients (merge, lorahub); ``server_propose``,
-``reply_template`` and ``server_update`` make the server run the method's own search
-(:class:`smartfed.fed.search.SearchStrategy`, lorahub); ``auxiliary_loss(model, batch) -> Tensor``
-is added to the local training loss after each forward (mole's gating balancing loss).
+Optional hooks are explicit protocols (docs/baselines.md), checked with ``isinstance``:
+:class:`LocalUpdate` replaces local SGD on clients (merge, lorahub); :class:`ServerSearch` makes the
+server run the method's own search (:class:`smartfed.fed.search.SearchStrategy`, lorahub);
+:class:`AuxiliaryLoss` adds a term to the local training loss after each forward (mole's gating
+balancing loss).
 """
 
 from __future__ import annotations
@@ -18,6 +18,9 @@ from typing import TYPE_CHECKING, Protocol, runtime_checkable
 from smartfed.errors import ConfigError
 
 if TYPE_CHECKING:
+    from collections.abc import Mapping, Sequence
+
+    import numpy as np
     import torch
     from torch import nn
 
@@ -64,6 +67,69 @@ class Method(Protocol):
 
     def load_trainable_state(self, model: nn.Module, state: dict[str, torch.Tensor]) -> None:
         """Load tensors produced by :meth:`trainable_state` (same keys and shapes)."""
+        ...
+
+
+@runtime_checkable
+class LocalUpdate(Protocol):
+    """A method whose clients do not train by SGD: they run :meth:`local_update` instead."""
+
+    def local_update(
+        self,
+        model: nn.Module,
+        batches: Sequence[dict[str, torch.Tensor]],
+        cfg: RunConfig,
+        payload: dict[str, torch.Tensor],
+    ) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
+        """Compute the reply from the round's seeded batches and the server's ``payload``.
+
+        Returns:
+            ``(state, metrics)``: the tensors sent back and ``{"loss": float, "steps": int}``.
+        """
+        ...
+
+
+@runtime_checkable
+class AuxiliaryLoss(Protocol):
+    """A method that adds a term to the local training loss after each forward."""
+
+    def auxiliary_loss(self, model: nn.Module, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        """The scalar added to the task loss of the batch just forwarded."""
+        ...
+
+
+@runtime_checkable
+class ServerSearch(Protocol):
+    """A method whose server runs its own optimiser over the replies (LoRAHub's search).
+
+    Each round the server sends :meth:`server_propose`'s arrays instead of its state, checks every
+    reply against :meth:`reply_template` and turns the example-weighted mean reply into the next
+    state with :meth:`server_update` (:class:`smartfed.fed.search.SearchStrategy`).
+    """
+
+    def configure_search(self, cfg: RunConfig) -> None:
+        """Take the run's search settings (a cached bundle's method is prepared from a partial
+        config, so the server calls this once with the full one)."""
+        ...
+
+    def server_propose(
+        self, state: Mapping[str, np.ndarray], server_round: int, seed: int
+    ) -> dict[str, np.ndarray]:
+        """What the server sends this round (e.g. candidate weights), seeded by ``(seed,
+        round)``."""
+        ...
+
+    def reply_template(self, sent: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Zeros with the keys and shapes of a valid reply to ``sent``."""
+        ...
+
+    def server_update(
+        self,
+        state: Mapping[str, np.ndarray],
+        sent: Mapping[str, np.ndarray],
+        mean_reply: Mapping[str, np.ndarray],
+    ) -> dict[str, np.ndarray]:
+        """The next server state from the mean of the accepted replies."""
         ...
 
 

@@ -197,6 +197,8 @@ class MoLE(SmartFed):
 
     name = "mole"
     uses_eeqa = False
+    balance_coef = 0.0
+    """``beta`` of the balancing loss; :meth:`prepare` sets ``router.mole_balance_coef``."""
 
     def prepare(self, model: nn.Module, pool: LoraPool, cfg: RunConfig) -> dict[str, int]:
         """Inject MoRE layers (dense, ``c = 1``), each with a :class:`MoLEGate` as its router.
@@ -267,4 +269,4 @@ class MoLE(SmartFed):
         loss = balancing_loss(model, batch["attention_mask"])
         for gate in mole_gates(model).values():
             gate.last_probs = None
-        return getattr(self, "balance_coef", 0.0) * loss
+        return self.balance_coef * loss

@@ -2,51 +2,20 @@
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from typing import Any
 
-import numpy as np
 import torch
 
 from smartfed.config import RunConfig
 from smartfed.data.formatting import EncodedExample
+from smartfed.methods.base import AuxiliaryLoss, LocalUpdate
 from smartfed.model.state import set_quotas
 from smartfed.train.local import local_train, round_generator, sample_batches
-
-
-@dataclass
-class ClientUpdate:
-    """What a client sends back after one round.
-
-    Attributes:
-        partition_id: which data partition trained.
-        num_examples: rows in the partition (the FedAvg weight [P]).
-        train_loss: mean loss over the local steps.
-        routers: trained tensors by key (float32 numpy, shapes as received).
-        importance: matrix -> per-expert EEQA importance (empty for methods without EEQA).
-        usage: matrix -> top-K selections per source adapter (pool order) over this round's
-            real tokens (measured with the importance; empty without EEQA).
-        steps: optimizer steps taken.
-        train_s: seconds of local training.
-        load_s: seconds spent loading the model/data in this message (0 when cached).
-        energy_kwh: energy of this round on this client (0 when not tracked).
-        step_losses: the loss of every local step, sent only for ``train.report_to`` trackers
-            (empty otherwise, so the default reply carries no extra bytes).
-    """
-
-    partition_id: int
-    num_examples: int
-    train_loss: float
-    routers: dict[str, np.ndarray]
-    importance: dict[str, list[float]] = field(default_factory=dict)
-    usage: dict[str, list[int]] = field(default_factory=dict)
-    steps: int = 0
-    train_s: float = 0.0
-    load_s: float = 0.0
-    energy_kwh: float = 0.0
-    step_losses: list[float] = field(default_factory=list)
+from smartfed.update import ClientUpdate
 
 
 def client_round(
@@ -80,7 +49,7 @@ def client_round(
         The client's update.
     """
     model, method = bundle.model, bundle.method
-    if hasattr(method, "local_update"):  # methods that do not train by SGD (merge, lorahub)
+    if isinstance(method, LocalUpdate):  # methods that do not train by SGD (merge, lorahub)
         return _local_update(
             bundle, examples, cfg, partition_id, server_round, routers, local_steps, batch_size
         )
@@ -91,8 +60,9 @@ def client_round(
     pad = bundle.tokenizer.pad_token_id
     batches = sample_batches(examples, batch_size, local_steps, pad, gen)
     train_cfg = replace(cfg.train, learning_rate=learning_rate)
-    aux = getattr(method, "auxiliary_loss", None)  # e.g. MoLE's gating balancing loss
-    aux_loss = None if aux is None else (lambda batch: aux(model, batch))
+    aux_loss = None
+    if isinstance(method, AuxiliaryLoss):  # e.g. MoLE's gating balancing loss
+        aux_loss = functools.partial(method.auxiliary_loss, model)
     importance: dict[str, list[float]] = {}
     usage: dict[str, list[int]] = {}
     if method.uses_eeqa and cfg.quota.enable_eeqa:
@@ -100,13 +70,23 @@ def client_round(
 
         with ImportanceTracker(model) as tracker:
             result = local_train(
-                model, _masked(batches, tracker), params, train_cfg, total=local_steps,
-                aux_loss=aux_loss, load_balance_coef=cfg.router.load_balance_coef,
+                model,
+                _masked(batches, tracker),
+                params,
+                train_cfg,
+                total=local_steps,
+                aux_loss=aux_loss,
+                load_balance_coef=cfg.router.load_balance_coef,
             )
             importance, usage = tracker.scores(), tracker.usage()
     else:
         result = local_train(
-            model, batches, params, train_cfg, total=local_steps, aux_loss=aux_loss,
+            model,
+            batches,
+            params,
+            train_cfg,
+            total=local_steps,
+            aux_loss=aux_loss,
             load_balance_coef=cfg.router.load_balance_coef,
         )
     state = method.trainable_state(model)
