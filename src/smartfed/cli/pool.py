@@ -74,7 +74,7 @@ def _register_inspect(actions: Any) -> None:
     p = actions.add_parser(
         "inspect", help="ranks, alpha, targets, experts per matrix, router size and bytes"
     )
-    add_config_flags(p, sections=("model", "pool", "router"))
+    add_config_flags(p, sections=("model", "pool", "router", "fed"))
     p.set_defaults(handler=_cmd_inspect)
 
 

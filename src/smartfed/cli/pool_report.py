@@ -4,7 +4,14 @@ from __future__ import annotations
 
 from smartfed.config import FedConfig, RouterConfig
 from smartfed.errors import ConfigError
-from smartfed.fed.candidates import CANDIDATE_SETTINGS, round_bytes
+from smartfed.fed.candidates import (
+    CANDIDATE_SETTINGS,
+    compare_bytes,
+    fedit_rank,
+    format_bytes,
+    pool_dims,
+    round_bytes,
+)
 from smartfed.pool.pool import LoraPool
 from smartfed.routing.lowrank import router_param_count
 
@@ -17,8 +24,9 @@ def format_pool(pool: LoraPool, router: RouterConfig, fed: FedConfig | None = No
     d_in_m)`` with ``router_rank = r``; they travel once per direction per sampled client per
     round. Bytes are the values alone (``fed.wire_dtype``: 4 / 2 / 1 per value; Flower adds ~200
     bytes of headers per tensor). Per-round lines use ``fed`` (default: ``FedConfig()``) for the
-    sampled clients and the wire settings, for this setting, the paper's full float32 router and
-    every candidate of :data:`smartfed.fed.candidates.CANDIDATE_SETTINGS`.
+    sampled clients and the wire settings: this setting, the paper's full float32 router and
+    FedIT (:func:`smartfed.fed.candidates.compare_bytes`), then every candidate of
+    :data:`smartfed.fed.candidates.CANDIDATE_SETTINGS`.
     """
     lines = [
         f"pool: {len(pool.adapters)} adapters, {len(pool.matrices())} matrices, "
@@ -58,25 +66,20 @@ def format_pool(pool: LoraPool, router: RouterConfig, fed: FedConfig | None = No
         f"({4 * params / 1e6:.2f} MB), bf16 {2 * params:,} ({2 * params / 1e6:.2f} MB), "
         f"int8 update (client -> server) {params:,} ({params / 1e6:.2f} MB)"
     )
-    return lines + _round_lines(shapes, router, fed or FedConfig())
+    return lines + _round_lines(pool, shapes, router, fed or FedConfig())
 
 
 def _round_lines(
-    shapes: dict[str, tuple[int, int]], router: RouterConfig, fed: FedConfig
+    pool: LoraPool, shapes: dict[str, tuple[int, int]], router: RouterConfig, fed: FedConfig
 ) -> list[str]:
-    """Bytes per round of this setting, the paper's full fp32 router and every candidate."""
+    """Bytes per round of this setting, the paper's full fp32 router, FedIT and every candidate."""
     s, n, rounds = fed.sample_clients, fed.num_clients, fed.num_rounds
-    mine = {
-        "router_proj_dim": router.router_proj_dim,
-        "router_rank": router.router_rank,
-        "wire_dtype": fed.wire_dtype,
-        "wire_delta": fed.wire_delta,
-    }
-    this, paper = round_bytes(shapes, mine, s, n, rounds), round_bytes(shapes, {}, s, n, rounds)
+    rows = compare_bytes(
+        pool_dims(pool), router.router_proj_dim, router.router_rank, fed, fedit_rank(pool)
+    )
+    paper = round_bytes(shapes, {}, s, n, rounds)
     lines = [
-        f"bytes per round ({s} sampled clients, both directions, router values): this setting "
-        f"{this.total_mean / 1e6:.3f} MB, paper-faithful full fp32 router "
-        f"{paper.total_mean / 1e6:.3f} MB ({paper.total_mean / max(this.total_mean, 1):.1f}x)",
+        *format_bytes(rows, fed),
         f"{'candidate':<24}  {'params':>10}  {'up MB':>8}  {'down MB':>8}  {'total MB':>8}  ratio",
     ]
     min_d_in = min(d for _, d in shapes.values())

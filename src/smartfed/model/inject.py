@@ -68,14 +68,9 @@ class InjectionReport:
         """Bytes of the routers if they travelled in bfloat16."""
         return 2 * self.router_params
 
-    def round_bytes(self, sampled_clients: int, value_bytes: float = 4.0) -> int:
-        """Router value bytes of one round, both directions: ``2 x clients x params x bytes``."""
-        return int(2 * sampled_clients * self.router_params * value_bytes)
-
-    def summary_lines(self, sampled_clients: int) -> list[str]:
-        """Bytes per round (router values, both directions, ``sampled_clients`` clients) of these
-        routers and of the paper's full float32 routers (Flower adds ~200 B per tensor)."""
-        full = 2 * sampled_clients * 4 * self.full_router_params
+    def summary_lines(self) -> list[str]:
+        """The router size of these routers and of the paper's full routers (bytes per round
+        come from ``smartfed.fed.candidates``, logged when a run starts)."""
         kind = (
             f"low-rank r={self.router_rank}"
             if self.router_rank
@@ -83,13 +78,10 @@ class InjectionReport:
             if self.router_proj_dim
             else "full"
         )
-        mb = [self.round_bytes(sampled_clients, b) / 1e6 for b in (4, 2, 1)]
         return [
-            f"routers ({kind}): {self.router_params:,} parameters; per round with "
-            f"{sampled_clients} clients, both directions: fp32 {mb[0]:.3f} MB, "
-            f"bf16 {mb[1]:.3f} MB, int8 updates {mb[2]:.3f} MB",
-            f"paper-faithful full fp32 routers: {self.full_router_params:,} parameters, "
-            f"{full / 1e6:.3f} MB per round with {sampled_clients} clients",
+            f"routers ({kind}): {self.router_params:,} parameters "
+            f"({4 * self.router_params:,} B per client per direction in float32); "
+            f"paper-faithful full routers: {self.full_router_params:,} parameters"
         ]
 
 
@@ -150,8 +142,8 @@ def inject_more(
         report.router_proj_dim,
         report.router_rank,
     )
-    for line in report.summary_lines(1):  # per sampled client: multiply by sample_clients
-        log.info("MoRE %s", line.replace("with 1 clients", "per sampled client"))
+    for line in report.summary_lines():
+        log.info("MoRE %s", line)
     return report
 
 

@@ -41,9 +41,13 @@ def prepare_run(cfg: RunConfig) -> RunConfig:
         The config the apps get (``resume=True``: they continue the run dir opened here).
     """
     from smartfed.fed.cache import BundleSpec, get_bundle
+    from smartfed.fed.candidates import round_bytes_line
+    from smartfed.methods.smartfed import SmartFed
 
     RunDir.check(cfg)  # before any loading: a non-empty dir without --resume fails at once
-    get_bundle(BundleSpec.from_config(cfg))  # bad model/pool/data fail before the dir is created
+    bundle = get_bundle(BundleSpec.from_config(cfg))  # bad input fails before the dir is created
+    if isinstance(bundle.method, SmartFed):  # routers travel: what a round costs, vs FedIT
+        log.info("%s", round_bytes_line(cfg, bundle.pool))
     RunDir.open(cfg, run_meta(engine=cfg.fed.engine))
     return dataclasses.replace(cfg, resume=True)
 
