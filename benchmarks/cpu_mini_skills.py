@@ -24,13 +24,13 @@ import torch
 
 from smartfed.config import ModelConfig
 from smartfed.data.formatting import encode_for_training
-from smartfed.data.tasks.cpu_mini import SKILLS, SUITE
 from smartfed.files import atomic_write_json
 from smartfed.log import configure_logging
 from smartfed.meta import run_meta
 from smartfed.model.base import load_base_model
-from smartfed.recipes.pool_train import accuracy, cpu_mini_recipe, ensure_cpu_mini_pool
 from smartfed.train.skill_lora import RECORD_FILE, heldout_loss, resolve_task
+from smartfed_bench.cpu_mini import SKILLS, SUITE
+from smartfed_bench.pools import accuracy, cpu_mini_recipe, ensure_cpu_mini_pool
 
 OUT = Path(__file__).parent / "results" / "cpu_mini_skills.json"
 

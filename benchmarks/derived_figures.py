@@ -16,7 +16,7 @@ import argparse
 import json
 from pathlib import Path
 
-from smartfed.report.bench import derive
+from smartfed_bench.report import derive
 
 
 def _fmt(x: float | None, unit: str = "x") -> str:

@@ -17,7 +17,7 @@ import os
 from pathlib import Path
 
 from smartfed.files import atomic_write_text
-from smartfed.report.bench_render import splice_readme
+from smartfed_bench.render import splice_readme
 
 
 def main() -> None:

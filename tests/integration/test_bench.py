@@ -11,7 +11,7 @@ import pytest
 
 from smartfed.cli.main import main
 from smartfed.config import ModelConfig
-from smartfed.recipes.bench import PRESETS, RunSpec, needed_skills, plan
+from smartfed_bench.bench import PRESETS, RunSpec, needed_skills, plan
 
 TINY_RUN = {
     "num_clients": 2,
@@ -56,7 +56,7 @@ def test_plan_orders_seeds_outermost_and_narrows() -> None:
 def test_bench_runs_grid_writes_results_and_reuses_runs(
     tiny_model_dir: Path, tmp_path: Path
 ) -> None:
-    from smartfed.recipes.bench import run_bench
+    from smartfed_bench.bench import run_bench
 
     model = ModelConfig(
         model_name_or_path=str(tiny_model_dir), dtype="float32", cache_dir=str(tmp_path / "cache")
@@ -114,8 +114,8 @@ def _fake_run(run_dir: Path, rows: list[dict]) -> None:
 
 
 def test_v2_sweeps_seed0_then_runs_the_chosen_rate(tmp_path: Path) -> None:
-    from smartfed.recipes.bench import discover, lr_tag, resolve_rate
-    from smartfed.report.bench import select_swept
+    from smartfed_bench.bench import discover, lr_tag, resolve_rate
+    from smartfed_bench.report import select_swept
 
     v2 = PRESETS["v2"]
     specs = plan(v2, tasks=["cpu_mini.zh_code_gap"])

@@ -30,7 +30,7 @@ def test_config_keys_and_defaults_match_runconfig() -> None:
 
 def test_flwr_run_default_pool_is_shipped() -> None:
     """The default pool of `flwr run .` resolves to LoRAs shipped with the package."""
-    from smartfed.pool.packaged import packaged_by_name
+    from smartfed_bench.packaged import packaged_by_name
 
     for name in str(_app()["config"]["pool.lora_pool"]).split(","):
         assert packaged_by_name(name) is not None, name

@@ -8,8 +8,8 @@ import math
 from pathlib import Path
 
 from smartfed.config import RunConfig
-from smartfed.recipes.bench import LR_GRID, RunSpec, discover
-from smartfed.report.bench import write_bench_outputs
+from smartfed_bench.bench import LR_GRID, RunSpec, discover
+from smartfed_bench.report import write_bench_outputs
 
 TASK = "cpu_mini.zh_code_gap"
 ROUNDS = 4

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from smartfed.cli.bench import check_results_path
 from smartfed.errors import ConfigError
+from smartfed_bench.cli.bench import check_results_path
 
 
 def test_a_users_file_is_refused_unless_forced(tmp_path: Path) -> None:

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as hst
 
-from smartfed.report import bench_stats as st
+from smartfed_bench import stats as st
 
 
 def _rows(losses: list[float], acc: list[float | None], bytes_per_round: int = 100) -> list[dict]:
@@ -122,7 +122,7 @@ def test_no_accuracy_target_when_reference_scores_zero() -> None:
 
 
 def test_splice_readme_replaces_only_the_marked_block() -> None:
-    from smartfed.report.bench_render import splice_readme
+    from smartfed_bench.render import splice_readme
 
     readme = "intro\n<!-- results:begin -->\nold\n<!-- results:end -->\nreading\n"
     gen = "# `cpu-mini` bench\n\n| a |\n\n![curves](cpu-mini_x_curves.png)\n"

@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 
 from smartfed.data.tasks import get_task
-from smartfed.data.tasks.cpu_mini import SKILLS, SUITE, TASKS
-from smartfed.data.tasks.cpu_mini.generators import GAP_DIGITS, is_heldout, partition
-from smartfed.data.tasks.cpu_mini.render import parse_zh_numeral, run_straight_line, zh_numeral
 from smartfed.errors import DataError
+from smartfed_bench.cpu_mini import SKILLS, SUITE, TASKS
+from smartfed_bench.cpu_mini.generators import GAP_DIGITS, is_heldout, partition
+from smartfed_bench.cpu_mini.render import parse_zh_numeral, run_straight_line, zh_numeral
 
 
 def test_zh_numerals_known_values_and_inverse() -> None:
@@ -156,7 +156,7 @@ def test_tasks_outside_the_suite_have_no_validation_split() -> None:
 @pytest.mark.parametrize("name", ["cpu_mini.zh_code_gap", "cpu_mini.zh_math_gap"])
 def test_gap_composites_hide_digits_7_to_9_from_training(name: str) -> None:
     from smartfed.data.tasks import get_task
-    from smartfed.data.tasks.cpu_mini import SUITE
+    from smartfed_bench.cpu_mini import SUITE
 
     task = get_task(name)
     train, held = task.train_examples(), task.eval_examples()
@@ -227,7 +227,7 @@ def test_new_composites_canonical_outputs() -> None:
 
 def test_cpu_mini_pool_entries_parse_or_fail_with_the_fix() -> None:
     from smartfed.errors import ConfigError
-    from smartfed.recipes.pool_train import parse_cpu_mini_source
+    from smartfed_bench.pools import parse_cpu_mini_source
 
     assert parse_cpu_mini_source("cpu-mini:skill.zh@1") == ("cpu_mini.skill.zh", 1)
     assert parse_cpu_mini_source("cpu-mini:cpu_mini.skill.code") == ("cpu_mini.skill.code", 0)
@@ -240,8 +240,8 @@ def test_cpu_mini_pool_entries_parse_or_fail_with_the_fix() -> None:
 
 def test_train_config_pool_entries_pick_the_pool_seed(tiny_model_dir: Path, tmp_path: Path) -> None:
     from smartfed.config import RunConfig
-    from smartfed.recipes.pool_train import ensure_cpu_mini_pool
-    from smartfed.recipes.train import with_cpu_mini_pool
+    from smartfed.recipes.train import with_extension_pool
+    from smartfed_bench.pools import ensure_cpu_mini_pool
 
     cfg = RunConfig.from_flat(
         {
@@ -253,11 +253,11 @@ def test_train_config_pool_entries_pick_the_pool_seed(tiny_model_dir: Path, tmp_
             "output_dir": str(tmp_path / "run"),
         }
     )
-    expanded = with_cpu_mini_pool(cfg)
+    expanded = with_extension_pool(cfg)
     built = ensure_cpu_mini_pool(
         cfg.model, cache_dir=tmp_path, skills=["cpu_mini.skill.sort"], seed=1, progress=False
     )["cpu_mini.skill.sort"]
     assert expanded.pool.sources == (str(built), "some/other_dir")
     assert (built / "adapter_model.safetensors").is_file()
     assert json.loads((built / "training_record.json").read_text())["recipe"]["seed"] == 1
-    assert with_cpu_mini_pool(expanded) == expanded  # plain dirs stay as they are
+    assert with_extension_pool(expanded) == expanded  # plain dirs stay as they are

@@ -8,13 +8,13 @@ from pathlib import Path
 
 import pytest
 
-from smartfed.pool.packaged import (
+from smartfed_bench.demo import DemoRun, render_table, round_line, rounds_to
+from smartfed_bench.packaged import (
     package_adapter,
     packaged_adapter,
     packaged_by_name,
     read_manifest,
 )
-from smartfed.recipes.demo import DemoRun, render_table, round_line, rounds_to
 
 
 def _built(tiny_pool: list[Path], tmp_path: Path) -> Path:
@@ -81,7 +81,7 @@ def test_round_line() -> None:
 
 @pytest.mark.parametrize("bad", ["", "not json"])
 def test_read_rows_skips_a_line_being_written(tmp_path: Path, bad: str) -> None:
-    from smartfed.recipes.demo import read_rows
+    from smartfed_bench.demo import read_rows
 
     (tmp_path / "metrics.jsonl").write_text(json.dumps({"round": 1}) + "\n" + bad)
     assert read_rows(tmp_path) == [{"round": 1}]

@@ -205,7 +205,7 @@ def test_bad_input_exits_2_with_one_line(
 
 def test_ensure_cpu_mini_pool_builds_once_then_reuses(tiny_model_dir: Path, tmp_path: Path) -> None:
     from smartfed.errors import ConfigError
-    from smartfed.recipes.pool_train import ensure_cpu_mini_pool
+    from smartfed_bench.pools import ensure_cpu_mini_pool
 
     cfg = _cfg(tiny_model_dir)
     first = ensure_cpu_mini_pool(

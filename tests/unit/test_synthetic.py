@@ -10,7 +10,7 @@ from safetensors.torch import load_file
 
 from smartfed.errors import AdapterFileError
 from smartfed.pool.adapter import LoraAdapter
-from smartfed.pool.synthetic import random_like_adapter
+from smartfed_bench.synthetic import random_like_adapter
 
 
 def test_random_like_keeps_shapes_norms_and_is_seeded(

@@ -1,7 +1,9 @@
 """``smartfed`` console entry point: one table of subcommands, one error boundary.
 
 Each subcommand lives in its own module under ``smartfed.cli`` exposing
-``register(subparsers) -> None``; the parser it adds sets ``handler(args) -> int``.
+``register(subparsers) -> None``; the parser it adds sets ``handler(args) -> int``. Installed
+extensions add subcommands the same way through ``smartfed.commands`` entry points
+(:mod:`smartfed.plugins`; ``smartfed bench`` and ``smartfed demo`` come from ``smartfed_bench``).
 Heavy imports (torch, transformers, flwr) happen inside handlers so ``--help`` stays fast.
 """
 
@@ -25,8 +27,6 @@ COMMANDS: dict[str, str] = {
     "train": "smartfed.cli.train",
     "deploy-local": "smartfed.cli.deploy_local",
     "export": "smartfed.cli.export",
-    "bench": "smartfed.cli.bench",
-    "demo": "smartfed.cli.demo",
 }
 
 EXIT_USER_ERROR = 2
@@ -57,7 +57,14 @@ def os_error_line(err: OSError) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """Build the top-level parser with every registered subcommand."""
+    """Build the top-level parser with every registered subcommand (built-in and extensions').
+
+    Raises:
+        PluginError: an installed extension's command cannot be loaded.
+    """
+    from smartfed.plugins import COMMANDS as EXTENSION_COMMANDS
+    from smartfed.plugins import load
+
     parser = OneLineParser(
         prog="smartfed",
         description="SmartFed: federated fine-tuning of LLMs by routing over rank-wise experts of "
@@ -75,6 +82,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     for module_name in COMMANDS.values():
         importlib.import_module(module_name).register(subparsers)
+    for _, register_extension in load(EXTENSION_COMMANDS):
+        register_extension(subparsers)
     return parser
 
 
@@ -103,7 +112,10 @@ def version_line() -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI; return the process exit status."""
-    parser = build_parser()
+    try:
+        parser = build_parser()
+    except SmartFedError as err:  # an extension that cannot be loaded
+        fail(str(err).splitlines()[0])
     args = parser.parse_args(argv)
     if not getattr(args, "handler", None):
         parser.print_help()

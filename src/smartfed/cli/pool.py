@@ -1,7 +1,9 @@
 """``smartfed pool``: list, add, inspect and verify the LoRA pool (README, Using it).
 
 More actions plug in through ``POOL_ACTIONS`` (action -> module exposing
-``register(pool_subparsers)``), the same way ``smartfed.cli.main.COMMANDS`` works.
+``register(pool_subparsers)``), the same way ``smartfed.cli.main.COMMANDS`` works; installed
+extensions add theirs through ``smartfed.pool_commands`` entry points (e.g. ``smartfed pool
+package`` of ``smartfed_bench``).
 """
 
 from __future__ import annotations
@@ -15,13 +17,14 @@ from smartfed.config import ModelConfig, RunConfig
 # Extra ``smartfed pool`` actions living in other modules (e.g. "train": "smartfed.cli.pool_train").
 POOL_ACTIONS: dict[str, str] = {
     "train": "smartfed.cli.pool_train",
-    "package": "smartfed.cli.pool_package",
 }
 
 
 def register(subparsers: Any) -> None:
     """Add ``smartfed pool {list,add,remove,inspect,verify,...}``."""
     import importlib
+
+    from smartfed.plugins import POOL_COMMANDS, load
 
     parser = subparsers.add_parser("pool", help="manage, inspect and verify the LoRA pool")
     parser.set_defaults(handler=lambda _args: _usage(parser))
@@ -33,6 +36,8 @@ def register(subparsers: Any) -> None:
     _register_verify(actions)
     for module_name in POOL_ACTIONS.values():
         importlib.import_module(module_name).register(actions)
+    for _, register_extension in load(POOL_COMMANDS):
+        register_extension(actions)
 
 
 def _usage(parser: argparse.ArgumentParser) -> int:

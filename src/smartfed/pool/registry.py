@@ -132,8 +132,9 @@ def is_hub_id(source: str) -> bool:
 def locate(source: str, path: str | Path = "") -> tuple[str, Path]:
     """Resolve one pool entry to ``(name, local_dir)``.
 
-    Order: a registered name, a LoRA shipped with the package (``cpu_mini.skill.zh``), an existing
-    local path, then a hub id (downloaded only then).
+    Order: a registered name, an adapter an installed extension ships under that name
+    (``smartfed.adapters`` entry points, e.g. ``cpu_mini.skill.zh``), an existing local path, then
+    a hub id (downloaded only then).
 
     Raises:
         AdapterFileError: a missing path, an unknown name, or a hub id that cannot be fetched.
@@ -144,9 +145,9 @@ def locate(source: str, path: str | Path = "") -> tuple[str, Path]:
         if entry.kind == "hub":
             return entry.name, download_hub_adapter(entry.source)
         return entry.name, Path(entry.source)
-    from smartfed.pool.packaged import packaged_by_name
+    from smartfed.plugins import find_adapter
 
-    shipped = packaged_by_name(source)  # shipped with the package, e.g. cpu_mini.skill.zh
+    shipped = find_adapter(source)  # shipped by an extension, e.g. cpu_mini.skill.zh
     if shipped is not None:
         return shipped.name, shipped
     local = Path(source).expanduser()

@@ -94,7 +94,7 @@ def app_pyproject(cfg: RunConfig) -> str:
 
 def flower_env(home: Path) -> dict[str, str]:
     """Environment of every Flower process: offline, no telemetry, no runtime installs."""
-    from smartfed.recipes.train import FLOWER_ENV
+    from smartfed.fed.env import FLOWER_ENV
 
     bindir = str(Path(sys.executable).parent)
     return {

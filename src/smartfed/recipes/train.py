@@ -15,19 +15,12 @@ from typing import Any
 
 from smartfed.config import RunConfig
 from smartfed.errors import SmartFedError
+from smartfed.fed.env import FLOWER_ENV
 from smartfed.io.rundir import SUMMARY_FILE, RunDir
 from smartfed.log import get_logger
 from smartfed.meta import run_meta
 
 log = get_logger(__name__)
-FLOWER_ENV = {
-    "FLWR_TELEMETRY_ENABLED": "0",
-    "FLWR_DISABLE_UPDATE_CHECK": "1",
-    "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
-    "RAY_DEDUP_LOGS": "0",
-    "TOKENIZERS_PARALLELISM": "false",
-}
-"""Process environment for every Flower run: no telemetry, no update check, no runtime installs."""
 
 
 class RunIncompleteError(SmartFedError):
@@ -63,7 +56,7 @@ def run_train(cfg: RunConfig, client_mods: Sequence[Callable[..., Any]] = ()) ->
         SmartFedError: bad input, or a job that stopped early (resume with ``--resume``).
     """
     os.environ.update(FLOWER_ENV)
-    cfg = with_cpu_mini_pool(cfg)
+    cfg = with_extension_pool(cfg)
     app_cfg = prepare_run(cfg)
     if cfg.fed.engine == "deployment":
         from smartfed.recipes.deploy_local import run_deployment
@@ -76,20 +69,20 @@ def run_train(cfg: RunConfig, client_mods: Sequence[Callable[..., Any]] = ()) ->
     return read_summary(cfg)
 
 
-def with_cpu_mini_pool(cfg: RunConfig) -> RunConfig:
-    """``cfg`` with its ``cpu-mini:<skill>[@<pool seed>]`` pool entries replaced by adapter dirs.
+def with_extension_pool(cfg: RunConfig) -> RunConfig:
+    """``cfg`` with the pool entries an installed extension builds replaced by adapter dirs.
 
-    The LoRAs are built first if not cached (``smartfed.recipes.pool_train``); other entries and a
-    config without such entries are returned as they are.
+    E.g. ``cpu-mini:<skill>[@<pool seed>]`` (``smartfed.pool_sources`` entry points of
+    ``smartfed_bench``; built first if not cached). Other entries stay as they are.
 
     Raises:
-        ConfigError: a malformed ``cpu-mini:`` entry.
+        SmartFedError: an entry the extension rejects (e.g. a malformed ``cpu-mini:`` entry).
     """
-    from smartfed.recipes.pool_train import SOURCE_PREFIX, expand_cpu_mini_sources
+    from smartfed.plugins import expand_pool_sources
 
-    if not any(s.startswith(SOURCE_PREFIX) for s in cfg.pool.sources):
+    sources = expand_pool_sources(cfg.pool.sources, cfg.model)
+    if sources == list(cfg.pool.sources):
         return cfg
-    sources = expand_cpu_mini_sources(cfg.pool.sources, cfg.model)
     return dataclasses.replace(cfg, pool=dataclasses.replace(cfg.pool, lora_pool=",".join(sources)))
 
 

@@ -17,7 +17,7 @@ from smartfed.report.run import RunRecord, parse_matrix_name
 QuotaGrid = dict[str, dict[int, dict[int, int]]]
 
 
-def _figure(width: float, height: float) -> Any:
+def new_figure(width: float, height: float) -> Any:
     """Return a Figure bound to a fresh Agg canvas (the backend is chosen here, per figure)."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
@@ -27,7 +27,8 @@ def _figure(width: float, height: float) -> Any:
     return fig
 
 
-def _save(fig: Any, path: Path) -> Path:
+def save_figure(fig: Any, path: Path) -> Path:
+    """Write ``fig`` as a PNG to ``path`` atomically; return ``path``."""
     return atomic_write(path, lambda tmp: fig.savefig(tmp, format="png"))
 
 
@@ -48,7 +49,7 @@ def plot_metrics(record: RunRecord, path: Path) -> Path | None:
     panels = [p for p in (losses, evals, sent) if p]
     if not losses and not evals:
         return None
-    fig = _figure(4.6 * len(panels), 3.6)
+    fig = new_figure(4.6 * len(panels), 3.6)
     axes = list(fig.subplots(1, len(panels), squeeze=False)[0])
     if losses:
         ax = axes.pop(0)
@@ -66,7 +67,7 @@ def plot_metrics(record: RunRecord, path: Path) -> Path | None:
         ax = axes.pop(0)
         ax.bar([x for x, _ in sent], [y for _, y in sent])
         ax.set(title="communication", xlabel="round", ylabel="MB sent (up + down)")
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def quota_grid(record: RunRecord) -> QuotaGrid:
@@ -89,7 +90,7 @@ def plot_quota_heatmap(record: RunRecord, path: Path) -> Path | None:
         return None
     rounds = record.rounds
     vmax = max(k for layers in grid.values() for per in layers.values() for k in per.values())
-    fig = _figure(1.0 + 3.2 * len(grid), 1.6 + 0.22 * max(len(v) for v in grid.values()))
+    fig = new_figure(1.0 + 3.2 * len(grid), 1.6 + 0.22 * max(len(v) for v in grid.values()))
     axes = fig.subplots(1, len(grid), squeeze=False)[0]
     image = None
     for ax, (kind, layers) in zip(axes, grid.items(), strict=True):
@@ -108,7 +109,7 @@ def plot_quota_heatmap(record: RunRecord, path: Path) -> Path | None:
         ax.set_xticks(range(len(rounds)), [str(r) for r in rounds], fontsize="x-small")
         ax.set_yticks(range(len(order)), [str(i) for i in order], fontsize="x-small")
     fig.colorbar(image, ax=list(axes), label="K_m (experts per token)")
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def usage_table(record: RunRecord) -> dict[str, dict[int, list[int]]]:
@@ -141,7 +142,7 @@ def plot_usage(record: RunRecord, path: Path) -> Path | None:
         return None
     n = max(len(c) for layers in table.values() for c in layers.values())
     labels = adapter_labels(record, n)
-    fig = _figure(1.0 + 3.6 * len(table), 3.8)
+    fig = new_figure(1.0 + 3.6 * len(table), 3.8)
     axes = fig.subplots(1, len(table), squeeze=False)[0]
     for ax, (kind, layers) in zip(axes, table.items(), strict=True):
         order = list(layers)
@@ -155,4 +156,4 @@ def plot_usage(record: RunRecord, path: Path) -> Path | None:
             bottom = [b + s for b, s in zip(bottom, share, strict=True)]
         ax.set(title=f"{kind}: expert selections", xlabel="layer", ylabel="share", ylim=(0, 1))
     axes[-1].legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.0, 1.0))
-    return _save(fig, path)
+    return save_figure(fig, path)

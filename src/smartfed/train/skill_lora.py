@@ -148,16 +148,13 @@ def _registered(name: str) -> Any:
 
 
 def resolve_task(name: str) -> Any:
-    """Return a registered task by name (the cpu-mini tasks first).
+    """Return a registered task by name (built-in or from an installed extension).
 
     Raises:
         DataError: unknown task.
     """
     from smartfed.data.tasks import get_task
-    from smartfed.data.tasks.cpu_mini import TASKS
 
-    if name in TASKS:
-        return TASKS[name]
     return get_task(name)
 
 

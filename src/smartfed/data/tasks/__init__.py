@@ -4,7 +4,9 @@ Benchmarks (eval): ``mgsm_<lang>`` (11 languages), ``gsm8k``, ``math23k``, ``gsm
 ``humaneval``, ``mbpp``, ``code_zh`` (stand-in for DoIT). Skill sets for source LoRAs (train):
 ``chinese_chat``, ``english_chat``, ``math_en``, ``code_en``, ``gsm8k_pal``. The upstream README's
 task names ``cn_math``, ``cn_code``, ``math_code`` pair a train and an eval task
-(:mod:`smartfed.data.tasks.paper`). The generated CPU-scale suite: ``cpu_mini.*``.
+(:mod:`smartfed.data.tasks.paper`). Installed extensions add theirs through the ``smartfed.tasks``
+entry points (:mod:`smartfed.plugins`), e.g. the generated CPU-scale suite ``cpu_mini.*`` of
+``smartfed_bench``; they are loaded on the first lookup.
 """
 
 from __future__ import annotations
@@ -15,10 +17,12 @@ from smartfed.data.tasks.code import CodeZhStandIn, HumanEvalTask, MbppTask
 from smartfed.data.tasks.math import MGSM_LANGS, Gsm8kTask, Math23kTask, MathEnSkill, MgsmTask
 from smartfed.data.tasks.pal import GsmHardTask
 from smartfed.errors import DataError
+from smartfed.plugins import TASKS, load
 
 __all__ = ["DATA_ENV", "Task", "get_task", "list_tasks", "register_task", "resolve_data_dir"]
 
 _REGISTRY: dict[str, Task] = {}
+_EXTENSIONS_LOADED = False
 
 
 def register_task(task: Task, *, replace: bool = False) -> Task:
@@ -40,7 +44,9 @@ def get_task(name: str) -> Task:
 
     Raises:
         DataError: unknown name (the message lists the registered ones).
+        PluginError: an installed extension's tasks cannot be loaded.
     """
+    _load_extension_tasks()
     try:
         return _REGISTRY[name]
     except KeyError:
@@ -50,8 +56,20 @@ def get_task(name: str) -> Task:
 
 
 def list_tasks() -> list[str]:
-    """Registered task names, sorted."""
+    """Registered task names (built-in and from extensions), sorted."""
+    _load_extension_tasks()
     return sorted(_REGISTRY)
+
+
+def _load_extension_tasks() -> None:
+    """Register the tasks of every ``smartfed.tasks`` entry point, once per process."""
+    global _EXTENSIONS_LOADED
+    if _EXTENSIONS_LOADED:
+        return
+    _EXTENSIONS_LOADED = True  # first: an extension may look tasks up while it loads
+    for _, tasks in load(TASKS):
+        for task in tasks():
+            register_task(task)
 
 
 def _register_builtin() -> None:
@@ -90,11 +108,8 @@ def _register_paper_tasks() -> None:
 
     register_task(Gsm8kPalTask())
     for name, (train, evaluate, description) in PAPER_TASKS.items():
-        register_task(PairedTask(name, get_task(train), get_task(evaluate), description))
+        register_task(PairedTask(name, _REGISTRY[train], _REGISTRY[evaluate], description))
 
 
 _register_paper_tasks()
 
-# The generated cpu-mini suite (docs/cpu-mini.md) registers itself on import; importing it here
-# makes `--task cpu_mini.*` work from every entry point (train, eval, pool train, Flower apps).
-import smartfed.data.tasks.cpu_mini  # noqa: E402, F401

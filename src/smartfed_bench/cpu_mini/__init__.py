@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from smartfed.data.tasks.cpu_mini.tasks import (
+from smartfed_bench.cpu_mini.tasks import (
     CONTROL_SKILLS,
     DATA_FRACTION_VARIANT,
     SKILLS,
@@ -24,13 +24,3 @@ __all__ = [
     "get_cpu_mini_task",
 ]
 
-
-def register_cpu_mini_tasks() -> None:
-    """Put every cpu-mini task in the shared task registry (idempotent)."""
-    from smartfed.data.tasks import register_task
-
-    for task in TASKS.values():
-        register_task(task, replace=True)
-
-
-register_cpu_mini_tasks()

@@ -29,7 +29,7 @@ from typing import Any
 from smartfed.config import ModelConfig, RunConfig, Scalar
 from smartfed.errors import ConfigError, SmartFedError
 from smartfed.log import get_logger
-from smartfed.recipes.bench_presets import (  # noqa: F401 - re-exported: the bench's grid
+from smartfed_bench.presets import (  # noqa: F401 - re-exported: the bench's grid
     ALL_ROUTED,
     COMMON,
     LR_GRID,
@@ -43,39 +43,13 @@ from smartfed.recipes.bench_presets import (  # noqa: F401 - re-exported: the be
     VARIANTS,
     Cell,
     Preset,
+    RunSpec,
     get_preset,
+    lr_tag,
     v2_tasks,
 )
 
 log = get_logger(__name__)
-
-
-@dataclass(frozen=True)
-class RunSpec:
-    """One cell of the grid.
-
-    ``lr_mult`` is set for a method under a learning-rate sweep: the multiplier of its
-    :data:`METHOD_LR` rate (``None``: the plain rate). A planned seed > 0 of a swept method has
-    ``lr_mult=None`` until the sweep chose (:func:`resolve_rate`).
-    """
-
-    task: str
-    variant: str
-    method: str
-    seed: int
-    lr_mult: float | None = None
-
-    def subdir(self) -> Path:
-        """Where its run directory lives under the bench output dir."""
-        base = Path(self.task) / self.variant / self.method
-        if self.lr_mult is not None:
-            base = base / lr_tag(self.lr_mult)
-        return base / f"seed{self.seed}"
-
-
-def lr_tag(mult: float) -> str:
-    """Directory name of a sweep multiplier (``lr-x0.333``, ``lr-x1``, ``lr-x3``)."""
-    return f"lr-x{mult:.3g}"
 
 
 def plan(
@@ -95,8 +69,8 @@ def plan(
     Raises:
         ConfigError: an unknown method, task or variant.
     """
-    from smartfed.data.tasks.cpu_mini import SUITE
     from smartfed.methods import METHODS
+    from smartfed_bench.cpu_mini import SUITE
 
     for m in methods:
         if m not in METHODS:
@@ -134,7 +108,7 @@ def plan(
 
 def needed_skills(specs: Sequence[RunSpec]) -> list[str]:
     """The skill LoRAs the grid routes over (controls only if a control variant runs)."""
-    from smartfed.data.tasks.cpu_mini import SUITE
+    from smartfed_bench.cpu_mini import SUITE
 
     out: list[str] = []
     for spec in specs:
@@ -147,8 +121,8 @@ def needed_skills(specs: Sequence[RunSpec]) -> list[str]:
 
 def pool_sources(spec: RunSpec, skill_dirs: Mapping[str, Path], work: Path) -> list[str]:
     """The LoRA pool of a run: relevant skills, control skills, or random-like copies."""
-    from smartfed.data.tasks.cpu_mini import SUITE
-    from smartfed.pool.synthetic import random_like_adapter
+    from smartfed_bench.cpu_mini import SUITE
+    from smartfed_bench.synthetic import random_like_adapter
 
     comp = SUITE[spec.task]
     if spec.variant == "irrelevant":
@@ -212,7 +186,7 @@ def run_one(cfg: RunConfig) -> None:
     logfile = run_dir.parent / f"{run_dir.name}.log"
     with open(logfile, "a", encoding="utf-8") as fh:
         proc = subprocess.run(
-            [sys.executable, "-m", "smartfed.recipes.bench", str(request)],
+            [sys.executable, "-m", "smartfed_bench.bench", str(request)],
             stdout=fh,
             stderr=subprocess.STDOUT,
             check=False,
@@ -278,7 +252,7 @@ def _last_row(run_dir: Path) -> dict[str, Any]:
 def resolve_rate(spec: RunSpec, preset: Preset, output_dir: Path) -> RunSpec | None:
     """``spec`` with its learning-rate multiplier: the sweep's choice for a swept method's seed
     > 0, ``None`` while the sweep is incomplete; any other spec unchanged."""
-    from smartfed.report.bench_stats import choose_rate
+    from smartfed_bench.stats import choose_rate
 
     if spec.lr_mult is not None or not preset.sweeps(spec.method):
         return spec
@@ -329,8 +303,8 @@ def run_bench(
     Raises:
         ConfigError: unknown preset, method, task or variant.
     """
-    from smartfed.recipes.pool_train import ensure_cpu_mini_pool
-    from smartfed.report.bench import write_bench_outputs
+    from smartfed_bench.pools import ensure_cpu_mini_pool
+    from smartfed_bench.report import write_bench_outputs
 
     preset = get_preset(preset_name)
     model_cfg = model_cfg or ModelConfig()
@@ -379,8 +353,8 @@ def rebuild_results(
     Raises:
         ConfigError: unknown preset, or no run directory under ``output_dir``.
     """
-    from smartfed.recipes.pool_train import ensure_cpu_mini_pool
-    from smartfed.report.bench import write_bench_outputs
+    from smartfed_bench.pools import ensure_cpu_mini_pool
+    from smartfed_bench.report import write_bench_outputs
 
     preset = get_preset(preset_name)
     cells = discover(Path(output_dir))

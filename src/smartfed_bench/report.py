@@ -31,10 +31,10 @@ from typing import TYPE_CHECKING, Any
 from smartfed.files import atomic_write_json, atomic_write_text
 from smartfed.io.rundir import RunDir
 from smartfed.log import get_logger
-from smartfed.report import bench_stats as st
+from smartfed_bench import stats as st
 
 if TYPE_CHECKING:
-    from smartfed.recipes.bench import RunSpec
+    from smartfed_bench.presets import RunSpec
 
 log = get_logger(__name__)
 REFERENCE = "fedit"
@@ -136,7 +136,7 @@ def collect(
     """The results JSON (without derived figures) from the grid's run directories."""
     from smartfed.data.tasks import get_task
     from smartfed.meta import run_meta
-    from smartfed.recipes.bench import COMMON, METHOD_LR, VARIANTS, get_preset
+    from smartfed_bench.presets import COMMON, METHOD_LR, VARIANTS, get_preset
 
     spec_preset = get_preset(preset)
     sweep, cells = select_swept(cells, spec_preset.lr_grid)
@@ -214,7 +214,7 @@ def select_swept(
     are those at the chosen multiplier (seed 0's sweep run and the seeds > 0). A sweep still
     lacking a run of ``lr_grid`` or a score reports nothing for that method yet.
     """
-    from smartfed.recipes.bench import METHOD_LR, lr_tag
+    from smartfed_bench.presets import METHOD_LR, lr_tag
 
     groups: dict[tuple[str, str, str], list[tuple[RunSpec, Path]]] = {}
     keep: list[tuple[RunSpec, Path]] = []
@@ -325,7 +325,7 @@ def write_bench_outputs(
     pools: Mapping[int, Mapping[str, Path]],
 ) -> dict[str, Any]:
     """Write ``<results>.json``, ``<results>.md`` and the PNGs beside it; return the JSON."""
-    from smartfed.report.bench_render import render_markdown, render_plots
+    from smartfed_bench.render import render_markdown, render_plots
 
     results = collect(preset, cells, failed, pools)
     results["derived"] = derive(results)

@@ -27,8 +27,8 @@ from smartfed.data.formatting import render_prompt
 from smartfed.errors import ConfigError
 from smartfed.log import get_logger
 from smartfed.model.base import cache_root
-from smartfed.pool.packaged import packaged_adapter
 from smartfed.train.skill_lora import RECORD_FILE, SkillLoraRecipe, resolve_task, train_skill_lora
+from smartfed_bench.packaged import packaged_adapter
 
 log = get_logger(__name__)
 
@@ -106,7 +106,7 @@ def ensure_cpu_mini_pool(
     Raises:
         ConfigError: unknown suite or skill.
     """
-    from smartfed.data.tasks.cpu_mini import SKILLS
+    from smartfed_bench.cpu_mini import SKILLS
 
     if suite not in SUITES:
         raise ConfigError(f"unknown suite {suite!r}; choose one of {', '.join(SUITES)}")

@@ -1,15 +1,16 @@
 """The ``smartfed bench`` grids: variants, the shared protocol, learning rates and presets [D].
 
-Presets are documented for users in docs/cpu-mini.md; :mod:`smartfed.recipes.bench` runs them.
+Presets are documented for users in docs/cpu-mini.md; :mod:`smartfed_bench.bench` runs them.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from smartfed.config import Scalar
-from smartfed.data.tasks.cpu_mini import DATA_FRACTION_VARIANT
 from smartfed.errors import ConfigError
+from smartfed_bench.cpu_mini import DATA_FRACTION_VARIANT
 
 VARIANTS: dict[str, dict[str, Scalar]] = {
     "main": {},
@@ -114,6 +115,34 @@ class Preset:
         return tuple(dict.fromkeys(c.task for c in self.cells))
 
 
+
+@dataclass(frozen=True)
+class RunSpec:
+    """One cell of the grid.
+
+    ``lr_mult`` is set for a method under a learning-rate sweep: the multiplier of its
+    :data:`METHOD_LR` rate (``None``: the plain rate). A planned seed > 0 of a swept method has
+    ``lr_mult=None`` until the sweep chose (:func:`smartfed_bench.bench.resolve_rate`).
+    """
+
+    task: str
+    variant: str
+    method: str
+    seed: int
+    lr_mult: float | None = None
+
+    def subdir(self) -> Path:
+        """Where its run directory lives under the bench output dir."""
+        base = Path(self.task) / self.variant / self.method
+        if self.lr_mult is not None:
+            base = base / lr_tag(self.lr_mult)
+        return base / f"seed{self.seed}"
+
+
+def lr_tag(mult: float) -> str:
+    """Directory name of a sweep multiplier (``lr-x0.333``, ``lr-x1``, ``lr-x3``)."""
+    return f"lr-x{mult:.3g}"
+
 ALL_ROUTED = ("smartfed", "smartfed_no_eeqa", "fedit", "pool_fedit", "merge", "lorahub", "mole")
 PRIMARY = "cpu_mini.zh_code_gap"
 TRAINABLE = ("smartfed", "smartfed_no_eeqa", "fedit", "pool_fedit", "mole")
@@ -149,7 +178,7 @@ the sweep's score on 200 val rows after the last round. Activation checkpointing
 
 def v2_tasks() -> tuple[str, ...]:
     """The :data:`V2_TASKS` that exist in the cpu-mini suite, in order."""
-    from smartfed.data.tasks.cpu_mini import SUITE
+    from smartfed_bench.cpu_mini import SUITE
 
     return tuple(t for t in V2_TASKS if t in SUITE) or (PRIMARY,)
 

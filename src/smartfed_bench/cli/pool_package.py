@@ -33,8 +33,8 @@ def register(actions: Any) -> None:
 
 def _cmd_package(args: argparse.Namespace) -> int:
     from smartfed.config import ModelConfig
-    from smartfed.pool.packaged import WEIGHTS, file_sha256
-    from smartfed.recipes.demo import package_pool
+    from smartfed_bench.demo import package_pool
+    from smartfed_bench.packaged import WEIGHTS, file_sha256
 
     skills = tuple(s.strip() for s in args.skills.split(",") if s.strip())
     model_cfg = ModelConfig(

@@ -1,6 +1,6 @@
 """``smartfed demo`` (``make demo``): SmartFed, FedIT and a merge on one cpu-mini task, short.
 
-The quickstart: two skill LoRAs (shipped with the package, see :mod:`smartfed.pool.packaged`;
+The quickstart: two skill LoRAs (shipped with the package, see :mod:`smartfed_bench.packaged`;
 trained and cached when the shipped ones do not match), then three short federated runs through
 Flower's simulation, each in its own process, with one progress line per round. A finished run is
 reused (and said so); an interrupted one resumes. The result is a small table with a legend,
@@ -79,8 +79,8 @@ class DemoRun:
 
 def demo_pool(model_cfg: ModelConfig, progress: bool = True) -> dict[str, Path]:
     """The task's skill LoRAs: shipped ones when they match, else cached or trained."""
-    from smartfed.data.tasks.cpu_mini import SUITE
-    from smartfed.recipes.pool_train import ensure_cpu_mini_pool
+    from smartfed_bench.cpu_mini import SUITE
+    from smartfed_bench.pools import ensure_cpu_mini_pool
 
     skills = SUITE[TASK].skills
     return ensure_cpu_mini_pool(
@@ -172,7 +172,7 @@ def run_one(cfg: RunConfig, say: Callable[[str], None], poll_s: float = 2.0) -> 
     seen = len(read_rows(run_dir))
     with open(logfile, "a", encoding="utf-8") as fh:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "smartfed.recipes.demo", str(request)],
+            [sys.executable, "-m", "smartfed_bench.demo", str(request)],
             stdout=fh,
             stderr=subprocess.STDOUT,
             env={**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")},
@@ -315,12 +315,12 @@ def package_pool(
     Raises:
         ConfigError: an unknown skill.
     """
-    from smartfed.data.tasks.cpu_mini import SUITE
     from smartfed.meta import run_meta
     from smartfed.model.base import cache_root
-    from smartfed.pool.packaged import PACKAGED_ROOT, package_adapter
-    from smartfed.recipes.pool_train import cpu_mini_recipe, recipe_hash
     from smartfed.train.skill_lora import RECORD_FILE, train_skill_lora
+    from smartfed_bench.cpu_mini import SUITE
+    from smartfed_bench.packaged import PACKAGED_ROOT, package_adapter
+    from smartfed_bench.pools import cpu_mini_recipe, recipe_hash
 
     model_cfg = model_cfg or ModelConfig()
     meta = run_meta(engine="none")

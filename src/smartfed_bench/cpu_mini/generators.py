@@ -17,7 +17,7 @@ import string
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from smartfed.data.tasks.cpu_mini.render import zh_numeral
+from smartfed_bench.cpu_mini.render import zh_numeral
 
 SPLIT_SALT = "cpu-mini-split-v1"
 """[D] Fixed salt of the train/held-out partition (independent of the data seed)."""

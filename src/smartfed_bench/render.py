@@ -1,4 +1,4 @@
-"""Markdown tables and PNG plots of a bench's results JSON (see :mod:`smartfed.report.bench`)."""
+"""Markdown tables and PNG plots of a bench's results JSON (see :mod:`smartfed_bench.report`)."""
 
 from __future__ import annotations
 
@@ -9,10 +9,10 @@ from typing import TYPE_CHECKING, Any
 
 from smartfed.errors import SmartFedError
 from smartfed.log import get_logger
-from smartfed.report.plots import _figure, _save, plot_quota_heatmap, plot_usage
+from smartfed.report.plots import new_figure, plot_quota_heatmap, plot_usage, save_figure
 
 if TYPE_CHECKING:
-    from smartfed.recipes.bench import RunSpec
+    from smartfed_bench.presets import RunSpec
 
 log = get_logger(__name__)
 
@@ -235,7 +235,7 @@ def plot_curves(task: str, entry: Mapping[str, Any], path: Path) -> Path | None:
     metric = entry["metric"]
     tf = any("eval_tf_em" in m["final"] for m in methods.values())
     keys = ("eval_loss", "eval_tf_loss", "eval_tf_em") if tf else ("eval_loss", f"eval_{metric}")
-    fig = _figure(13.0, 3.5 * len(keys))
+    fig = new_figure(13.0, 3.5 * len(keys))
     axes = fig.subplots(len(keys), 2)
     for row, key in enumerate(keys):
         for col, x_key in enumerate(("round", "bytes_cum")):
@@ -252,7 +252,7 @@ def plot_curves(task: str, entry: Mapping[str, Any], path: Path) -> Path | None:
             if key in ("eval_loss", "eval_tf_loss"):
                 ax.set_yscale("log")
     axes[0][0].legend(fontsize="x-small")
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def render_plots(

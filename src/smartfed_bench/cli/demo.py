@@ -1,4 +1,4 @@
-"""``smartfed demo``: the quickstart ``make demo`` runs (:mod:`smartfed.recipes.demo`)."""
+"""``smartfed demo``: the quickstart ``make demo`` runs (:mod:`smartfed_bench.demo`)."""
 
 from __future__ import annotations
 
@@ -32,7 +32,7 @@ def register(subparsers: Any) -> None:
 def run_demo(args: argparse.Namespace) -> int:
     """The quick end-to-end job ``make demo`` runs."""
     from smartfed.config import ModelConfig
-    from smartfed.recipes import demo
+    from smartfed_bench import demo
 
     t0 = time.perf_counter()
     print(

@@ -40,9 +40,9 @@ from dataclasses import dataclass
 
 from smartfed.data.example import Example
 from smartfed.data.tasks.base import Task
-from smartfed.data.tasks.cpu_mini import generators as g
-from smartfed.data.tasks.cpu_mini.render import extract_code, run_straight_line
 from smartfed.errors import DataError
+from smartfed_bench.cpu_mini import generators as g
+from smartfed_bench.cpu_mini.render import extract_code, run_straight_line
 
 PREFIX = "cpu_mini."
 TRAIN_ROWS = 2000

@@ -21,7 +21,7 @@ def _csv(text: str) -> list[str]:
 
 def register(subparsers: Any) -> None:
     """Add the ``bench`` subcommand."""
-    from smartfed.recipes.bench import PRESETS, VARIANTS
+    from smartfed_bench.bench import PRESETS, VARIANTS
 
     bench = subparsers.add_parser(
         "bench",
@@ -125,7 +125,7 @@ def run_bench_cli(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from smartfed.config import ModelConfig, RunConfig
-    from smartfed.recipes.bench import run_bench
+    from smartfed_bench.bench import run_bench
 
     quick = args.preset == "quick"
     args.output_dir = args.output_dir or ("runs/bench" if quick else f"runs/bench-{args.preset}")
@@ -139,7 +139,7 @@ def run_bench_cli(args: argparse.Namespace) -> int:
     check_results_path(args.results, args.preset, args.force)
     model_cfg = ModelConfig(model_name_or_path=args.model_name_or_path, dtype=args.dtype)
     if args.report_only:
-        from smartfed.recipes.bench import rebuild_results
+        from smartfed_bench.bench import rebuild_results
 
         path = rebuild_results(args.preset, args.output_dir, args.results, model_cfg)
         print(path.with_suffix(".md").read_text(encoding="utf-8"))
