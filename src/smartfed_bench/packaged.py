@@ -1,4 +1,4 @@
-"""Skill LoRAs shipped inside the package (``smartfed/pool/packaged_pools/<suite>/``).
+"""Skill LoRAs shipped inside the package (``smartfed_bench/packaged_pools/<suite>/``).
 
 The quickstart (``smartfed demo``) routes over small cpu-mini skill LoRAs that take ~15 minutes to
 train on 2 CPU cores; the ones it needs ship as package data so a first run skips that. Each

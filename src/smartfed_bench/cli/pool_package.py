@@ -14,7 +14,7 @@ def register(actions: Any) -> None:
         "package",
         help="rebuild the skill LoRAs shipped with the package (the demo's pool)",
         description="Train (or take from the cache) the cpu-mini skill LoRAs the demo and "
-        "`flwr run .` route over, copy them into smartfed/pool/packaged_pools/cpu-mini/ and "
+        "`flwr run .` route over, copy them into smartfed_bench/packaged_pools/cpu-mini/ and "
         "record recipe, recipe hash and sha256 in its manifest.json. About 15 minutes on 2 "
         "CPU cores when nothing is cached.",
     )
