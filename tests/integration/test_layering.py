@@ -180,6 +180,12 @@ def test_the_package_import_graph_has_no_cycles() -> None:
     assert not unit_cycles(SOURCES)
 
 
+def test_no_module_imports_itself_through_others() -> None:
+    """Finer than the packages: no cycle between single modules either (function-local imports
+    included), such as two recipes importing each other for a shared constant."""
+    assert not unit_cycles(SOURCES, dict.fromkeys(SOURCES, 1))
+
+
 def test_the_library_never_imports_the_experiment() -> None:
     users = [
         m
@@ -200,7 +206,7 @@ def test_the_experiment_uses_only_public_names_of_the_library() -> None:
 
 
 def test_the_experiment_has_no_import_cycles() -> None:
-    modules = {m: 1 for m in BENCH_SOURCES}
+    modules = dict.fromkeys(BENCH_SOURCES, 1)
     assert not unit_cycles(BENCH_SOURCES, modules)
 
 
@@ -242,6 +248,16 @@ def test_checker_reports_a_cycle_between_packages_of_one_layer() -> None:
     }
     assert not layer_violations(sources)  # same layer: allowed by the layering ...
     assert unit_cycles(sources) == [["smartfed.data", "smartfed.eval"]]  # ... but a cycle
+
+
+def test_checker_reports_a_cycle_between_two_modules_hidden_in_functions() -> None:
+    sources = {
+        "smartfed.recipes.train": "def run():\n    from smartfed.recipes.deploy_local import go\n",
+        "smartfed.recipes.deploy_local": "def env():\n    from smartfed.recipes.train import ENV\n",
+    }
+    assert not layer_violations(sources) and not unit_cycles(sources)  # one unit, one layer
+    modules = dict.fromkeys(sources, 1)
+    assert unit_cycles(sources, modules) == [sorted(sources)]
 
 
 @pytest.mark.parametrize("name", ["smartfed.cli.main", "smartfed.fed.wire", "smartfed.config"])
