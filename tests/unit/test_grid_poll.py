@@ -1,26 +1,45 @@
-"""fast_poll: Flower's HttpGrid pulls replies every POLL_S (not 3 s); other grids are untouched."""
+"""deployment_grid: Flower's HttpGrid pushes sealed instructions, pulls replies every POLL_S (not
+3 s) and hands the strategy opened replies; other grids are untouched."""
 
 from __future__ import annotations
 
 import time
-from types import SimpleNamespace
 from typing import Any
 
-from smartfed.fed import grid_poll
+import pytest
+from flwr.app import ConfigRecord, Message, RecordDict
+from flwr.supercore.task_identity import TaskIdentity
+
+from smartfed.fed import envelope, grid_poll
 
 
-class HttpGrid:  # the name fast_poll recognises; replies appear on the third pull
+@pytest.fixture(autouse=True)
+def _identity(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(TaskIdentity, "_run_id", 1)
+    monkeypatch.setattr(TaskIdentity, "_task_id", 1)
+    monkeypatch.setattr(TaskIdentity, "_node_id", 0)
+
+
+class HttpGrid:  # the name deployment_grid recognises; replies appear on the third pull
     def __init__(self) -> None:
         self.pulls = 0
+        self.pushed: list[Message] = []
 
     def push_messages(self, messages: Any) -> list[str]:
-        return [f"id{i}" for i, _ in enumerate(messages)]
+        self.pushed = list(messages)
+        return [m.object_id for m in self.pushed]
 
-    def pull_messages(self, ids: Any) -> list[Any]:
+    def pull_messages(self, ids: Any) -> list[Message]:
         self.pulls += 1
         if self.pulls < 3:
             return []
-        return [SimpleNamespace(metadata=SimpleNamespace(reply_to_message_id=i)) for i in ids]
+        out = []
+        for m in self.pushed:  # each node answers with its node id, sealed like the ClientApp
+            body = RecordDict({"r": ConfigRecord({"node": m.metadata.dst_node_id})})
+            reply = Message(envelope.seal(body), reply_to=m)
+            reply.metadata.__dict__["_reply_to_message_id"] = m.object_id
+            out.append(reply)
+        return out
 
     def send_and_receive(self, messages: Any, *, timeout: float | None = None) -> list[Any]:
         raise AssertionError("the 3 s loop of Flower's grid must not run")
@@ -33,21 +52,29 @@ class OtherGrid(HttpGrid):
 OtherGrid.__name__ = "InMemoryGrid"
 
 
-def test_http_grid_polls_fast_and_returns_every_reply() -> None:
-    grid = grid_poll.fast_poll(HttpGrid())  # type: ignore[arg-type]
+def _ins(node: int) -> Message:
+    return Message(RecordDict({"c": ConfigRecord({"x": node})}), node, "train", group_id="1")
+
+
+def test_http_grid_seals_polls_fast_and_opens_every_reply() -> None:
+    grid = grid_poll.deployment_grid(HttpGrid())  # type: ignore[arg-type]
+    sent = [_ins(1), _ins(2)]
     t0 = time.perf_counter()
-    replies = grid.send_and_receive(["a", "b"], timeout=30)
-    assert sorted(r.metadata.reply_to_message_id for r in replies) == ["id0", "id1"]
+    replies = list(grid.send_and_receive(sent, timeout=30))
     assert grid.pulls == 3 and time.perf_counter() - t0 < 3 * grid_poll.POLL_S + 1.0
+    assert all(envelope.is_sealed(m.content) for m in grid.pushed)  # type: ignore[attr-defined]
+    assert [m.metadata.dst_node_id for m in grid.pushed] == [1, 2]  # type: ignore[attr-defined]
+    assert all(not envelope.is_sealed(m.content) for m in sent)  # the strategy's copies
+    assert sorted(r.content["r"]["node"] for r in replies) == [1, 2]
 
 
 def test_timeout_bounds_the_wait_and_other_grids_are_unchanged() -> None:
     grid = HttpGrid()
     grid.pull_messages = lambda ids: []  # type: ignore[method-assign]
-    fast = grid_poll.fast_poll(grid)  # type: ignore[arg-type]
+    fast = grid_poll.deployment_grid(grid)  # type: ignore[arg-type]
     t0 = time.perf_counter()
-    assert list(fast.send_and_receive(["a"], timeout=0.6)) == []
+    assert list(fast.send_and_receive([_ins(1)], timeout=0.6)) == []
     assert time.perf_counter() - t0 < 2.0
     other = OtherGrid()
-    assert grid_poll.fast_poll(other) is other  # type: ignore[arg-type]
+    assert grid_poll.deployment_grid(other) is other  # type: ignore[arg-type]
     assert other.send_and_receive.__func__ is OtherGrid.send_and_receive  # type: ignore[attr-defined]

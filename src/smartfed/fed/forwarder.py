@@ -20,11 +20,10 @@ from pathlib import Path
 from typing import Any
 
 from flwr.app import RecordDict
-from flwr.common.serde import recorddict_from_proto, recorddict_to_proto
-from flwr.proto.recorddict_pb2 import RecordDict as ProtoRecordDict
 
 from smartfed.config import RunConfig
 from smartfed.fed import worker_link as wl
+from smartfed.fed.envelope import from_bytes, to_bytes
 from smartfed.fed.worker_key import bundle_key, spec_of
 from smartfed.log import get_logger
 
@@ -51,16 +50,6 @@ class NodeWorker:
             owner=int(node_config.get(wl.NODE_WORKER_OWNER, 0)),
             threads=int(node_config.get(wl.NODE_WORKER_THREADS, 0)),
         )
-
-
-def to_bytes(content: RecordDict) -> bytes:
-    """Serialize records as Flower does on the wire (protobuf)."""
-    return bytes(recorddict_to_proto(content).SerializeToString())
-
-
-def from_bytes(data: bytes) -> RecordDict:
-    """Inverse of :func:`to_bytes`."""
-    return recorddict_from_proto(ProtoRecordDict.FromString(data))
 
 
 def forward_train(

@@ -16,7 +16,7 @@ from smartfed.config import RunConfig
 from smartfed.errors import SmartFedError
 from smartfed.fed.driver import run_server
 from smartfed.fed.flwr_run import flwr_run_config, prepare_flwr_run
-from smartfed.fed.grid_poll import fast_poll
+from smartfed.fed.grid_poll import deployment_grid
 from smartfed.io.rundir import RunDir
 from smartfed.log import get_logger
 from smartfed.meta import run_meta
@@ -47,7 +47,7 @@ def make_server_app(cfg: RunConfig | None = None) -> ServerApp:
                 # traceback to this frame (the line above is the message for the user).
                 raise type(err)(line) from None
             log.info("SmartFed run directory: %s", run_cfg.output_dir)
-        summary = run_server(fast_poll(grid), run_cfg)  # replies pulled every 0.25 s
+        summary = run_server(deployment_grid(grid), run_cfg)  # sealed messages, 0.25 s reply poll
         log.info(
             "run finished: %d rounds, %.1f MB sent, final train loss %s; run directory %s",
             summary["rounds"],

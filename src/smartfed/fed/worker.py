@@ -178,7 +178,7 @@ class Worker:
         if bundle_digest(spec_of(cfg, own)) != self.digest:
             raise wl.WorkerError("refused: the request's config derives another bundle key")
         from smartfed.fed.client_work import train_content
-        from smartfed.fed.forwarder import from_bytes, to_bytes
+        from smartfed.fed.envelope import from_bytes, to_bytes
 
         out = train_content(
             cfg, from_bytes(body), int(header["partition_id"]), own, float(header["waited_s"])
