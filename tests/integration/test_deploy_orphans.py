@@ -60,6 +60,15 @@ def _cmd(p: psutil.Process) -> str:
     return "?"
 
 
+def _is_task(p: psutil.Process) -> bool:
+    """A ClientApp task: a fork of a node's warm SuperExec (or a ``flwr-clientapp`` process)."""
+    warm = "smartfed.fed.warm_exec"
+    with contextlib.suppress(psutil.Error):
+        cmd = _cmd(p)
+        return "flwr-clientapp" in cmd or (warm in cmd and warm in _cmd(p.parent()))
+    return False
+
+
 def _cli_argv(model: Path, pool: list[Path], data: Path, out: Path) -> list[str]:
     """`smartfed deploy-local` on the tiny model: 2 SuperNodes, many rounds (killed long before)."""
     flags = {
@@ -98,13 +107,14 @@ def test_killed_deploy_local_leaves_nothing(
                 for pid, p in seen.items():  # a process seen between fork and exec: no cmdline yet
                     if cmds[pid] in ("", "?") and _running(p):
                         cmds[pid] = _cmd(p)
-                if any("flwr-clientapp" in _cmd(p) for p in seen.values() if _running(p)):
+                if any(_is_task(p) for p in seen.values() if _running(p)):
                     break
                 time.sleep(0.2)
             else:
                 pytest.fail(f"no ClientApp started (rc={cli.poll()}): {log.name}")
             names = " | ".join(cmds.values())
-            for tool in ("flower-superlink", "flower-supernode", "flwr run", "flwr-serverapp"):
+            tools = ("flower-superlink", "smartfed.fed.supernode", "smartfed.fed.warm_exec")
+            for tool in (*tools, "flwr run", "flwr-serverapp"):
                 assert tool in names, f"{tool} not seen among {names}"
             assert "smartfed.fed.worker" in names, names
             assert "smartfed.recipes.deploy_watchdog" in names, names

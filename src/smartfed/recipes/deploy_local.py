@@ -1,10 +1,12 @@
 """``smartfed deploy-local``: the same apps on Flower's Deployment Runtime, all on loopback.
 
-Starts one SuperLink and N SuperNodes (``partition-id`` 0..N-1), submits the job with
-``flwr run`` and stops every process it started, children included, by PID, even on failure,
-Ctrl-C or SIGTERM. On Linux every Flower process started here also gets ``PR_SET_PDEATHSIG``
-(SIGTERM when this process dies, even by SIGKILL); Flower's own processes watch their parent
-(``--parent-pid``), so the SuperExecs, ServerApp and ClientApps follow the SuperLink/SuperNodes.
+Starts one SuperLink and N SuperNodes (``partition-id`` 0..N-1; each one Flower's SuperNode with
+shorter polls, :mod:`smartfed.fed.supernode`, in ``--isolation process`` next to a SuperExec that
+forks warm ClientApps, :mod:`smartfed.fed.warm_exec`), submits the job with ``flwr run`` and
+stops every process it started, children included, by PID, even on failure, Ctrl-C or SIGTERM.
+On Linux every Flower process started here also gets ``PR_SET_PDEATHSIG`` (SIGTERM when this
+process dies, even by SIGKILL); Flower's own processes watch their parent (``--parent-pid``), so
+the SuperExecs, ServerApp and ClientApps follow the SuperLink/SuperNodes.
 A watchdog process (:mod:`smartfed.recipes.deploy_watchdog`) ends whatever is left if this process
 dies without stopping them.
 Everything Flower writes (``FLWR_HOME``, the app bundle dir, state db, logs) stays under
@@ -307,21 +309,45 @@ def run_deployment(cfg: RunConfig, timeout_s: float | None = None) -> dict[str, 
         _wait_healthy(port, link, log_dir / "superlink.log")
         timings["superlink_start_s"] = round(time.perf_counter() - t0, 2)
         for pid in range(n):
-            procs.start(
+            runtime_port = free_port()
+            node = procs.start(
                 f"supernode-{pid}",
                 [
-                    _tool("flower-supernode"),
+                    sys.executable,
+                    "-m",
+                    "smartfed.fed.supernode",  # flower-supernode with shorter polls
                     "--insecure",
                     "--superlink",
                     f"127.0.0.1:{port}",
                     "--port",
-                    str(free_port()),
+                    str(runtime_port),
+                    "--isolation",
+                    "process",
                     "--node-config",
                     f"partition-id={pid} num-partitions={n} {workers.node_config(pid)}",
                 ],
                 node_env[pid],
             )
+            procs.start(f"superexec-{pid}", warm_exec_argv(runtime_port, node.pid), node_env[pid])
         return _flwr_run(procs, app_dir, log_dir, timeout_s, timings)
+
+
+def warm_exec_argv(runtime_port: int, supernode_pid: int) -> list[str]:
+    """The SuperExec of a local SuperNode (``--isolation process``): forks warm ClientApps.
+
+    :mod:`smartfed.fed.warm_exec` runs Flower's SuperExec loop against the node's Runtime API
+    (loopback, plain HTTP like the SuperExec a SuperNode starts itself) and stops with the node.
+    """
+    return [
+        sys.executable,
+        "-m",
+        "smartfed.fed.warm_exec",
+        "--runtime-api-address",
+        f"127.0.0.1:{runtime_port}",
+        "--insecure",
+        "--parent-pid",
+        str(supernode_pid),
+    ]
 
 
 def supernode_gpu_env(
