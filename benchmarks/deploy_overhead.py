@@ -7,11 +7,14 @@ per-message ``flwr-clientapp`` process only forwards). Reads each run's ``metric
 writes per-round wall time, ``client_load_s`` and ``client_train_s``, the medians over the steady
 rounds (2 .. N-1: round 1 loads, the last round adds the final evaluation) and the overhead
 ``median(deploy) - median(simulation)`` next to the 2 s target, with the load average around each
-run (other work on the machine inflates both).
+run (other work on the machine inflates both). Per engine it also gives the median server
+evaluation (the same code in both engines) and the median time of the clients phase beyond the
+slowest client's training (transport, process start, polling). The headline numbers of the file
+being replaced are kept under ``previous``.
 
 Usage:
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/deploy_overhead.py --lora DIR [--rounds 6]
-        [--local_steps 2] [--batch_size 4] [--repeats 1] [--out OUT.json]
+        [--local_steps 2] [--batch_size 4] [--repeats 1] [--out OUT.json] [--note TEXT]
 
 ``--lora``: a PEFT LoRA directory for the default base model (SmolLM2-135M), e.g. a cpu-mini
 skill LoRA from ``smartfed pool train``; it is copied to a temporary folder named ``skill_lora``.
@@ -83,7 +86,26 @@ def run_engine(engine: str, lora: Path, args: argparse.Namespace, out: Path) -> 
         ),
         "max_client_load_s_after_round1": max(s for r in rows[1:] for s in r["client_load_s"]),
         "median_client_train_s": statistics.median(s for r in steady for s in r["client_train_s"]),
+        "median_eval_s": statistics.median(r["phases"]["eval_s"] for r in steady),
+        "median_clients_phase_beyond_training_s": statistics.median(
+            r["phases"]["clients_s"] - max(r["client_train_s"]) for r in steady
+        ),
     }
+
+
+def _headline(path: Path) -> dict[str, Any] | None:
+    """The medians, overhead, load and date of the result ``path`` holds now (kept as
+    ``previous`` in the new result, for comparison), or ``None``."""
+    try:
+        old = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    keep = ("median_round_wall_s", "overhead_s", "target_met", "note")
+    head = {k: old[k] for k in keep if k in old}
+    head["date"] = old.get("meta", {}).get("date")
+    head["git_commit"] = old.get("meta", {}).get("git_commit")
+    head["loadavg"] = [r.get("loadavg_before") for r in old.get("runs", [])]
+    return head
 
 
 def main() -> None:
@@ -95,7 +117,9 @@ def main() -> None:
     p.add_argument("--batch_size", type=int, default=4)
     p.add_argument("--repeats", type=int, default=1, help="simulation/deploy pairs, alternating")
     p.add_argument("--out", type=Path, default=OUT)
+    p.add_argument("--note", default="", help="kept in the JSON (what the machine was doing)")
     args = p.parse_args()
+    previous = _headline(args.out)
     runs: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="deploy-overhead-") as tmp:
         lora = Path(tmp) / "skill_lora"
@@ -118,6 +142,8 @@ def main() -> None:
         "ratio_deploy_over_simulation": round(statistics.median(dep) / statistics.median(sim), 3),
         "target_met": overhead <= TARGET_S,
         "runs": runs,
+        "previous": previous,
+        "note": args.note,
         "meta": run_meta(
             command=" ".join([".venv/bin/python", "benchmarks/deploy_overhead.py", *sys.argv[1:]]),
             omp_num_threads=os.environ.get("OMP_NUM_THREADS", ""),
