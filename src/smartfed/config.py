@@ -243,7 +243,8 @@ class FedConfig:
     0 = auto: 10 x learning_rate x local_steps x sqrt(router parameters) (AdamW moves a weight by at
     most ~3 x lr per step). NaN/Inf updates are always rejected."""
     dp_noise_multiplier: float = 0.0
-    """Server-side DP on router updates (Flower's fixed clipping); 0 = off [D]."""
+    """Server-side DP on router updates (Flower's fixed clipping of the decoded update, under every
+    ``wire_dtype``); 0 = off [D]."""
     dp_clipping_norm: float = 0.0
     """Clipping norm of the server-side DP wrapper (required > 0 when DP is on)."""
     track_energy: bool = True
@@ -335,12 +336,6 @@ class FedConfig:
             "wire_dtype",
             self.wire_dtype,
             f"choose one of {WIRE_DTYPES}",
-        )
-        _require(
-            self.wire_dtype == "float32" or self.dp_noise_multiplier == 0,
-            "wire_dtype",
-            self.wire_dtype,
-            "server-side DP clips raw float32 replies: use float32 when dp_noise_multiplier > 0",
         )
         for flag in ("wire_delta", "wire_error_feedback"):
             _require(

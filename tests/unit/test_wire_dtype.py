@@ -198,8 +198,8 @@ def test_config_and_driver_validation() -> None:
     assert RunConfig().fed.wire_dtype == "float32"
     with pytest.raises(ConfigError, match="wire_dtype='fp16'"):
         _cfg(wire_dtype="fp16")
-    with pytest.raises(ConfigError, match="wire_dtype='int8'.*dp_noise_multiplier"):
-        _cfg(wire_dtype="int8", dp_noise_multiplier=1.0, dp_clipping_norm=1.0)
+    dp = _cfg(wire_dtype="int8", dp_noise_multiplier=1.0, dp_clipping_norm=1.0)  # decoded first
+    assert dp.fed.wire_dtype == "int8" and dp.fed.dp_noise_multiplier == 1.0
     cfg = _cfg(wire_dtype="bfloat16", method="lorahub")
     bundle = types.SimpleNamespace(method=get_method("lorahub"))
     with pytest.raises(FederationError, match="--wire_dtype float32"):

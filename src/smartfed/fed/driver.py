@@ -20,7 +20,7 @@ from smartfed.errors import SmartFedError
 from smartfed.fed import wire
 from smartfed.fed.accounting import maybe_measure
 from smartfed.fed.cache import Bundle, BundleSpec, get_bundle
-from smartfed.fed.strategy import SmartFedStrategy, make_aggregator
+from smartfed.fed.strategy import DecodedDPClipping, SmartFedStrategy, make_aggregator
 from smartfed.io.rundir import Checkpoint, RunDir
 from smartfed.io.tracking import NullTracker, Tracker, open_tracker
 from smartfed.log import get_logger
@@ -291,10 +291,8 @@ def _start(
     strategy: Any, cfg: RunConfig, grid: Grid, arrays: ArrayRecord, rounds: int, loop: ServerLoop
 ) -> None:
     runner = strategy
-    if cfg.fed.dp_noise_multiplier > 0:
-        from flwr.serverapp.strategy import DifferentialPrivacyServerSideFixedClipping
-
-        runner = DifferentialPrivacyServerSideFixedClipping(
+    if cfg.fed.dp_noise_multiplier > 0:  # clips the decoded updates under every wire encoding
+        runner = DecodedDPClipping(
             strategy,
             noise_multiplier=cfg.fed.dp_noise_multiplier,
             clipping_norm=cfg.fed.dp_clipping_norm,

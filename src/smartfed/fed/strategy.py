@@ -13,6 +13,7 @@ loss and importance of the right shapes; its weight is the partition size the se
 
 from __future__ import annotations
 
+import copy
 import math
 import random
 import time
@@ -20,9 +21,9 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
-from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord
+from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
 from flwr.serverapp import Grid
-from flwr.serverapp.strategy import FedAvg
+from flwr.serverapp.strategy import DifferentialPrivacyServerSideFixedClipping, FedAvg
 
 from smartfed.config import RunConfig
 from smartfed.errors import SmartFedError
@@ -133,6 +134,7 @@ class RoundOutcome:
     failures: int = 0
     quotas: dict[str, int] = field(default_factory=dict)
     ok: bool = False
+    decoded: bool = False
 
 
 class SmartFedStrategy(FedAvg):
@@ -220,11 +222,8 @@ class SmartFedStrategy(FedAvg):
         """Validate replies one by one, average the accepted routers, run EEQA."""
         out = self.outcome
         assert out is not None  # configure_train always runs first
-        replies = list(replies)
+        replies = self.decoded_replies(replies)
         t0 = time.perf_counter()
-        out.account.add_phase("clients_s", t0 - self._sent_at)
-        out.account.bytes_up = sum(wire.message_bytes(m) for m in replies)
-        out.account.payload_up = sum(wire.content_bytes(m) for m in replies)
         valid, errors = self._check_and_log_replies(replies, is_train=True, validate=False)
         out.failures = len(errors) + max(0, len(out.sampled) - len(replies))
         for msg in valid:
@@ -255,6 +254,43 @@ class SmartFedStrategy(FedAvg):
         n = sum(u.num_examples for u in out.updates)
         loss = math.fsum(u.num_examples * u.train_loss for u in out.updates) / n
         return wire.arrays_from_numpy(routers), MetricRecord({wire.TRAIN_LOSS: loss})
+
+    def decoded_replies(self, replies: Iterable[Message]) -> list[Message]:
+        """The round's replies with every state decoded to float32; bytes counted as they came.
+
+        Counts ``bytes_up``/``payload_up`` from the messages as received (encoded), then replaces
+        each encoded reply by a copy whose arrays hold the float32 state they decode to (against
+        what this round sent, ``fed.wire_dtype`` / ``wire_delta``), without the
+        :data:`~smartfed.fed.wire.WIRE` record. Everything after this sees float32 states: the
+        checks, the aggregation and a DP wrapper's clipping (:class:`DecodedDPClipping`). A reply
+        that does not decode stays as it came and is rejected by :meth:`aggregate_train`. Once
+        per round (a second call returns the replies unchanged).
+        """
+        out = self.outcome
+        assert out is not None  # configure_train always runs first
+        replies = list(replies)
+        if out.decoded:
+            return replies
+        out.decoded = True
+        out.account.add_phase("clients_s", time.perf_counter() - self._sent_at)
+        out.account.bytes_up = sum(wire.message_bytes(m) for m in replies)
+        out.account.payload_up = sum(wire.content_bytes(m) for m in replies)
+        return [self._decoded(m) for m in replies]
+
+    def _decoded(self, msg: Message) -> Message:
+        """A copy of ``msg`` holding the float32 state its arrays decode to (``msg`` itself when
+        it is float32 already, an error, or does not decode)."""
+        if msg.has_error() or not msg.has_content() or wire.WIRE not in msg.content:
+            return msg
+        try:
+            state = wire.decode_state(msg.content[wire.ARRAYS], msg.content[wire.WIRE], self._sent)
+        except (SmartFedError, KeyError, TypeError):
+            return msg
+        content = RecordDict({k: v for k, v in msg.content.items() if k != wire.WIRE})
+        content[wire.ARRAYS] = wire.arrays_from_numpy(state)
+        out = copy.copy(msg)  # same metadata; the received message stays as it came
+        out.content = content
+        return out
 
     def _accept(self, msg: Message, out: RoundOutcome) -> None:
         node = msg.metadata.src_node_id
@@ -322,3 +358,36 @@ class SmartFedStrategy(FedAvg):
         if norm > self.max_update_norm:
             return f"update norm {norm:.3g} > max_update_norm {self.max_update_norm:.3g}"
         return ""
+
+
+class DecodedDPClipping(DifferentialPrivacyServerSideFixedClipping):
+    """Flower's server-side fixed-clipping DP, applied to the decoded float32 updates [D].
+
+    Flower clips each reply's arrays against the global arrays of the round; under a
+    ``fed.wire_dtype`` other than float32 those arrays are bf16 bits or int8 codes (or, with
+    ``wire_delta``, updates), so the replies are decoded first
+    (:meth:`SmartFedStrategy.decoded_replies`): the clipping norm bounds ``decoded - global``
+    and the Gaussian noise is added to the float32 aggregate, under every encoding.
+
+    Args:
+        strategy: the wrapped strategy.
+        noise_multiplier: ``fed.dp_noise_multiplier``.
+        clipping_norm: ``fed.dp_clipping_norm``.
+        num_sampled_clients: ``fed.sample_clients``.
+    """
+
+    def __init__(
+        self,
+        strategy: SmartFedStrategy,
+        noise_multiplier: float,
+        clipping_norm: float,
+        num_sampled_clients: int,
+    ) -> None:
+        super().__init__(strategy, noise_multiplier, clipping_norm, num_sampled_clients)
+        self.smartfed = strategy
+
+    def aggregate_train(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        """Decode the replies, then Flower's clipping, aggregation and noise."""
+        return super().aggregate_train(server_round, self.smartfed.decoded_replies(replies))
