@@ -10,18 +10,13 @@ from typing import Any
 
 import numpy as np
 import pytest
-from directgrid import DirectGrid
-from fedkit import stable, tiny_config, write_dataset
-from flwr.app import Context, Error, Message
+from fedkit import run_direct, stable, tiny_config, write_dataset
+from flwr.app import Message
 from flwr.common.serde import array_record_to_proto
 from flwr.supercore.task_identity import TaskIdentity
 
 from smartfed.fed import wire, wire_state
 from smartfed.fed.candidates import round_bytes
-from smartfed.fed.client_app import make_client_app
-from smartfed.fed.driver import run_server
-from smartfed.io.rundir import RunDir
-from smartfed.meta import run_meta
 from smartfed.pool.pool import resolve_pool
 
 INT8_DELTA_EF = {"wire_dtype": "int8", "wire_delta": True, "wire_error_feedback": True}
@@ -38,33 +33,8 @@ ROUNDS = 3  # seed 0 samples partitions [0, 2] in rounds 1-3 (strategy.sample_pa
 FAIL = (2, 2)  # (partition, round) that replies with an error in the fault run
 
 
-class Recorder:
-    """Call the ClientApp, keep each (partition, round, instruction, reply); fail one of them."""
-
-    def __init__(self, app: Any, fail: tuple[int, int] | None = None) -> None:
-        self.app, self.fail, self.calls = app, fail, []
-
-    def __call__(self, msg: Message, context: Context) -> Message:
-        pid = int(context.node_config["partition-id"])
-        if wire.CONFIG in msg.content:
-            rnd = int(msg.content[wire.CONFIG][wire.SERVER_ROUND])
-            if (pid, rnd) == self.fail:
-                reply = Message(Error(code=1, reason="simulated crash"), reply_to=msg)
-                self.calls.append((pid, rnd, msg, reply))
-                return reply
-        reply = self.app(msg, context)
-        if wire.CONFIG in msg.content:
-            self.calls.append((pid, rnd, msg, reply))
-        return reply
-
-
 def _run(cfg: Any, fail: tuple[int, int] | None = None) -> dict[str, Any]:
-    RunDir.open(cfg, run_meta(engine="direct"))
-    rec = Recorder(make_client_app(cfg), fail)
-    grid = DirectGrid(rec, cfg.fed.num_clients)
-    run_server(grid, cfg)
-    run = RunDir(cfg.output_dir)
-    return {"rows": run.metrics(), "ckpt": run.load_checkpoint().routers, "rec": rec, "grid": grid}  # type: ignore[union-attr]
+    return run_direct(cfg, [fail] if fail else [])
 
 
 @pytest.fixture(scope="module")
