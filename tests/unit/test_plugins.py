@@ -104,8 +104,17 @@ def test_a_broken_extension_is_one_error_line(
     assert "no_such_module_for_smartfed" in err
 
 
-def test_a_broken_task_extension_fails_the_lookup(fake_entry_points: dict) -> None:
+def test_a_broken_task_extension_fails_every_lookup(fake_entry_points: dict) -> None:
+    fake_entry_points[plugins.TASKS] = [
+        _ep(plugins.TASKS, "myext:tasks", "a_good"),
+        _ep(plugins.TASKS, "myext:tasks", "b_clash"),  # the same task twice: a name clash
+    ]
+    for _ in range(2):  # not only the first time: nothing half-registered stays behind
+        with pytest.raises(DataError, match="'myext.echo' is already registered"):
+            get_task("gsm8k")
+    assert "myext.echo" not in tasks_mod._REGISTRY
     fake_entry_points[plugins.TASKS] = [_ep(plugins.TASKS, "myext:no_such_function")]
+    plugins.load.cache_clear()
     with pytest.raises(plugins.PluginError, match="extension 'myext' of smartfed.tasks"):
         get_task("gsm8k")
 

@@ -67,9 +67,15 @@ def _load_extension_tasks() -> None:
     if _EXTENSIONS_LOADED:
         return
     _EXTENSIONS_LOADED = True  # first: an extension may look tasks up while it loads
-    for _, tasks in load(TASKS):
-        for task in tasks():
-            register_task(task)
+    added: list[str] = []
+    try:
+        for _, tasks in load(TASKS):
+            added += [register_task(task).name for task in tasks()]
+    except BaseException:  # undo, so that the next lookup raises the same error again
+        for name in added:
+            del _REGISTRY[name]
+        _EXTENSIONS_LOADED = False
+        raise
 
 
 def _register_builtin() -> None:
