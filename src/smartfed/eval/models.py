@@ -10,6 +10,9 @@ from typing import Any
 from smartfed.config import ModelConfig, RunConfig
 from smartfed.errors import AdapterFileError, CheckpointError, ConfigError
 from smartfed.log import get_logger
+from smartfed.methods.assemble import apply_method
+from smartfed.model.base import load_base_model
+from smartfed.model.state import load_routers
 
 log = get_logger(__name__)
 
@@ -63,10 +66,6 @@ def load_run(model: Any, run_dir: str | Path, cfg: RunConfig) -> dict[str, Any]:
         ConfigError: the run used a method whose checkpoint is not a router checkpoint.
         CheckpointError / AdapterFileError / PoolCompatibilityError: unusable checkpoint or pool.
     """
-    from smartfed.model.inject import inject_more
-    from smartfed.model.state import load_routers
-    from smartfed.pool.pool import resolve_pool
-
     method = cfg.train.method
     if method not in ROUTING_METHODS:
         raise ConfigError(
@@ -74,15 +73,14 @@ def load_run(model: Any, run_dir: str | Path, cfg: RunConfig) -> dict[str, Any]:
             f"--run supports {ROUTING_METHODS} "
             "(evaluate other baselines through their PEFT adapter with --adapter)"
         )
-    pool = resolve_pool(cfg.pool.sources, cfg.pool.registry)
-    report = inject_more(model, pool, cfg.router, seed=cfg.train.seed)
+    pool, routed, experts = apply_method(model, cfg)  # the routers the run trained, reseeded
     quotas = load_routers(Path(run_dir) / "checkpoint", model, pool)
     log.info("loaded routers for %d matrices from %s", len(quotas), run_dir)
     return {
         "method": method,
         "pool": pool.fingerprint(),
-        "replaced_modules": len(report.replaced),
-        "router_params": report.router_params,
+        "replaced_modules": len(experts),
+        "router_params": sum(v.numel() for v in routed.trainable_state(model).values()),
     }
 
 
@@ -106,8 +104,6 @@ def load_for_eval(
     Returns:
         ``(model, tokenizer, info)`` where ``info`` goes into the summary.
     """
-    from smartfed.model.base import load_base_model
-
     if adapter and run:
         raise ConfigError("--adapter and --run are exclusive: pass one of them")
     cfg = run_config(run) if run else None

@@ -12,77 +12,113 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from smartfed.config import DataConfig, ModelConfig, PoolConfig, RouterConfig, RunConfig
+from smartfed.config import DataConfig, FedConfig, ModelConfig, PoolConfig, RunConfig
 from smartfed.fed.accounting import EnergyMeter
 from smartfed.log import get_logger
 
 log = get_logger(__name__)
 
 
+NOT_IN_BUNDLE: frozenset[str] = frozenset(
+    {
+        # The server's schedule, sampling, robustness and privacy: read from the run config each
+        # round by the strategy, never by the loaders.
+        "fed.sample_clients",
+        "fed.num_rounds",
+        "fed.min_replies",
+        "fed.round_timeout_s",
+        "fed.engine",
+        "fed.max_update_norm",
+        "fed.dp_noise_multiplier",
+        "fed.dp_clipping_norm",
+        "fed.aggregation",
+        "fed.trim_fraction",
+        # Transport and placement of the clients.
+        "fed.client_cpus",
+        "fed.client_gpus",
+        "fed.superlink",
+        "fed.root_certificates",
+        "fed.wire_dtype",
+        "fed.wire_delta",
+        "fed.wire_error_feedback",
+        # Local optimisation: ``client_round`` takes these from the run config of each message.
+        "train.local_steps",
+        "train.batch_size",
+        "train.learning_rate",
+        "train.weight_decay",
+        "train.max_grad_norm",
+        "train.gradient_checkpointing",
+        "train.loss_chunk_tokens",
+        "train.report_to",
+        # LoRAHub's search: the server hands the full config to ``configure_search``.
+        "train.lorahub_budget",
+        "train.lorahub_l1",
+        # EEQA: the server's quota schedule.
+        "quota.enable_eeqa",
+        "quota.total_budget",
+        "quota.k_min",
+        "quota.k_max",
+        "quota.eeqa_warmup_rounds",
+        # What is evaluated and when (the held-out rows, ``eval.heldout_examples``, are in it).
+        "eval.eval_task",
+        "eval.eval_every",
+        "eval.eval_limit",
+        "eval.max_new_tokens",
+        "eval.eval_batch_size",
+        "eval.tf_eval_every",
+        "eval.val_examples",
+        # Where the run writes.
+        "output_dir",
+        "resume",
+    }
+)
+"""Config fields (flat keys) that do not change the cached model, pool, method or data [D].
+
+Every other field of :class:`~smartfed.config.RunConfig` is part of :class:`BundleSpec` by
+construction, so a new config field changes the cache key (and the worker key,
+:mod:`smartfed.fed.worker_key`) unless it is added here; a test checks both directions."""
+
+_NEUTRAL = RunConfig(fed=FedConfig(num_clients=1, sample_clients=1, min_replies=1))
+"""The values the excluded fields take in a spec (valid for every ``num_clients``)."""
+
+
 @dataclass(frozen=True)
 class BundleSpec:
-    """Everything that determines the cached model and data rows (hashable)."""
+    """Everything that determines the cached model and data rows (hashable).
 
-    model: ModelConfig
-    pool: PoolConfig
-    router: RouterConfig
-    data: DataConfig
-    method: str
-    seed: int
-    num_clients: int
-    partitioner: str
-    dirichlet_alpha: float
-    partition_by: str
-    data_fraction: float
-    heldout: int
-    track_energy: bool
-    country_iso_code: str
+    Attributes:
+        config: the run config with every :data:`NOT_IN_BUNDLE` field at its neutral value, so
+            two runs that differ only there share one bundle.
+    """
+
+    config: RunConfig
 
     @classmethod
     def from_config(cls, cfg: RunConfig, dataset: str = "") -> BundleSpec:
         """The spec of ``cfg``; ``dataset`` overrides ``--dataset`` (a SuperNode's own file)."""
-        data = cfg.data if not dataset else DataConfig(**{**cfg.data.__dict__, "dataset": dataset})
-        f = cfg.fed
-        # A node with its own file trains on all of it (one partition, nothing held out).
-        clients, heldout = (1, 0) if dataset else (f.num_clients, cfg.eval.heldout_examples)
-        return cls(
-            cfg.model,
-            cfg.pool,
-            cfg.router,
-            data,
-            cfg.train.method,
-            cfg.train.seed,
-            clients,
-            f.partitioner,
-            f.dirichlet_alpha,
-            f.partition_by,
-            f.data_fraction,
-            heldout,
-            f.track_energy,
-            f.country_iso_code,
-        )
+        kept = {k: v for k, v in cfg.to_flat().items() if k not in NOT_IN_BUNDLE}
+        if dataset:  # a node with its own file trains on all of it (one partition, none held out)
+            kept.update({"data.dataset": dataset, "fed.num_clients": 1, "eval.heldout_examples": 0})
+        return cls(RunConfig.from_flat(kept, base=_NEUTRAL))
+
+    @property
+    def model(self) -> ModelConfig:
+        """The base model's config."""
+        return self.config.model
+
+    @property
+    def pool(self) -> PoolConfig:
+        """The pool's config."""
+        return self.config.pool
+
+    @property
+    def data(self) -> DataConfig:
+        """The training data's config (a node's own ``dataset`` applied)."""
+        return self.config.data
 
     def run_config(self) -> RunConfig:
-        """A RunConfig carrying this spec's fields (for the loaders)."""
-        from smartfed.config import FedConfig, TrainConfig
-
-        fed = FedConfig(
-            num_clients=self.num_clients,
-            sample_clients=1,
-            min_replies=1,
-            partitioner=self.partitioner,  # type: ignore[arg-type]
-            dirichlet_alpha=self.dirichlet_alpha,
-            partition_by=self.partition_by,
-            data_fraction=self.data_fraction,
-        )
-        return RunConfig(
-            model=self.model,
-            pool=self.pool,
-            router=self.router,
-            data=self.data,
-            fed=fed,
-            train=TrainConfig(method=self.method, seed=self.seed),
-        )
+        """The RunConfig the loaders get (excluded fields at their neutral values)."""
+        return self.config
 
 
 @dataclass
@@ -131,22 +167,27 @@ def get_bundle(spec: BundleSpec) -> Bundle:
     Raises:
         SmartFedError: any model/pool/data problem (see the loaders).
     """
-    from smartfed.data.partition import split_rows
-    from smartfed.data.source import labels_of, load_training_data
-    from smartfed.methods import get_method
-    from smartfed.model.base import load_base_model
-    from smartfed.pool.pool import resolve_pool
+    from smartfed.methods.assemble import assemble, training_split  # torch: not for the key
 
     t0 = time.perf_counter()
     cfg = spec.run_config()
-    method = get_method(spec.method)
-    model, tok = load_base_model(spec.model)
-    pool = resolve_pool(spec.pool.sources, spec.pool.registry)
-    experts = method.prepare(model, pool, cfg)
-    data = load_training_data(cfg)
-    split = split_rows(labels_of(data), cfg.fed, spec.seed, heldout=spec.heldout)
-    meter = EnergyMeter(spec.country_iso_code) if spec.track_energy else None
+    built = assemble(cfg)
+    data, split = training_split(cfg)
+    f = cfg.fed
+    meter = EnergyMeter(f.country_iso_code) if f.track_energy else None
     load_s = time.perf_counter() - t0
-    log.info("bundle loaded in %.1f s (%d matrices)", load_s, len(experts))
-    initial = {k: v.numpy().copy() for k, v in method.trainable_state(model).items()}
-    return Bundle(spec, model, tok, pool, method, experts, split, data, meter, load_s, initial)
+    log.info("bundle loaded in %.1f s (%d matrices)", load_s, len(built.experts_per_matrix))
+    initial = {k: v.numpy().copy() for k, v in built.method.trainable_state(built.model).items()}
+    return Bundle(
+        spec,
+        built.model,
+        built.tokenizer,
+        built.pool,
+        built.method,
+        built.experts_per_matrix,
+        split,
+        data,
+        meter,
+        load_s,
+        initial,
+    )

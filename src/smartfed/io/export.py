@@ -25,18 +25,31 @@ run
 from __future__ import annotations
 
 import json
+import random
 import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors.torch import save_file
 from torch import nn
 
 from smartfed.config import ModelConfig, RunConfig
+from smartfed.data.formatting import collate, encode_for_training
+from smartfed.data.tasks import get_task
 from smartfed.errors import CheckpointError, ConfigError
+from smartfed.eval.harness import generate_outputs, score_outputs, select_examples
+from smartfed.eval.models import load_adapter, run_config
 from smartfed.files import atomic_write, atomic_write_json, atomic_write_text
+from smartfed.io.model_card import model_card
+from smartfed.io.rundir import RunDir
 from smartfed.log import get_logger
+from smartfed.methods.assemble import assemble, training_split
+from smartfed.methods.lora import lora_parameters, peft_adapter_config
+from smartfed.model.base import load_base_model, local_model_dir
+from smartfed.model.state import more_layers, set_quotas
+from smartfed.train.local import evaluate_loss
 
 log = get_logger(__name__)
 REPORT_FILE = "export_report.json"
@@ -60,9 +73,6 @@ def average_gates(
     Returns:
         matrix -> ``g_bar``, shape ``(M_m,)``, float32 (zero for experts never selected).
     """
-    from smartfed.data.formatting import collate
-    from smartfed.model.state import more_layers
-
     layers = more_layers(model)
     sums = {
         name: torch.zeros(layer.num_experts, dtype=torch.float64) for name, layer in layers.items()
@@ -109,8 +119,6 @@ def fold_to_lora(
         matrix -> ``(A' (r'_m, d_in), B' (d_out, r'_m))`` float32, ``B' A' = c sum_i g_i s_i B_i
         A_i``.
     """
-    from smartfed.model.state import more_layers
-
     out = {}
     for name, layer in more_layers(model).items():
         g = gates[name].float()
@@ -128,10 +136,6 @@ def write_peft_adapter(
     """Write ``adapter_config.json`` + ``adapter_model.safetensors`` (PEFT's layout); return
     ranks.
     """
-    from safetensors.torch import save_file
-
-    from smartfed.methods.lora import peft_adapter_config
-
     ranks = {m: int(a.shape[0]) for m, (a, _) in factors.items()}
     empty = [m for m, r in ranks.items() if r == 0]
     if empty:
@@ -156,14 +160,7 @@ def _data_rows(cfg: RunConfig, tok: Any, limit: int) -> tuple[list[Any], list[An
     """(calibration rows: the run's training rows, first ``limit`` in seeded order; held-out
     rows).
     """
-    import random
-
-    from smartfed.data.formatting import encode_for_training
-    from smartfed.data.partition import split_rows
-    from smartfed.data.source import labels_of, load_training_data
-
-    data = load_training_data(cfg)
-    split = split_rows(labels_of(data), cfg.fed, cfg.train.seed, heldout=cfg.eval.heldout_examples)
+    data, split = training_split(cfg)
     train = [i for part in split.partitions for i in part]
     random.Random(cfg.train.seed).shuffle(train)
     n = cfg.model.max_seq_len
@@ -187,24 +184,17 @@ def load_run_model(run_dir: str | Path, cfg: RunConfig, mcfg: ModelConfig) -> tu
     Raises:
         CheckpointError: the run completed no round, or its state does not fit the pool.
     """
-    from smartfed.io.rundir import RunDir
-    from smartfed.methods import get_method
-    from smartfed.model.base import load_base_model
-    from smartfed.model.state import more_layers, set_quotas
-    from smartfed.pool.pool import resolve_pool
-
     ckpt = RunDir(run_dir).load_checkpoint()
     if ckpt is None:
         raise CheckpointError(f"{run_dir} has no completed round; train (or --resume) it first")
-    model, tok = load_base_model(mcfg)
-    method = get_method(cfg.train.method)
-    method.prepare(model, resolve_pool(cfg.pool.sources, cfg.pool.registry), cfg)
+    built = assemble(cfg, mcfg)
+    model, method = built.model, built.method
     method.load_trainable_state(
         model, {k: torch.from_numpy(v.copy()) for k, v in ckpt.routers.items()}
     )
     if more_layers(model):
         set_quotas(model, ckpt.quotas)
-    return model, tok, method
+    return model, built.tokenizer, method
 
 
 def export_merged(
@@ -231,12 +221,6 @@ def export_merged(
     Raises:
         ConfigError / CheckpointError / PoolCompatibilityError: bad run dir, output dir or pool.
     """
-    from smartfed.eval.models import load_adapter, run_config
-    from smartfed.methods.lora import lora_parameters
-    from smartfed.model.base import load_base_model
-    from smartfed.model.state import more_layers
-    from smartfed.train.local import evaluate_loss
-
     if calibration_limit < 1:
         raise ConfigError(f"--calibration_limit={calibration_limit} must be >= 1")
     out = Path(output_dir)
@@ -286,8 +270,6 @@ def export_merged(
         )
     report["seconds"] = round(time.perf_counter() - t0, 2)
     atomic_write_json(out / REPORT_FILE, report)
-    from smartfed.io.model_card import model_card
-
     atomic_write_text(out / CARD_FILE, model_card(cfg, report, base_model_reference(mcfg)))
     log.info(
         "exported %s -> %s (rank %d, loss %.4f run model vs %.4f exported)",
@@ -304,9 +286,6 @@ def _accuracy(
     cfg: RunConfig, models: dict[str, Any], tok: Any, limit: int, batch_size: int
 ) -> dict[str, Any]:
     """Task accuracy of each model on the run's eval task (first ``limit`` examples)."""
-    from smartfed.data.tasks import get_task
-    from smartfed.eval.harness import generate_outputs, score_outputs, select_examples
-
     name = cfg.eval.eval_task or cfg.data.task
     if not name:
         return {
@@ -335,8 +314,6 @@ def _accuracy(
 def base_model_reference(mcfg: ModelConfig) -> str:
     """What ``base_model_name_or_path`` must say for PEFT to load the base: a hub id as given,
     else the absolute local directory (a GGUF / ``default`` = its converted safetensors copy)."""
-    from smartfed.model.base import local_model_dir
-
     location = local_model_dir(mcfg).location
     path = Path(location).expanduser()
     return str(path.resolve()) if path.exists() else location
