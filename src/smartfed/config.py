@@ -451,8 +451,13 @@ class EvalConfig:
     """Rows of the task's ``val`` split (keys disjoint from train and eval) scored teacher-forced
     after the last round (``val_tf_em``, ``val_tf_loss``: the bench's learning-rate selection
     score); 0 = off."""
+    eval_threads: int = 0
+    """CPU threads of the server's per-round evaluation; 0 = every core the process may use [D]:
+    in a synchronous round the clients are idle while the server evaluates, so a one-thread
+    server (``OMP_NUM_THREADS=1``) would leave the other cores unused. Restored afterwards."""
 
     def __post_init__(self) -> None:
+        _require(self.eval_threads >= 0, "eval_threads", self.eval_threads, "must be >= 0")
         _require(self.eval_every >= 0, "eval_every", self.eval_every, "must be >= 0")
         _require(self.eval_limit >= 0, "eval_limit", self.eval_limit, "must be >= 0")
         _require(self.max_new_tokens >= 1, "max_new_tokens", self.max_new_tokens, "must be >= 1")

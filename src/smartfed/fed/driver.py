@@ -7,9 +7,14 @@ around them: which node holds which partition, where the run resumes, what each 
 from __future__ import annotations
 
 import math
+import os
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
+
+import torch
 
 from flwr.app import ArrayRecord, Message, MessageType, MetricRecord, RecordDict
 from flwr.serverapp import Grid
@@ -89,6 +94,19 @@ def hello(
     return mapping
 
 
+@contextmanager
+def cpu_threads(n: int) -> Iterator[None]:
+    """Run the block with ``n`` torch CPU threads (0 = every core this process may use), then
+    restore the process's setting (``eval.eval_threads``)."""
+    before = torch.get_num_threads()
+    want = n or (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count())
+    torch.set_num_threads(max(1, int(want or 1)))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 @dataclass
 class ServerLoop:
     """Per-round bookkeeping after aggregation: evaluate, log one metrics line, checkpoint."""
@@ -109,7 +127,11 @@ class ServerLoop:
             return None
         out = self.strategy.outcome
         assert out is not None
-        with maybe_measure(self.bundle.meter, self._server_kwh), out.account.phase("eval_s"):
+        with (
+            maybe_measure(self.bundle.meter, self._server_kwh),
+            out.account.phase("eval_s"),
+            cpu_threads(self.cfg.eval.eval_threads),
+        ):
             state = wire.state_from_arrays(arrays)
             self.bundle.method.load_trainable_state(self.bundle.model, state)
             # the quotas this round's routers were trained under; strategy.quotas is next round's

@@ -8,5 +8,8 @@ FLOWER_ENV = {
     "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
     "RAY_DEDUP_LOGS": "0",
     "TOKENIZERS_PARALLELISM": "false",
+    "RAY_worker_niceness": "0",
 }
-"""Process environment for every Flower run: no telemetry, no update check, no runtime installs."""
+"""Process environment for every Flower run: no telemetry, no update check, no runtime installs.
+Ray starts its workers at nice 15 by default; the simulation's clients do the run's work, so they
+run at the server's priority [D]."""
