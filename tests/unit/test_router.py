@@ -81,3 +81,25 @@ def test_fixed_router_ignores_input_and_k() -> None:
 def test_bad_dimensions_are_refused() -> None:
     with pytest.raises(ValueError, match="out of range"):
         TopKRouter(16, 0)
+
+
+def test_full_projected_and_low_rank_routers_share_one_softmax_top_k() -> None:
+    from smartfed.routing.lowrank import LowRankRouter
+    from smartfed.routing.router import SoftmaxTopKRouter
+
+    x = torch.randn(3, 16)
+    gen = torch.Generator().manual_seed(0)
+    routers = [
+        _router(temperature=0.5, renormalize=True),
+        TopKRouter(16, 10, projection=torch.randn(4, 16), generator=gen, temperature=0.5),
+        LowRankRouter(16, 10, rank=4, generator=gen, temperature=0.5, renormalize=True),
+    ]
+    for router in routers:
+        assert isinstance(router, SoftmaxTopKRouter) and router.num_experts == 10
+        want = torch.softmax(router.logits(x).float() / 0.5, dim=-1)
+        torch.testing.assert_close(router.probs(x), want)
+        out = router(x, 3)
+        assert out.indices.shape == (3, 3)
+    assert not isinstance(FixedRouter(torch.tensor([0]), torch.tensor([1.0])), SoftmaxTopKRouter)
+    with pytest.raises(ValueError, match="LowRankRouter: d_in=16, num_experts=10, rank=0"):
+        LowRankRouter(16, 10, rank=0)

@@ -29,7 +29,7 @@ from torch.utils.hooks import RemovableHandle
 from smartfed.errors import ConfigError
 from smartfed.experts.bank import ExpertBank
 from smartfed.experts.decompose import recompose
-from smartfed.routing.router import RoutingOutput
+from smartfed.routing.router import RoutingOutput, SoftmaxTopKRouter
 
 OUTPUT_SCALE_MODES = ("rank", "topk", "quota", "constant")
 
@@ -170,10 +170,11 @@ class MoRELinear(nn.Module):
     def route(self, x: torch.Tensor) -> RoutingOutput:
         """Route ``x`` ``(..., d_in)`` to its top-K experts: weights/indices ``(..., K)``.
 
-        With routing hooks registered and a router that exposes ``probs``/``select`` (a
-        ``TopKRouter``), the full softmax ``(..., M)`` is passed to the hooks, graph attached.
+        With routing hooks registered and a softmax top-K router
+        (:class:`~smartfed.routing.router.SoftmaxTopKRouter`), the full softmax ``(..., M)`` is
+        passed to the hooks, graph attached.
         """
-        if self._routing_hooks and hasattr(self.router, "select"):
+        if self._routing_hooks and isinstance(self.router, SoftmaxTopKRouter):
             probs = self.router.probs(x)
             out: RoutingOutput = self.router.select(probs, self.k)
             for fn in list(self._routing_hooks.values()):
@@ -258,8 +259,8 @@ class MoRELinear(nn.Module):
 
     @property
     def has_topk_router(self) -> bool:
-        """Whether routing hooks can see this layer's softmax (the router has ``select``)."""
-        return hasattr(self.router, "select") and hasattr(self.router, "probs")
+        """Whether routing hooks can see this layer's softmax (a softmax top-K router)."""
+        return isinstance(self.router, SoftmaxTopKRouter)
 
     def get_delta_weight(self, routing_weights: torch.Tensor | None = None) -> torch.Tensor:
         """Return ``c * sum_i w_i s_i B[:, i] A[i]`` for a dense routing (merging / export).

@@ -15,12 +15,14 @@ small and ``V`` non-zero avoids the zero-gradient saddle of two small factors.
 
 from __future__ import annotations
 
-import hashlib
-
 import torch
 from torch import nn
 
-from smartfed.routing.router import RoutingOutput, random_projection, select_topk
+from smartfed.routing.router import (
+    SoftmaxTopKRouter,
+    matrix_seed,
+    random_projection,
+)
 
 
 def lowrank_seed(seed: int, matrix: str) -> int:
@@ -29,8 +31,7 @@ def lowrank_seed(seed: int, matrix: str) -> int:
     Distinct from :func:`smartfed.routing.router.projection_seed` (another tag), and independent of
     the order in which routers are built.
     """
-    digest = hashlib.sha256(f"smartfed.router_lowrank:{int(seed)}:{matrix}".encode()).digest()
-    return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
+    return matrix_seed("smartfed.router_lowrank", seed, matrix)
 
 
 def router_param_count(num_experts: int, d_in: int, proj_dim: int = 0, rank: int = 0) -> int:
@@ -47,7 +48,7 @@ def router_param_count(num_experts: int, d_in: int, proj_dim: int = 0, rank: int
     return num_experts * (proj_dim if proj_dim > 0 else d_in)
 
 
-class LowRankRouter(nn.Module):
+class LowRankRouter(SoftmaxTopKRouter):
     """A top-K router whose logits are ``U (V x)``; drop-in for :class:`TopKRouter`.
 
     Args:
@@ -76,44 +77,20 @@ class LowRankRouter(nn.Module):
         generator: torch.Generator | None = None,
         down_seed: int = 0,
     ) -> None:
-        super().__init__()
-        if d_in < 1 or num_experts < 1 or rank < 1 or temperature <= 0 or init_std < 0:
-            raise ValueError(
-                f"LowRankRouter: d_in={d_in}, num_experts={num_experts}, rank={rank}, "
-                f"temperature={temperature}, init_std={init_std} out of range"
-            )
-        up = torch.randn(num_experts, rank, generator=generator, dtype=torch.float32) * init_std
-        self.weight = nn.Parameter(up)
+        super().__init__(d_in, num_experts, temperature, init_std, renormalize, rank=rank)
+        self.weight = self.init_weight(num_experts, rank, init_std, generator)
         self.down = nn.Parameter(random_projection(d_in, rank, down_seed))
-        self.temperature = float(temperature)
-        self.renormalize = bool(renormalize)
-
-    @property
-    def num_experts(self) -> int:
-        """M."""
-        return int(self.weight.shape[0])
 
     @property
     def rank(self) -> int:
         """r."""
         return int(self.weight.shape[1])
 
-    def probs(self, x: torch.Tensor) -> torch.Tensor:
-        """Softmax over all experts, ``(..., M)``, float32, for ``x`` of shape ``(..., d_in)``.
-
-        ``V x`` ``(..., r)`` and the logits are computed in ``x``'s dtype; softmax in float32.
-        """
+    def logits(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits ``U (V x)``, shape ``(..., M)``, in ``x``'s dtype; ``x``: ``(..., d_in)``,
+        ``V x``: ``(..., r)``."""
         h = nn.functional.linear(x, self.down.to(x.dtype))
-        logits = nn.functional.linear(h, self.weight.to(x.dtype)).float()
-        return torch.softmax(logits / self.temperature, dim=-1)
-
-    def select(self, probs: torch.Tensor, k: int) -> RoutingOutput:
-        """Top-``k`` of ``probs`` ``(..., M)``, as :meth:`TopKRouter.select`."""
-        return select_topk(probs, k, self.renormalize)
-
-    def forward(self, x: torch.Tensor, k: int) -> RoutingOutput:
-        """Route every token of ``x`` (``(..., d_in)``) to its top-``k`` experts (``(..., k)``)."""
-        return self.select(self.probs(x), k)
+        return nn.functional.linear(h, self.weight.to(x.dtype))
 
     def extra_repr(self) -> str:  # noqa: D102
         return (

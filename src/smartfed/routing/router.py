@@ -31,14 +31,19 @@ class RoutingOutput(NamedTuple):
         return RoutingOutput(self.weights.detach(), self.indices.detach())
 
 
-def projection_seed(seed: int, matrix: str) -> int:
-    """The seed of ``matrix``'s projection: a hash of the run seed and the module path [D].
+def matrix_seed(tag: str, seed: int, matrix: str) -> int:
+    """A 63-bit seed from ``(tag, run seed, module path)`` (SHA-256) [D].
 
-    Independent of the order in which routers are built, and of the router-init generator (so
-    turning the projection on does not move the draws of anything else).
+    Independent of the order in which routers are built, and of the router-init generator (so a
+    fixed per-matrix draw does not move the draws of anything else); ``tag`` separates the uses.
     """
-    digest = hashlib.sha256(f"smartfed.router_proj:{int(seed)}:{matrix}".encode()).digest()
+    digest = hashlib.sha256(f"{tag}:{int(seed)}:{matrix}".encode()).digest()
     return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
+
+
+def projection_seed(seed: int, matrix: str) -> int:
+    """The seed of ``matrix``'s projection: a hash of the run seed and the module path [D]."""
+    return matrix_seed("smartfed.router_proj", seed, matrix)
 
 
 def random_projection(d_in: int, proj_dim: int, seed: int) -> torch.Tensor:
@@ -62,7 +67,8 @@ def random_projection(d_in: int, proj_dim: int, seed: int) -> torch.Tensor:
 def select_topk(probs: torch.Tensor, k: int, renormalize: bool) -> RoutingOutput:
     """Keep the top-``k`` of ``probs`` ``(..., M)``; renormalise with a detached normaliser [D].
 
-    See :meth:`TopKRouter.select` (shared by every top-K router so that none freezes at K = 1).
+    See :meth:`SoftmaxTopKRouter.select` (shared by every top-K router so that none freezes at
+    K = 1).
     """
     weights, indices = torch.topk(probs, k, dim=-1)
     if renormalize:
@@ -70,78 +76,70 @@ def select_topk(probs: torch.Tensor, k: int, renormalize: bool) -> RoutingOutput
     return RoutingOutput(weights, indices)
 
 
-class TopKRouter(nn.Module):
-    """A linear router over ``M`` experts with softmax gating and top-K selection.
+class SoftmaxTopKRouter(nn.Module):
+    """What every top-K router shares: ``g = softmax(logits(x) / T)``, then the top-K of ``g``.
 
-    Stateless apart from ``weight``: the same input always gives the same routing.
+    Subclasses build ``weight`` (its rows are the ``M`` experts) and define :meth:`logits`.
+    Stateless apart from their parameters: the same input always gives the same routing.
 
     Args:
         d_in: input features of the routed matrix.
         num_experts: M.
-        init_std: std of the normal init of ``weight`` [D: 0.01, near-uniform gates at start].
         temperature: softmax temperature ``T`` [D: 1].
+        init_std: std of the normal init of ``weight``.
         renormalize: renormalise the kept K weights to sum to 1 (the config default turns it
             on). The normaliser is detached [D]: the forward values are the renormalised gates,
             the gradient is that of the softmax gates divided by their kept mass, so a router
             still learns at K = 1, where renormalised gates are the constant 1 (:meth:`select`).
-        generator: the random source of the init (every random choice takes one).
-        projection: optional fixed ``P: (h, d_in)`` [D]; then ``weight`` is ``(M, h)`` and the
-            logits are ``weight @ (P x)``. Kept as a non-persistent buffer (never in a state dict).
+        sizes: further sizes of the subclass (e.g. ``rank``), each ``>= 1``.
 
-    Attributes:
-        weight: ``W_router``, shape ``(M, d_in)`` (or ``(M, h)`` with a projection), float32,
-            the only trainable tensor of MoRE.
-        proj: the projection ``(h, d_in)`` or ``None``.
+    Raises:
+        ValueError: a size below 1, ``temperature <= 0`` or ``init_std < 0``.
     """
 
-    proj: torch.Tensor | None
+    weight: nn.Parameter
 
     def __init__(
         self,
         d_in: int,
         num_experts: int,
-        init_std: float = 0.01,
-        temperature: float = 1.0,
-        renormalize: bool = False,
-        generator: torch.Generator | None = None,
-        projection: torch.Tensor | None = None,
+        temperature: float,
+        init_std: float,
+        renormalize: bool,
+        **sizes: int,
     ) -> None:
         super().__init__()
-        if d_in < 1 or num_experts < 1 or temperature <= 0 or init_std < 0:
-            raise ValueError(
-                f"TopKRouter: d_in={d_in}, num_experts={num_experts}, temperature={temperature}, "
-                f"init_std={init_std} out of range"
-            )
-        if projection is not None and (projection.dim() != 2 or projection.shape[1] != d_in):
-            raise ValueError(f"TopKRouter: projection {tuple(projection.shape)} is not (h, {d_in})")
-        width = d_in if projection is None else int(projection.shape[0])
-        init = torch.randn(num_experts, width, generator=generator, dtype=torch.float32) * init_std
-        self.weight = nn.Parameter(init)
-        proj = None if projection is None else projection.detach().float().clone()
-        self.register_buffer("proj", proj, persistent=False)
+        if min(d_in, num_experts, *sizes.values()) < 1 or temperature <= 0 or init_std < 0:
+            values = {"d_in": d_in, "num_experts": num_experts, **sizes}
+            values |= {"temperature": temperature, "init_std": init_std}
+            shown = ", ".join(f"{k}={v}" for k, v in values.items())
+            raise ValueError(f"{type(self).__name__}: {shown} out of range")
         self.temperature = float(temperature)
         self.renormalize = bool(renormalize)
+
+    @staticmethod
+    def init_weight(
+        rows: int, cols: int, init_std: float, generator: torch.Generator | None
+    ) -> nn.Parameter:
+        """A ``(rows, cols)`` float32 parameter, entries N(0, ``init_std``) from ``generator``."""
+        init = torch.randn(rows, cols, generator=generator, dtype=torch.float32) * init_std
+        return nn.Parameter(init)
 
     @property
     def num_experts(self) -> int:
         """M."""
         return int(self.weight.shape[0])
 
-    @property
-    def proj_dim(self) -> int:
-        """h of the projection; 0 = a full router."""
-        return 0 if self.proj is None else int(self.proj.shape[0])
+    def logits(self, x: torch.Tensor) -> torch.Tensor:
+        """Router logits ``(..., M)`` in ``x``'s dtype for ``x`` of shape ``(..., d_in)``."""
+        raise NotImplementedError
 
     def probs(self, x: torch.Tensor) -> torch.Tensor:
         """Return the softmax over all experts, shape ``(..., M)``, float32.
 
-        Logits are computed in the input dtype (fast in bf16); softmax runs in float32. With a
-        projection, ``x (..., d_in)`` is first mapped to ``P x (..., h)``.
+        Logits are computed in the input dtype (fast in bf16); softmax runs in float32.
         """
-        if self.proj is not None:
-            x = nn.functional.linear(x, self.proj.to(x.dtype))
-        logits = nn.functional.linear(x, self.weight.to(x.dtype)).float()
-        return torch.softmax(logits / self.temperature, dim=-1)
+        return torch.softmax(self.logits(x).float() / self.temperature, dim=-1)
 
     def select(self, probs: torch.Tensor, k: int) -> RoutingOutput:
         """Keep the top-``k`` of ``probs`` (shape ``(..., M)``, from :meth:`probs`).
@@ -166,6 +164,58 @@ class TopKRouter(nn.Module):
             over the kept ``k``) and indices ``(..., k)``.
         """
         return self.select(self.probs(x), k)
+
+
+class TopKRouter(SoftmaxTopKRouter):
+    """A linear router over ``M`` experts with softmax gating and top-K selection.
+
+    Args:
+        d_in: input features of the routed matrix.
+        num_experts: M.
+        init_std: std of the normal init of ``weight`` [D: 0.01, near-uniform gates at start].
+        temperature: softmax temperature ``T`` [D: 1].
+        renormalize: renormalise the kept K weights (:class:`SoftmaxTopKRouter`).
+        generator: the random source of the init (every random choice takes one).
+        projection: optional fixed ``P: (h, d_in)`` [D]; then ``weight`` is ``(M, h)`` and the
+            logits are ``weight @ (P x)``. Kept as a non-persistent buffer (never in a state dict).
+
+    Attributes:
+        weight: ``W_router``, shape ``(M, d_in)`` (or ``(M, h)`` with a projection), float32,
+            the only trainable tensor of MoRE.
+        proj: the projection ``(h, d_in)`` or ``None``.
+    """
+
+    proj: torch.Tensor | None
+
+    def __init__(
+        self,
+        d_in: int,
+        num_experts: int,
+        init_std: float = 0.01,
+        temperature: float = 1.0,
+        renormalize: bool = False,
+        generator: torch.Generator | None = None,
+        projection: torch.Tensor | None = None,
+    ) -> None:
+        super().__init__(d_in, num_experts, temperature, init_std, renormalize)
+        if projection is not None and (projection.dim() != 2 or projection.shape[1] != d_in):
+            raise ValueError(f"TopKRouter: projection {tuple(projection.shape)} is not (h, {d_in})")
+        width = d_in if projection is None else int(projection.shape[0])
+        self.weight = self.init_weight(num_experts, width, init_std, generator)
+        proj = None if projection is None else projection.detach().float().clone()
+        self.register_buffer("proj", proj, persistent=False)
+
+    @property
+    def proj_dim(self) -> int:
+        """h of the projection; 0 = a full router."""
+        return 0 if self.proj is None else int(self.proj.shape[0])
+
+    def logits(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits ``W x``, shape ``(..., M)``, in ``x``'s dtype; with a projection ``W (P x)``
+        (``P x``: ``(..., h)``)."""
+        if self.proj is not None:
+            x = nn.functional.linear(x, self.proj.to(x.dtype))
+        return nn.functional.linear(x, self.weight.to(x.dtype))
 
     def extra_repr(self) -> str:  # noqa: D102
         d_in = self.weight.shape[1] if self.proj is None else self.proj.shape[1]
