@@ -84,7 +84,11 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         help="weights dtype of the base model (default bfloat16)",
     )
     parser.add_argument(
-        "--device", default="cpu", metavar="DEVICE", help="torch device (default cpu)"
+        "--device",
+        default="auto",
+        metavar="DEVICE",
+        help="auto (CUDA, else Apple MPS, else CPU; the default, as in train), cpu, cuda, cuda:N "
+        "or mps",
     )
     parser.add_argument(
         "--overwrite", action="store_true", help="replace existing results for this task"
