@@ -41,7 +41,10 @@ log = get_logger(__name__)
 SUPERNODE_ENV = {"FLWR_SUPEREXEC_TASK_POLL_INTERVAL": "0.1"}
 """[D] The SuperNode's SuperExec checks for a message to run every 0.1 s (Flower's default: 1 s)."""
 FLOWER_DIR = ".flower"
-HEALTH_TIMEOUT_S = 60.0
+HEALTH_TIMEOUT_S = 300.0
+"""[D] How long a starting SuperLink may take to answer its health check (a SuperLink that exits
+is reported at once). 60 s was seen to be too short on a saturated 2-core machine, where a
+low-priority ``deploy-local`` waits for the CPU to import Flower."""
 STOP_GRACE_S = 5.0
 _PR_SET_PDEATHSIG = 1
 
