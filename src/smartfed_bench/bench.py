@@ -96,7 +96,7 @@ def plan(
                 for m in c.methods:
                     if methods and m not in methods:
                         continue
-                    if preset.sweeps(m) and seed == 0:
+                    if preset.sweeps(m) and seed == 0 and c.variant == "main":
                         out += [RunSpec(c.task, c.variant, m, 0, x) for x in preset.lr_grid]
                     else:
                         out.append(RunSpec(c.task, c.variant, m, seed))
@@ -250,13 +250,15 @@ def _last_row(run_dir: Path) -> dict[str, Any]:
 
 
 def resolve_rate(spec: RunSpec, preset: Preset, output_dir: Path) -> RunSpec | None:
-    """``spec`` with its learning-rate multiplier: the sweep's choice for a swept method's seed
-    > 0, ``None`` while the sweep is incomplete; any other spec unchanged."""
+    """``spec`` with its learning-rate multiplier: the ``main`` variant's sweep choice for a swept
+    method's seed > 0 and for its other variants, ``None`` while that sweep is incomplete; any
+    other spec unchanged."""
     from smartfed_bench.stats import choose_rate
 
     if spec.lr_mult is not None or not preset.sweeps(spec.method):
         return spec
-    chosen = choose_rate(sweep_scores(output_dir, spec, preset.lr_grid))
+    main = dataclasses.replace(spec, variant="main")  # other variants reuse main's choice
+    chosen = choose_rate(sweep_scores(output_dir, main, preset.lr_grid))
     return None if chosen is None else dataclasses.replace(spec, lr_mult=chosen)
 
 

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from smartfed.config import Scalar
 from smartfed.errors import ConfigError
+from smartfed.fed.candidates import CANDIDATE_SETTINGS
 from smartfed_bench.cpu_mini import DATA_FRACTION_VARIANT
 
 VARIANTS: dict[str, dict[str, Scalar]] = {
@@ -29,7 +30,17 @@ VARIANTS: dict[str, dict[str, Scalar]] = {
 (:func:`pool_sources`); ``data10`` is the paper's 10%-data setting [P]; the others are the
 attempts at closing SmartFed's gap that the paper leaves open (EEQA schedule, no sparsity = all
 M = 16 experts, the mixture scale, router initialisation) and the cheaper router transfers (bf16 /
-int8 on the wire, a router on a fixed 64-dim projection of x), run with the ``tuning`` preset."""
+int8 on the wire, a router on a fixed 64-dim projection of x), run with the ``tuning`` preset.
+The ``wire_<setting>`` variants (:data:`WIRE_VARIANTS`) are added below."""
+WIRE_VARIANTS: dict[str, dict[str, Scalar]] = {
+    f"wire_{name}": dict(setting)
+    for name, setting in CANDIDATE_SETTINGS.items()
+    if name != "full_fp32"
+}
+"""[D] One variant per router-size / wire-encoding candidate of
+:data:`smartfed.fed.candidates.CANDIDATE_SETTINGS` (``wire_proj64_int8_delta_ef``, ...). The
+reference, the paper's full float32 router, is the ``main`` variant's ``smartfed``."""
+VARIANTS.update(WIRE_VARIANTS)
 ROUTER_METHODS = ("smartfed", "smartfed_no_eeqa", "mole")
 
 COMMON: dict[str, Scalar] = {
@@ -106,14 +117,14 @@ class Preset:
         return self.pool_seeds[seed % len(self.pool_seeds)]
 
     def sweeps(self, method: str) -> bool:
-        """Whether ``method`` gets the learning-rate sweep."""
+        """Whether ``method`` gets the learning-rate sweep (in the ``main`` variant; the other
+        variants of a swept method run at the rate the ``main`` sweep chose)."""
         return bool(self.lr_grid) and method in self.tuned
 
     @property
     def tasks(self) -> tuple[str, ...]:
         """The preset's tasks in order (the first is its primary task)."""
         return tuple(dict.fromkeys(c.task for c in self.cells))
-
 
 
 @dataclass(frozen=True)
@@ -142,6 +153,7 @@ class RunSpec:
 def lr_tag(mult: float) -> str:
     """Directory name of a sweep multiplier (``lr-x0.333``, ``lr-x1``, ``lr-x3``)."""
     return f"lr-x{mult:.3g}"
+
 
 ALL_ROUTED = ("smartfed", "smartfed_no_eeqa", "fedit", "pool_fedit", "merge", "lorahub", "mole")
 PRIMARY = "cpu_mini.zh_code_gap"
@@ -193,6 +205,24 @@ def _v2_preset() -> Preset:
     )
 
 
+WIRE_FINALISTS = ("proj32_int8_delta_ef", "proj64_int8_delta_ef")
+"""[D] The candidates run on every v2 task with 3 seeds (``v2-wire``): the cheapest settings that
+stay within 1/10 of FedIT's bytes per round (docs/cpu-mini.md); ``v2-wire-screen`` runs every
+candidate once on the primary task."""
+
+
+def _wire_preset(settings: tuple[str, ...], tasks: tuple[str, ...], seeds: int) -> Preset:
+    """SmartFed under router-size / wire-encoding variants, on the v2 protocol and pools, at the
+    learning rate the ``v2`` preset's sweep chose for ``smartfed`` (same output dir)."""
+    return Preset(
+        cells=tuple(Cell(t, f"wire_{s}", ("smartfed",), seeds) for t in tasks for s in settings),
+        overrides=V2,
+        lr_grid=LR_GRID,
+        tuned=("smartfed",),
+        pool_seeds=(1, 0),
+    )
+
+
 PRESETS: dict[str, Preset] = {
     "quick": Preset(
         cells=(
@@ -233,11 +263,17 @@ PRESETS: dict[str, Preset] = {
         overrides={"num_rounds": 20, "eval_limit": 100},
     ),
     "v2": _v2_preset(),
+    "v2-wire-screen": _wire_preset(
+        tuple(n for n in CANDIDATE_SETTINGS if n != "full_fp32"), v2_tasks()[:1], 1
+    ),
+    "v2-wire": _wire_preset(WIRE_FINALISTS, v2_tasks(), 3),
 }
 """[D] ``quick``: the committed ``benchmarks/results/cpu-mini.json``; ``demo``: ``make demo``;
 ``tuning``: SmartFed variants on the primary task; ``full``: every method, task and control with
 the paper's 20 rounds (hours on 2 cores); ``v2``: the tuned comparison (equal learning-rate sweep
-on a validation split, accuracy every round, 3 seeds on 2 pools; docs/cpu-mini.md)."""
+on a validation split, accuracy every round, 3 seeds on 2 pools; docs/cpu-mini.md);
+``v2-wire-screen`` / ``v2-wire``: the router-size and wire-encoding candidates against the full
+float32 router, run into the ``v2`` output dir after its sweeps."""
 
 
 def get_preset(name: str) -> Preset:

@@ -151,6 +151,49 @@ def paired_lines(task: str, derived: Mapping[str, Any]) -> list[str]:
     return [*lines, ""]
 
 
+def wire_lines(task: str, derived: Mapping[str, Any], metric: str) -> list[str]:
+    """Router size and wire encoding: MB per round, quality, paired gap to the full router."""
+    table = derived.get("wire") or {}
+    if not table:
+        return []
+    lines = [
+        f"Router size and wire encoding on **{task}** (SmartFed; `full_fp32` = the paper's router; "
+        "MB = serialized bytes up + down per round; Δ = setting minus `full_fp32`, paired over "
+        "seeds, 95% t interval; bytes to FedIT's TF-EM = FedIT's bytes / the setting's):",
+        "",
+        f"| setting | seeds | MB/round | FedIT/setting per round | TF-EM | Δ TF-EM | {metric} "
+        f"| Δ {metric} | bytes to FedIT's TF-EM |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for name, row in table.items():
+        fin, pair = row["final"], row["paired_vs_full"]
+        lines.append(
+            f"| `{name}` | {len(row['seeds'])} | {_num(row['mb_per_round'], '.3f')} | "
+            f"{_ratio(row['per_round_vs_fedit'])} | {_stat(fin.get('eval_tf_em'))} | "
+            f"{_ci(pair.get('eval_tf_em'))} | {_stat(fin.get(metric))} | {_ci(pair.get(metric))} | "
+            f"{_ratio((row.get('to_fedit_quality') or {}).get('ratio_bytes'))} |"
+        )
+    return [*lines, ""]
+
+
+def _num(x: float | None, fmt: str) -> str:
+    return "—" if x is None else format(x, fmt)
+
+
+def _stat(stat: Mapping[str, Any] | None) -> str:
+    if not stat or stat.get("mean") is None:
+        return "—"
+    return f"{stat['mean']:.3f} ± {stat['std']:.3f}"
+
+
+def _ci(c: Mapping[str, Any] | None) -> str:
+    if not c or c.get("mean") is None:
+        return "—"
+    if c.get("lo") is None:
+        return f"{c['mean']:+.3f}"
+    return f"{c['mean']:+.3f} [{c['lo']:+.3f}, {c['hi']:+.3f}]"
+
+
 def sweep_lines(sweep: Mapping[str, Any]) -> list[str]:
     """The learning-rate sweep: validation score per multiplier and the chosen rate."""
     if not sweep:
@@ -195,6 +238,7 @@ def render_markdown(results: Mapping[str, Any], images: Sequence[Path], json_pat
         lines += method_table(task, entry, derived)
         lines += ratio_lines(task, derived, entry["metric"])
         lines += paired_lines(task, derived)
+        lines += wire_lines(task, derived, entry["metric"])
     lines += sweep_lines(results.get("sweep") or {})
     if results.get("failed"):
         lines += ["Failed runs:", ""] + [f"- `{f['run']}`: {f['error']}" for f in results["failed"]]

@@ -219,7 +219,7 @@ def select_swept(
     groups: dict[tuple[str, str, str], list[tuple[RunSpec, Path]]] = {}
     keep: list[tuple[RunSpec, Path]] = []
     for spec, run_dir in cells:
-        if spec.lr_mult is None:
+        if spec.lr_mult is None or spec.variant != "main":  # only main sweeps
             keep.append((spec, run_dir))
         else:
             groups.setdefault((spec.task, spec.variant, spec.method), []).append((spec, run_dir))
@@ -293,6 +293,56 @@ def derive(results: Mapping[str, Any]) -> dict[str, Any]:
             out[task]["to_target_eval_tf_em"] = st.to_target(methods, REFERENCE, "eval_tf_em")
             out[task]["to_target_eval_tf_loss"] = st.to_target(methods, REFERENCE, "eval_tf_loss")
         out[task]["paired"] = paired(methods, (metric, *FINAL_KEYS[:2], "eval_loss"))
+        wire = wire_table(entry["variants"], metric)
+        if wire:
+            out[task]["wire"] = wire
+    return out
+
+
+FULL_ROUTER = "full_fp32"
+"""The name of the reference setting (the ``main`` variant's ``smartfed``: the paper's router)."""
+
+
+def wire_table(variants: Mapping[str, Any], metric: str) -> dict[str, Any]:
+    """Router-size / wire-encoding settings of one task: cost and quality against the full router.
+
+    Per setting (``full_fp32`` = the ``main`` variant's ``smartfed``, then every ``wire_<name>``
+    variant that has ``smartfed`` runs): ``mb_per_round`` (serialized MB up + down per round, mean
+    over seeds), ``per_round_vs_fedit`` (FedIT's bytes per round / the setting's), the final
+    ``eval_tf_em`` / ``<metric>`` / ``eval_tf_loss`` with their CIs, ``paired_vs_full`` (setting
+    minus the full router, paired over seeds, 95% t CI), and ``to_fedit_quality``: the bytes
+    ratio to reach FedIT's final teacher-forced exact match (FedIT's bytes / the setting's).
+    """
+    main = variants.get("main", {}).get("methods", {})
+    full = main.get("smartfed")
+    if not full:
+        return {}
+    settings = {FULL_ROUTER: full} | {
+        v.removeprefix("wire_"): e["methods"]["smartfed"]
+        for v, e in variants.items()
+        if v.startswith("wire_") and "smartfed" in e.get("methods", {})
+    }
+    if len(settings) == 1:
+        return {}
+    fedit = main.get(REFERENCE)
+    keys = ("eval_tf_em", metric, "eval_tf_loss")
+    reach = st.to_target({**settings, REFERENCE: fedit}, REFERENCE, "eval_tf_em") if fedit else {}
+    fedit_mb = (fedit or {}).get("bytes_per_round", {}).get("mean")
+    out: dict[str, Any] = {}
+    for name, m in settings.items():
+        mb = m["bytes_per_round"]["mean"]
+        out[name] = {
+            "seeds": m["seeds"],
+            "mb_per_round": mb * 1e-6 if mb else None,
+            "per_round_vs_fedit": fedit_mb / mb if fedit_mb and mb else None,
+            "final": {k: m["final"][k] for k in keys if k in m["final"]},
+            "paired_vs_full": {
+                k: st.paired_ci(m["final"][k]["per_seed"], full["final"][k]["per_seed"])
+                for k in keys
+                if name != FULL_ROUTER and k in m["final"] and k in full["final"]
+            },
+            "to_fedit_quality": reach.get(name),
+        }
     return out
 
 

@@ -8,14 +8,15 @@ import math
 from pathlib import Path
 
 from smartfed.config import RunConfig
-from smartfed_bench.bench import LR_GRID, RunSpec, discover
+from smartfed_bench.bench import LR_GRID, RunSpec, discover, plan, resolve_rate
+from smartfed_bench.presets import get_preset
 from smartfed_bench.report import write_bench_outputs
 
 TASK = "cpu_mini.zh_code_gap"
 ROUNDS = 4
 
 
-def _write_run(root: Path, spec: RunSpec, level: float, val: float) -> None:
+def _write_run(root: Path, spec: RunSpec, level: float, val: float, nbytes: int = 1000) -> None:
     run_dir = root / spec.subdir()
     run_dir.mkdir(parents=True)
     rows = []
@@ -23,8 +24,8 @@ def _write_run(root: Path, spec: RunSpec, level: float, val: float) -> None:
         em = level * r / ROUNDS
         row = {
             "round": r,
-            "bytes_up": 1000,
-            "bytes_down": 1000,
+            "bytes_up": nbytes,
+            "bytes_down": nbytes,
             "wall_s": 2.0,
             "energy_kwh_clients": 1e-5,
             "energy_kwh_server": 1e-6,
@@ -92,3 +93,53 @@ def test_v2_results_from_run_dirs(tmp_path: Path) -> None:
     assert "| `fedit` | 3 | 0.002 |" in md  # seeds, then the chosen learning rate
     assert "Paired differences" in md and "Learning-rate sweep" in md and "| `merge` |" in md
     assert (out.parent / "v2_zh_code_gap_curves.png").is_file()
+
+
+def _main_sweeps(root: Path) -> None:
+    """smartfed (chooses x1) and fedit (chooses x1) sweeps and seeds 1-2 in the main variant."""
+    for method, levels in (("smartfed", (0.5, 0.8, 0.9)), ("fedit", (0.2, 0.4, 0.45))):
+        for mult, level, val in zip(LR_GRID, levels, (0.3, 0.6, 0.5), strict=True):
+            _write_run(root, RunSpec(TASK, "main", method, 0, mult), level, val)
+        for seed, shift in ((1, -0.05), (2, 0.02)):
+            _write_run(root, RunSpec(TASK, "main", method, seed, 1.0), levels[1] + shift, 0.5)
+
+
+def test_wire_variants_run_at_the_main_sweeps_rate_without_their_own_sweep(tmp_path: Path) -> None:
+    preset = get_preset("v2-wire")
+    specs = plan(preset, tasks=[TASK])
+    assert specs and {s.variant for s in specs} == {
+        "wire_proj32_int8_delta_ef",
+        "wire_proj64_int8_delta_ef",
+    }
+    assert {s.method for s in specs} == {"smartfed"} and {s.seed for s in specs} == {0, 1, 2}
+    assert all(s.lr_mult is None for s in specs)  # no sweep of their own
+    root = tmp_path / "runs"
+    assert resolve_rate(specs[0], preset, root) is None  # main's sweep not there yet
+    _main_sweeps(root)
+    assert resolve_rate(specs[0], preset, root).lr_mult == 1.0  # main chose x1 on val
+
+
+def test_wire_table_against_the_full_router_and_fedit(tmp_path: Path) -> None:
+    root = tmp_path / "runs"
+    _main_sweeps(root)
+    for seed, shift in ((0, 0.0), (1, -0.05), (2, 0.02)):  # = smartfed's levels minus 0.02
+        spec = RunSpec(TASK, "wire_proj64_int8_delta_ef", "smartfed", seed, 1.0)
+        _write_run(root, spec, 0.8 + shift - 0.02, 0.5, nbytes=100)
+    out = tmp_path / "res" / "v2.json"
+    data = write_bench_outputs(out, "v2", discover(root), [], {})
+    assert "wire_proj64_int8_delta_ef" not in data["sweep"].get(TASK, {})  # reported, not swept
+    wire = data["derived"][TASK]["wire"]
+    assert list(wire) == ["full_fp32", "proj64_int8_delta_ef"]
+    cheap, full = wire["proj64_int8_delta_ef"], wire["full_fp32"]
+    assert math.isclose(cheap["mb_per_round"], 200e-6) and math.isclose(full["mb_per_round"], 2e-3)
+    assert math.isclose(cheap["per_round_vs_fedit"], 10.0)  # FedIT 2000 B/round vs 200
+    gap = cheap["paired_vs_full"]["eval_tf_em"]
+    assert gap["n"] == 3 and math.isclose(gap["mean"], -0.02) and full["paired_vs_full"] == {}
+    # both reach FedIT's final TF-EM (0.39) in round 2 of 4: 10x fewer bytes per round
+    assert math.isclose(
+        cheap["to_fedit_quality"]["ratio_bytes"],
+        10 * full["to_fedit_quality"]["ratio_bytes"],
+        rel_tol=0.05,
+    )
+    md = out.with_suffix(".md").read_text()
+    assert "Router size and wire encoding" in md and "| `proj64_int8_delta_ef` | 3 |" in md

@@ -99,7 +99,8 @@ def cpu_threads(n: int) -> Iterator[None]:
     """Run the block with ``n`` torch CPU threads (0 = every core this process may use), then
     restore the process's setting (``eval.eval_threads``)."""
     before = torch.get_num_threads()
-    want = n or (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count())
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    want = n or cores
     torch.set_num_threads(max(1, int(want or 1)))
     try:
         yield
