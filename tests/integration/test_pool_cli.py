@@ -87,6 +87,26 @@ def test_inspect_add_list(tiny_pool: list[Path], capsys: pytest.CaptureFixture[s
     assert code == 0 and "pool: 2 adapters" in out and out.index("cn_chat") < out.index("en_math")
 
 
+def test_inspect_prints_bytes_per_round_of_the_run_settings(
+    tiny_pool: list[Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    flags = ["--router_proj_dim", "16", "--wire_dtype", "int8", "--wire_delta",
+             "--wire_error_feedback", "--num_clients", "3", "--sample_clients", "2"]
+    code, out, _ = _run(["pool", "inspect", "--lora_pool", _pool(tiny_pool), *flags], capsys)
+    assert code == 0
+    lines = out.splitlines()
+    i = next(n for n, ln in enumerate(lines) if ln.startswith("bytes per round"))
+    assert "(2 of 3 clients sampled" in lines[i]
+    this, paper, fedit = lines[i + 2], lines[i + 3], lines[i + 4]
+    # 98 experts x h=16 int8 values + 14 scales (9 B each) per client up: 1,694 B
+    assert this.startswith("this run: projected h=16, int8 updates, delta down, error feedback")
+    assert this.split()[-11:-9] == ["1.69", "kB"] and this.endswith("1.0x")  # up per client
+    assert paper.startswith("paper-faithful: full router, float32")
+    assert paper.split()[-11:-9] == ["26.6", "kB"]  # 4 x 6,656 B per client
+    assert fedit.startswith("FedIT: LoRA r=8 on the same 14 matrices, float32")
+    assert lines[i + 5].startswith("down with wire_delta:")
+
+
 @pytest.fixture(scope="module")
 def bad(tiny_model_dir: Path, tiny_pool: list[Path],
         tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
