@@ -34,6 +34,7 @@ from smartfed_bench.presets import (  # noqa: F401 - re-exported: the bench's gr
     COMMON,
     LR_GRID,
     METHOD_LR,
+    ONE_ROUND,
     PRESETS,
     PRIMARY,
     ROUTER_METHODS,
@@ -164,6 +165,8 @@ def run_config(
         "output_dir": str(run_dir),
     }
     flat.update(VARIANTS[spec.variant])
+    if spec.method in ONE_ROUND:
+        flat["num_rounds"] = 1
     return RunConfig.from_flat(flat)
 
 

@@ -23,35 +23,22 @@ from smartfed.config import ModelConfig, RunConfig, Scalar
 from smartfed.errors import SmartFedError
 from smartfed.files import atomic_write_json, atomic_write_text
 from smartfed.log import get_logger
+from smartfed_bench.presets import (
+    COMMON,
+    DEMO_METHODS,
+    DEMO_OVERRIDES,
+    METHOD_LR,
+    ONE_ROUND,
+    PRIMARY,
+)
 
 log = get_logger(__name__)
 
-TASK = "cpu_mini.zh_code_gap"
+TASK = PRIMARY
 """The demo's composite: Chinese instructions -> Python; digits 7-9 only in the Chinese LoRA."""
-METHODS = ("smartfed", "fedit", "merge")
-"""SmartFed (routers over the pool), FedIT (a fresh LoRA), merge (the pool averaged, no training).
-"""
-METHOD_LR: dict[str, float] = {"smartfed": 5e-3, "fedit": 2e-3, "merge": 2e-3}
-"""[D] Routers 5e-3, LoRAs 2e-3 (the cpu-mini bench's rates; merge trains nothing)."""
-RUN: dict[str, Scalar] = {
-    "num_clients": 8,
-    "sample_clients": 2,
-    "num_rounds": 3,
-    "local_steps": 5,
-    "batch_size": 8,
-    "topk_experts": 8,
-    "heldout_examples": 32,
-    "eval_every": 0,
-    "eval_limit": 25,
-    "max_new_tokens": 40,
-    "eval_batch_size": 25,
-    "max_seq_len": 128,
-    "partitioner": "iid",
-    "seed": 0,
-}
-"""[D] A short run of the cpu-mini protocol (the bench runs 8 rounds, 50 eval rows, 3 seeds)."""
-ONE_ROUND = ("merge",)
-"""Methods that train nothing: more rounds would only repeat the same evaluation."""
+METHODS = DEMO_METHODS
+RUN: dict[str, Scalar] = {**COMMON, **DEMO_OVERRIDES, "seed": 0}
+"""[D] The bench's protocol, short (``smartfed bench --preset demo`` runs the same configs)."""
 LEGEND = (
     "accuracy: execution accuracy of the generated programs on the eval rows after the last round "
     "(n rows; ±0.2 at n=25).",

@@ -82,6 +82,19 @@ invariant to the gradient's scale up to its epsilon), so the v2 sweep (x1/3 .. x
 factors) brackets the skill LoRAs' setting."""
 
 
+ONE_ROUND = ("merge",)
+"""[D] Methods that train nothing: every round would repeat the same evaluation, so they run one."""
+DEMO_METHODS = ("smartfed", "fedit", "merge")
+"""``smartfed demo``: SmartFed, FedIT (a fresh LoRA) and merge (the pool averaged, no training)."""
+DEMO_OVERRIDES: dict[str, Scalar] = {
+    "num_rounds": 3,
+    "heldout_examples": 32,
+    "eval_every": 0,
+    "eval_limit": 25,
+}
+"""[D] ``smartfed demo`` and ``smartfed bench --preset demo``: a short run of :data:`COMMON`."""
+
+
 @dataclass(frozen=True)
 class Cell:
     """Methods run on one task in one variant, for seeds ``0 .. seeds-1``."""
@@ -233,10 +246,7 @@ PRESETS: dict[str, Preset] = {
             Cell("cpu_mini.hard_math", "main", ("smartfed", "fedit", "pool_fedit"), 2),
         ),
     ),
-    "demo": Preset(
-        cells=(Cell(PRIMARY, "main", ("smartfed", "fedit", "merge"), 1),),
-        overrides={"num_rounds": 4, "eval_every": 0, "eval_limit": 25},
-    ),
+    "demo": Preset(cells=(Cell(PRIMARY, "main", DEMO_METHODS, 1),), overrides=DEMO_OVERRIDES),
     "tuning": Preset(
         cells=(
             *(

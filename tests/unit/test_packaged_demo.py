@@ -85,3 +85,22 @@ def test_read_rows_skips_a_line_being_written(tmp_path: Path, bad: str) -> None:
 
     (tmp_path / "metrics.jsonl").write_text(json.dumps({"round": 1}) + "\n" + bad)
     assert read_rows(tmp_path) == [{"round": 1}]
+
+
+def test_bench_demo_preset_runs_the_demos_configs(tmp_path: Path) -> None:
+    """``smartfed bench --preset demo`` and ``smartfed demo`` train the same runs."""
+    from smartfed.config import ModelConfig
+    from smartfed_bench import demo
+    from smartfed_bench.bench import plan, run_config
+    from smartfed_bench.presets import get_preset
+
+    preset, model, pool = get_preset("demo"), ModelConfig(), [tmp_path / "a", tmp_path / "b"]
+    specs = plan(preset)
+    assert [(s.task, s.method, s.seed) for s in specs] == [(demo.TASK, m, 0) for m in demo.METHODS]
+    for spec in specs:
+        ours = run_config(
+            spec, model, [str(p) for p in pool], tmp_path / spec.method, preset.overrides
+        )
+        theirs = demo.run_config(spec.method, model, pool, tmp_path)
+        assert ours.to_flat() == theirs.to_flat(), spec.method
+    assert demo.run_config("merge", model, pool, tmp_path).fed.num_rounds == 1

@@ -23,4 +23,3 @@ __all__ = [
     "CpuMiniTask",
     "get_cpu_mini_task",
 ]
-
