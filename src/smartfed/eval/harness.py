@@ -15,12 +15,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from tqdm.auto import tqdm
+
 from smartfed.data.example import Example
-from smartfed.data.tasks import Task
-from smartfed.errors import DataError
+from smartfed.data.tasks import Task, get_task, resolve_data_dir
+from smartfed.errors import ConfigError, DataError
+from smartfed.eval.generate import generate
 from smartfed.eval.metrics import summarize
+from smartfed.eval.models import load_for_eval
 from smartfed.files import atomic_write_json, atomic_write_text
 from smartfed.log import get_logger
+from smartfed.meta import run_meta
 
 log = get_logger(__name__)
 
@@ -76,8 +81,6 @@ def score_outputs(
     task: Task, examples: Sequence[Example], outputs: Sequence[str]
 ) -> list[dict[str, Any]]:
     """Score each output against its example; returns one record per example."""
-    from tqdm.auto import tqdm
-
     records = []
     for ex, out in tqdm(
         list(zip(examples, outputs, strict=True)),
@@ -130,8 +133,6 @@ def generate_outputs(
     max_new_tokens: int,
 ) -> list[str]:
     """Greedy-decode every example's prompt with the task's stop strings."""
-    from smartfed.eval.generate import generate
-
     return generate(
         model,
         tok,
@@ -146,8 +147,6 @@ def build_summary(
     task: Task, records: Sequence[dict[str, Any]], seconds: float, **info: Any
 ) -> dict[str, Any]:
     """Summary JSON: the metric with its Wilson 95% interval, what was evaluated and provenance."""
-    from smartfed.meta import run_meta
-
     stats = summarize([float(r["correct"]) for r in records])
     meta = run_meta()
     return {
@@ -215,8 +214,6 @@ class EvalRequest:
 
 
 def _check_request(req: EvalRequest) -> None:
-    from smartfed.errors import ConfigError
-
     if req.limit < 0:
         raise ConfigError(f"--limit must be >= 0, got {req.limit}")
     if req.batch_size < 1:
@@ -239,8 +236,6 @@ def run_eval(req: EvalRequest) -> tuple[dict[str, Any], tuple[Path, Path]]:
         SmartFedError: unknown task, missing/malformed data, bad flags, unloadable
         model/adapter/run.
     """
-    from smartfed.data.tasks import get_task, resolve_data_dir
-
     task = get_task(req.task)
     _check_request(req)
     timer = Timer()
@@ -261,8 +256,6 @@ def run_eval(req: EvalRequest) -> tuple[dict[str, Any], tuple[Path, Path]]:
         )
         info.update(model=None, adapter=None, run=None, predictions=str(req.predictions))
     else:
-        from smartfed.eval.models import load_for_eval
-
         model, tok, loaded = load_for_eval(
             req.model_name_or_path,
             adapter=req.adapter,

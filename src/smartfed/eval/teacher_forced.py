@@ -28,7 +28,8 @@ from torch import nn
 
 from smartfed.config import EvalConfig
 from smartfed.data.example import Example
-from smartfed.data.formatting import IGNORE_INDEX, EncodedExample, collate
+from smartfed.data.formatting import IGNORE_INDEX, EncodedExample, collate, encode_for_training
+from smartfed.data.tasks import get_task
 from smartfed.errors import ConfigError
 
 
@@ -156,8 +157,6 @@ def round_metrics(
     the first ``eval_limit`` eval rows; ``val_tf_em`` / ``val_tf_loss`` after the last round on
     ``val_examples`` rows of the ``val`` split. ``cache`` keeps the encoded rows between rounds.
     """
-    from smartfed.data.formatting import encode_for_training
-    from smartfed.data.tasks import get_task
 
     def encoded(split: str, limit: int) -> list[EncodedExample]:
         if split not in cache:

@@ -15,16 +15,19 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-
 from flwr.app import ArrayRecord, Message, MessageType, MetricRecord, RecordDict
 from flwr.serverapp import Grid
 from tqdm.auto import tqdm
 
 from smartfed.config import RunConfig
+from smartfed.data.tasks import get_task
 from smartfed.errors import SmartFedError
+from smartfed.eval.harness import generate_outputs, score_outputs, select_examples
+from smartfed.eval.teacher_forced import round_metrics
 from smartfed.fed import wire
 from smartfed.fed.accounting import maybe_measure
 from smartfed.fed.cache import Bundle, BundleSpec, get_bundle
+from smartfed.fed.search import SearchStrategy
 from smartfed.fed.strategy import DecodedDPClipping, SmartFedStrategy, make_aggregator
 from smartfed.io.rundir import Checkpoint, RunDir
 from smartfed.io.tracking import NullTracker, Tracker, open_tracker
@@ -228,8 +231,6 @@ class ServerLoop:
         name = self.cfg.eval.eval_task or self.cfg.data.task
         if not name or not (self.cfg.eval.tf_eval_every or self.cfg.eval.val_examples):
             return {}
-        from smartfed.eval.teacher_forced import round_metrics
-
         return round_metrics(
             self.bundle.model,
             self.bundle.tokenizer,
@@ -248,8 +249,6 @@ class ServerLoop:
         due = rnd == self.cfg.fed.num_rounds or (every > 0 and rnd % every == 0)
         if not name or not due:
             return {}
-        from smartfed.data.tasks import get_task
-        from smartfed.eval.harness import generate_outputs, score_outputs, select_examples
 
         task = get_task(name)
         if task.metric == "none":
@@ -330,8 +329,6 @@ def _make_strategy(
     cfg: RunConfig, bundle: Bundle, ckpt: Checkpoint | None, nodes: dict[int, int]
 ) -> SmartFedStrategy:
     if isinstance(bundle.method, ServerSearch):  # the server runs the method's search (lorahub)
-        from smartfed.fed.search import SearchStrategy
-
         if cfg.fed.dp_noise_multiplier > 0:
             raise FederationError(f"--method {cfg.train.method} sends losses, not model updates: "
                                   "server-side DP does not apply; set --dp_noise_multiplier 0")

@@ -6,13 +6,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from smartfed import __version__
 from smartfed.config import RunConfig
 
 
 def model_card(cfg: RunConfig, report: dict[str, Any], base: str) -> str:
     """The adapter's ``README.md``: what it is, where it came from, how well, how to load it."""
-    from smartfed import __version__
-
     pool = ", ".join(f"`{Path(s).name or s}`" for s in cfg.pool.sources) or "none"
     data = cfg.data.dataset or cfg.data.task or "?"
     acc = {

@@ -29,6 +29,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from safetensors import SafetensorError
+from safetensors.numpy import load_file, save_file
 
 from smartfed.config import RunConfig
 from smartfed.errors import CheckpointError
@@ -254,8 +256,6 @@ class RunDir:
 
     def save_checkpoint(self, ckpt: Checkpoint) -> Path:
         """Write ``checkpoint/rNNNN/`` completely, then point ``latest.json`` at it."""
-        from safetensors.numpy import save_file
-
         root = self.path / CKPT_DIR
         target = root / f"r{ckpt.round:04d}"
         if target.exists():
@@ -346,9 +346,6 @@ def read_checkpoint(target: Path) -> Checkpoint:
         CheckpointError: a missing/corrupt file, wrong types in ``state.json``, a round that
             differs from the folder name, or NaN/Inf routers.
     """
-    from safetensors import SafetensorError
-    from safetensors.numpy import load_file
-
     try:
         state = json.loads((target / STATE_FILE).read_text(encoding="utf-8"))
         routers = load_file(str(target / ROUTERS_FILE))

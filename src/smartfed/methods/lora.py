@@ -28,13 +28,13 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 import torch
+from peft import LoraConfig, inject_adapter_in_model, set_peft_model_state_dict
 from torch import nn
 
 from smartfed.errors import CheckpointError
+from smartfed.train.local import response_loss
 
 if TYPE_CHECKING:
-    from peft import LoraConfig
-
     from smartfed.config import RunConfig
     from smartfed.pool.pool import LoraPool
 
@@ -82,8 +82,6 @@ def peft_adapter_config(ranks: dict[str, int], base_model: str = "") -> LoraConf
     """A PEFT ``LoraConfig`` with rank ``ranks[m]`` and ``lora_alpha = rank`` (scaling 1) per
     matrix.
     """
-    from peft import LoraConfig
-
     default = max(ranks.values())
     pattern = {re.escape(m): r for m, r in ranks.items() if r != default}
     return LoraConfig(
@@ -100,8 +98,6 @@ def peft_adapter_config(ranks: dict[str, int], base_model: str = "") -> LoraConf
 
 def inject_lora(model: nn.Module, ranks: dict[str, int], seed: int) -> None:
     """Inject one PEFT LoRA (rank ``ranks[m]``, scaling 1) into ``model`` in place, seeded init."""
-    from peft import inject_adapter_in_model
-
     model.requires_grad_(False)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
@@ -115,8 +111,6 @@ def set_lora_factors(
     """Write ``(A (r_m, d_in), B (d_out, r_m))`` per matrix with PEFT's
     ``set_peft_model_state_dict``.
     """
-    from peft import set_peft_model_state_dict
-
     sd = {}
     for m, (a, b) in factors.items():
         sd[f"{m}.lora_A.weight"], sd[f"{m}.lora_B.weight"] = a, b
@@ -266,8 +260,6 @@ class Merge(PeftLoRA):
         payload: dict[str, torch.Tensor],
     ) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
         """Evaluate the merged model on the round's local batches; send no tensor (0 steps)."""
-        from smartfed.train.local import response_loss
-
         with torch.no_grad():
             losses = [float(response_loss(model, b)) for b in batches]
         return {}, {"loss": sum(losses) / max(len(losses), 1), "steps": 0}

@@ -46,6 +46,7 @@ from torch import nn
 
 from smartfed.errors import CheckpointError
 from smartfed.methods.lora import Merge, concat_factors, set_lora_factors
+from smartfed.train.local import response_loss
 
 if TYPE_CHECKING:
     from smartfed.config import RunConfig
@@ -248,8 +249,6 @@ class LoraHub(Merge):
         Raises:
             CheckpointError: no ``candidates (1 + n_r, N)`` in the payload.
         """
-        from smartfed.train.local import response_loss
-
         cands = payload.get(CANDIDATES)
         if cands is None or cands.ndim != 2 or cands.shape[1] != self._n:
             raise CheckpointError(

@@ -19,6 +19,7 @@ import torch
 
 from smartfed.config import ModelConfig
 from smartfed.errors import ModelLoadError
+from smartfed.files import default_cache_dir
 from smartfed.log import get_logger
 from smartfed.model.device import DeviceError, resolve_device
 
@@ -43,8 +44,6 @@ def cache_root(cfg_cache_dir: str = "") -> Path:
     """Return the cache folder (``cache_dir``, else :func:`smartfed.files.default_cache_dir`)."""
     if cfg_cache_dir:
         return Path(cfg_cache_dir).expanduser()
-    from smartfed.files import default_cache_dir
-
     return default_cache_dir()
 
 

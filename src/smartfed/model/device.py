@@ -7,6 +7,8 @@ before any model is loaded (clients, server and ``deploy-local`` all resolve thr
 
 from __future__ import annotations
 
+import os
+
 import torch
 
 from smartfed.errors import SmartFedError
@@ -85,8 +87,6 @@ def _index(spec: str) -> int:
 
 
 def _visible() -> str:
-    import os
-
     return os.environ.get("CUDA_VISIBLE_DEVICES", "<unset>") or "''"
 
 

@@ -25,6 +25,8 @@ from collections.abc import Mapping
 from pathlib import Path
 
 import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
 from torch import nn
 
 from smartfed.errors import CheckpointError, ConfigError
@@ -151,8 +153,6 @@ def save_routers(
     Returns:
         The path of ``routers.safetensors``.
     """
-    from safetensors.torch import save_file
-
     out = Path(out_dir)
     metadata = dict(pool.fingerprint())
     metadata[POOL_ORDER_KEY] = json.dumps(pool.names)
@@ -176,8 +176,6 @@ def load_routers(in_dir: str | Path, model: nn.Module, pool: LoraPool) -> dict[s
     Raises:
         CheckpointError: missing/corrupt files, or a pool that differs (named adapter).
     """
-    from safetensors import safe_open
-
     path = Path(in_dir) / ROUTERS_FILE
     if not path.is_file():
         raise CheckpointError(f"{path} not found; pass a checkpoint folder written by SmartFed")

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from smartfed.files import atomic_write_text
+from smartfed.quota.allocate import describe_quotas
 from smartfed.report.plots import (
     adapter_labels,
     plot_metrics,
@@ -70,8 +71,6 @@ def _cell(key: str, value: Any) -> Any:
 
 def _summary_rows(summary: dict[str, Any]) -> list[list[Any]]:
     """Scalar entries as they are; quotas as one line; other nested values by their size."""
-    from smartfed.quota.allocate import describe_quotas
-
     rows: list[list[Any]] = []
     for key, value in sorted(summary.items()):
         if key == "final_quotas" and isinstance(value, dict):

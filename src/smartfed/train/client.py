@@ -14,6 +14,7 @@ from smartfed.config import RunConfig
 from smartfed.data.formatting import EncodedExample
 from smartfed.methods.base import AuxiliaryLoss, LocalUpdate
 from smartfed.model.state import set_quotas
+from smartfed.quota.importance import ImportanceTracker
 from smartfed.train.local import local_train, round_generator, sample_batches
 from smartfed.update import ClientUpdate
 
@@ -66,8 +67,6 @@ def client_round(
     importance: dict[str, list[float]] = {}
     usage: dict[str, list[int]] = {}
     if method.uses_eeqa and cfg.quota.enable_eeqa:
-        from smartfed.quota.importance import ImportanceTracker
-
         with ImportanceTracker(model) as tracker:
             result = local_train(
                 model,

@@ -27,6 +27,7 @@ import torch
 from torch import nn
 
 from smartfed.log import get_logger
+from smartfed.model.state import more_layers
 
 log = get_logger(__name__)
 
@@ -51,8 +52,6 @@ def _checkpoint_layers(model: nn.Module) -> list[nn.Module]:
 @contextmanager
 def _observers_paused(model: nn.Module) -> Iterator[None]:
     """Pause every MoRE layer's observers (a checkpointed layer being recomputed in backward)."""
-    from smartfed.model.state import more_layers
-
     with ExitStack() as stack:
         for layer in more_layers(model).values():
             stack.enter_context(layer.observers_paused())
