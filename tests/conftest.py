@@ -15,7 +15,7 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-from factories import make_peft_adapter, make_tiny_llama  # noqa: E402
+from factories import make_peft_adapter, make_tiny_llama, pin_task_identity  # noqa: E402
 
 
 @pytest.fixture(autouse=True)
@@ -50,3 +50,17 @@ def tiny_pool(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) ->
             rank_pattern={"down_proj": 3},
         ),
     ]
+
+
+@pytest.fixture(scope="session")
+def pool(tiny_pool: list[Path]):  # type: ignore[no-untyped-def]
+    """``tiny_pool`` resolved as a ``LoraPool`` (read-only: shared by the whole session)."""
+    from smartfed.pool.pool import resolve_pool
+
+    return resolve_pool([str(p) for p in tiny_pool])
+
+
+@pytest.fixture
+def task_identity(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Flower's run/task/node ids pinned (``factories.pin_task_identity``) for this test."""
+    pin_task_identity(monkeypatch)

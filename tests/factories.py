@@ -8,6 +8,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
+import pytest
 import torch
 
 CHATML_TEMPLATE = (
@@ -111,3 +112,29 @@ def make_peft_adapter(
     peft_model = get_peft_model(base, cfg)
     peft_model.save_pretrained(out_dir)
     return Path(out_dir)
+
+
+def pin_task_identity(mp: pytest.MonkeyPatch) -> None:
+    """Fix Flower's run, task and node ids, so messages built in a test are the same every run."""
+    from flwr.supercore.task_identity import TaskIdentity
+
+    for name, value in (("_run_id", 1), ("_task_id", 1), ("_node_id", 0)):
+        mp.setattr(TaskIdentity, name, value)
+
+
+def load_tiny(model_dir: Path, dtype: torch.dtype = torch.float32):  # type: ignore[no-untyped-def]
+    """The saved tiny model in eval mode and its tokenizer, straight from transformers."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype).eval()
+    return model, AutoTokenizer.from_pretrained(model_dir)
+
+
+def load_tiny_base(model_dir: Path):  # type: ignore[no-untyped-def]
+    """The saved tiny model through SmartFed's loader (frozen, eval, float32, CPU) + tokenizer."""
+    from smartfed.config import ModelConfig
+    from smartfed.model.base import load_base_model
+
+    return load_base_model(
+        ModelConfig(model_name_or_path=str(model_dir), dtype="float32", device="cpu")
+    )

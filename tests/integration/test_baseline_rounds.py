@@ -11,19 +11,13 @@ import numpy as np
 import pytest
 from directgrid import DirectGrid
 from fedkit import tiny_config, write_dataset
-from flwr.supercore.task_identity import TaskIdentity
 
 from smartfed.fed.client_app import make_client_app
 from smartfed.fed.driver import run_server
 from smartfed.io.rundir import RunDir
 from smartfed.meta import run_meta
 
-
-@pytest.fixture(autouse=True)
-def _identity(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(TaskIdentity, "_run_id", 1)
-    monkeypatch.setattr(TaskIdentity, "_task_id", 1)
-    monkeypatch.setattr(TaskIdentity, "_node_id", 0)
+pytestmark = pytest.mark.usefixtures("task_identity")
 
 
 def _run(cfg) -> RunDir:  # type: ignore[no-untyped-def]

@@ -10,9 +10,9 @@ from typing import Any
 
 import pytest
 import torch
-from flwr.supercore.task_identity import TaskIdentity
 from test_methods_one_round import run_one_round
 
+from factories import pin_task_identity
 from smartfed.cli.main import main
 from smartfed.config import ModelConfig
 from smartfed.eval.models import load_adapter, load_run
@@ -30,8 +30,7 @@ def run(
 ) -> Any:
     """A 1-round smartfed run with DENSE routing (K = M on every matrix, topk 14 >= every M_m)."""
     mp = pytest.MonkeyPatch()
-    for name, value in (("_run_id", 1), ("_task_id", 1), ("_node_id", 0)):
-        mp.setattr(TaskIdentity, name, value)
+    pin_task_identity(mp)
     root = tmp_path_factory.mktemp("export")
     out = run_one_round(
         tiny_model_dir, tiny_pool, root, "smartfed", topk_experts=14, enable_eeqa=False
@@ -88,8 +87,7 @@ def test_lora_baseline_run_exports_as_is(
     """ffa_lora: A is not in the checkpoint (never sent) and comes back from the seeded init."""
     from smartfed.io.export import load_run_model
 
-    for name, value in (("_run_id", 1), ("_task_id", 1), ("_node_id", 0)):
-        monkeypatch.setattr(TaskIdentity, name, value)
+    pin_task_identity(monkeypatch)
     cfg = run_one_round(tiny_model_dir, tiny_pool, tmp_path, "ffa_lora")["cfg"]
     report = export_merged(cfg.output_dir, tmp_path / "lora")
     assert report["method"] == "ffa_lora" and report["gates"] == {} and report["total_rank"] > 0

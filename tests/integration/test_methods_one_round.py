@@ -16,7 +16,6 @@ from typing import Any
 import pytest
 from directgrid import DirectGrid
 from fedkit import tiny_config, write_dataset
-from flwr.supercore.task_identity import TaskIdentity
 
 from smartfed.fed.cache import BundleSpec, get_bundle
 from smartfed.fed.client_app import make_client_app
@@ -37,11 +36,7 @@ METHODS = [
 ]
 
 
-@pytest.fixture(autouse=True)
-def _identity(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(TaskIdentity, "_run_id", 1)
-    monkeypatch.setattr(TaskIdentity, "_task_id", 1)
-    monkeypatch.setattr(TaskIdentity, "_node_id", 0)
+pytestmark = pytest.mark.usefixtures("task_identity")
 
 
 def run_one_round(

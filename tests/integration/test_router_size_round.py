@@ -14,8 +14,8 @@ from directgrid import DirectGrid
 from fedkit import tiny_config, write_dataset
 from flwr.app import Context, Message
 from flwr.common.serde import array_record_to_proto
-from flwr.supercore.task_identity import TaskIdentity
 
+from factories import pin_task_identity
 from smartfed.fed import wire
 from smartfed.fed.cache import BundleSpec, get_bundle
 from smartfed.fed.client_app import make_client_app
@@ -106,9 +106,7 @@ def rounds(
     tiny_model_dir: Path, tiny_pool: list[Path], tmp_path_factory: pytest.TempPathFactory
 ) -> dict[str, dict[str, Any]]:
     mp = pytest.MonkeyPatch()
-    mp.setattr(TaskIdentity, "_run_id", 1)
-    mp.setattr(TaskIdentity, "_task_id", 1)
-    mp.setattr(TaskIdentity, "_node_id", 0)
+    pin_task_identity(mp)
     root = tmp_path_factory.mktemp("router-size")
     try:
         return {name: _one_round(tiny_model_dir, tiny_pool, root, name, mp) for name in RUNS}

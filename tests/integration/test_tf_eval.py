@@ -9,7 +9,6 @@ from pathlib import Path
 import pytest
 from directgrid import DirectGrid
 from fedkit import tiny_config, write_dataset
-from flwr.supercore.task_identity import TaskIdentity
 
 from smartfed.data.formatting import encode_for_training
 from smartfed.data.tasks import get_task
@@ -23,11 +22,7 @@ from smartfed.meta import run_meta
 TASK = "cpu_mini.zh_code_gap"
 
 
-@pytest.fixture(autouse=True)
-def _identity(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(TaskIdentity, "_run_id", 1)
-    monkeypatch.setattr(TaskIdentity, "_task_id", 1)
-    monkeypatch.setattr(TaskIdentity, "_node_id", 0)
+pytestmark = pytest.mark.usefixtures("task_identity")
 
 
 def test_server_logs_teacher_forced_metrics(

@@ -20,8 +20,8 @@ import numpy as np
 import pytest
 from fedkit import run_direct, stable, tiny_config, write_dataset
 from flwr.app import Message
-from flwr.supercore.task_identity import TaskIdentity
 
+from factories import pin_task_identity
 from smartfed.fed import client_work, wire, wire_state
 from smartfed.fed.candidates import (
     compare_bytes,
@@ -97,8 +97,7 @@ def enc(
 ) -> dict[str, Any]:
     name = request.param
     mp = pytest.MonkeyPatch()
-    for attr, value in (("_run_id", 1), ("_task_id", 1), ("_node_id", 0)):
-        mp.setattr(TaskIdentity, attr, value)
+    pin_task_identity(mp)
     starts: dict[tuple[int, int], dict[str, np.ndarray]] = {}
     globs: dict[int, dict[str, np.ndarray]] = {}
     mp.setattr(client_work, "client_round", _spy_client_round(starts))

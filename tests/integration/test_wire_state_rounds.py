@@ -13,8 +13,8 @@ import pytest
 from fedkit import run_direct, stable, tiny_config, write_dataset
 from flwr.app import Message
 from flwr.common.serde import array_record_to_proto
-from flwr.supercore.task_identity import TaskIdentity
 
+from factories import pin_task_identity
 from smartfed.fed import wire, wire_state
 from smartfed.fed.candidates import round_bytes
 from smartfed.pool.pool import resolve_pool
@@ -42,9 +42,7 @@ def runs(
     tiny_model_dir: Path, tiny_pool: list[Path], tmp_path_factory: pytest.TempPathFactory
 ) -> dict[str, dict[str, Any]]:
     mp = pytest.MonkeyPatch()
-    mp.setattr(TaskIdentity, "_run_id", 1)
-    mp.setattr(TaskIdentity, "_task_id", 1)
-    mp.setattr(TaskIdentity, "_node_id", 0)
+    pin_task_identity(mp)
     replies: list[tuple[Any, dict[str, np.ndarray], dict[str, np.ndarray], Any]] = []
     real_reply = wire_state.ClientWire.reply
 

@@ -11,13 +11,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
 
-from smartfed.config import ModelConfig, QuotaConfig, RouterConfig, TrainConfig
+from factories import load_tiny_base
+from smartfed.config import QuotaConfig, RouterConfig, TrainConfig
 from smartfed.errors import ConfigError
 from smartfed.experts.bank import ExpertBank
-from smartfed.model.base import load_base_model
 from smartfed.model.inject import inject_more
 from smartfed.model.state import more_layers, set_quotas
-from smartfed.pool.pool import LoraPool, resolve_pool
+from smartfed.pool.pool import LoraPool
 from smartfed.quota.allocate import aggregate_importance, allocate_quotas, matrix_caps
 from smartfed.quota.importance import ImportanceTracker, token_importance
 from smartfed.routing.balance import LoadBalance, switch_balance_loss
@@ -32,11 +32,6 @@ MATRICES = [  # square (q) and GQA (v: 64 -> 32) matrices of both layers of the 
     "model.layers.1.self_attn.q_proj",
     "model.layers.1.self_attn.v_proj",
 ]
-
-
-@pytest.fixture(scope="module")
-def pool(tiny_pool: list[Path]) -> LoraPool:
-    return resolve_pool([str(p) for p in tiny_pool])
 
 
 # --- 2. importance is scale-free: comparable across matrices --------------------------------------
@@ -154,7 +149,7 @@ def test_scores_are_zero_for_experts_that_add_nothing(pool: LoraPool) -> None:
 
 @pytest.fixture(scope="module")
 def renorm_model(tiny_model_dir: Path, pool: LoraPool) -> nn.Module:
-    model, _ = load_base_model(ModelConfig(model_name_or_path=str(tiny_model_dir), dtype="float32"))
+    model, _ = load_tiny_base(tiny_model_dir)
     inject_more(model, pool, RouterConfig(topk_experts=4, renormalize_topk=True), seed=0)
     return model
 
@@ -337,7 +332,7 @@ def test_balance_loss_changes_router_gradients_only_when_coef_positive(
 
 
 def test_local_train_refuses_a_balance_coef_without_topk_routers(tiny_model_dir: Path) -> None:
-    model, _ = load_base_model(ModelConfig(model_name_or_path=str(tiny_model_dir), dtype="float32"))
+    model, _ = load_tiny_base(tiny_model_dir)
     param = next(model.parameters())
     with pytest.raises(ConfigError, match="load_balance_coef"):
         local_train(model, [], [param], TrainConfig(), load_balance_coef=0.1)

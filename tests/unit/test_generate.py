@@ -5,18 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-import torch
 
+from factories import load_tiny
 from smartfed.eval.generate import generate, truncate_at_stop
 
 PROMPTS = ["Janet has 16 eggs.", "小明有3个苹果", "Write the number", "Question: 2 + 2 = ?"]
-
-
-def _load(model_dir: Path):  # type: ignore[no-untyped-def]
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
-    return model, AutoTokenizer.from_pretrained(model_dir)
 
 
 def test_truncate_at_stop() -> None:
@@ -26,7 +19,7 @@ def test_truncate_at_stop() -> None:
 
 
 def test_batched_equals_one_by_one_and_keeps_order(tiny_model_dir: Path) -> None:
-    model, tok = _load(tiny_model_dir)
+    model, tok = load_tiny(tiny_model_dir)
     batched = generate(model, tok, PROMPTS, max_new_tokens=6, batch_size=4, progress=False)
     single = [
         generate(model, tok, [p], max_new_tokens=6, batch_size=1, progress=False)[0]
@@ -36,7 +29,7 @@ def test_batched_equals_one_by_one_and_keeps_order(tiny_model_dir: Path) -> None
 
 
 def test_max_new_tokens_and_stop(tiny_model_dir: Path) -> None:
-    model, tok = _load(tiny_model_dir)
+    model, tok = load_tiny(tiny_model_dir)
     outs = generate(model, tok, PROMPTS[:2], max_new_tokens=5, batch_size=2, progress=False)
     for out in outs:
         assert len(tok(out, add_special_tokens=False)["input_ids"]) <= 6
@@ -52,7 +45,7 @@ def test_stop_strings_match_only_generated_text(tiny_model_dir: Path) -> None:
     the first generated one must not end generation (HF's stop_strings did)."""
     from smartfed.data.formatting import render_prompt
 
-    model, tok = _load(tiny_model_dir)
+    model, tok = load_tiny(tiny_model_dir)
     full = generate(model, tok, PROMPTS[:1], max_new_tokens=5, progress=False)[0]
     tail = render_prompt(tok, PROMPTS[0])[-1]
     straddling = tail + full[:1]
@@ -65,7 +58,7 @@ def test_stop_strings_match_only_generated_text(tiny_model_dir: Path) -> None:
 
 
 def test_padding_side_is_restored(tiny_model_dir: Path) -> None:
-    model, tok = _load(tiny_model_dir)
+    model, tok = load_tiny(tiny_model_dir)
     tok.padding_side = "right"
     generate(model, tok, PROMPTS[:2], max_new_tokens=2, progress=False)
     assert tok.padding_side == "right"
@@ -78,7 +71,7 @@ def test_more_model_generates_through_the_same_path(
     from smartfed.model.inject import inject_more
     from smartfed.pool.pool import resolve_pool
 
-    model, tok = _load(tiny_model_dir)
+    model, tok = load_tiny(tiny_model_dir)
     base_out = generate(model, tok, PROMPTS, max_new_tokens=4, batch_size=4, progress=False)
     inject_more(
         model, resolve_pool([str(p) for p in tiny_pool]), RouterConfig(topk_experts=2), seed=0

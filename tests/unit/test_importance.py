@@ -9,8 +9,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from smartfed.config import ModelConfig, RouterConfig
-from smartfed.model.base import load_base_model
+from factories import load_tiny_base
+from smartfed.config import RouterConfig
 from smartfed.model.inject import inject_more
 from smartfed.model.state import more_layers, set_quotas
 from smartfed.pool.pool import resolve_pool
@@ -120,7 +120,7 @@ def test_selected_importance_renormalises_gates_and_counts_selections() -> None:
 
 @pytest.fixture
 def more_model(tiny_model_dir: Path, tiny_pool: list[Path]) -> nn.Module:
-    model, _ = load_base_model(ModelConfig(model_name_or_path=str(tiny_model_dir), dtype="float32"))
+    model, _ = load_tiny_base(tiny_model_dir)
     pool = resolve_pool([str(p) for p in tiny_pool])
     inject_more(model, pool, RouterConfig(topk_experts=4, router_init_std=0.5), seed=0)
     return model

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from bad_adapters import copy_adapter, retarget
-from factories import make_peft_adapter, make_tokenizer
+from factories import load_tiny, make_peft_adapter, make_tokenizer
 from smartfed.config import RouterConfig
 from smartfed.errors import PoolCompatibilityError
 from smartfed.model.inject import inject_more
@@ -19,20 +19,9 @@ from smartfed.pool.pool import resolve_pool
 from smartfed.routing.layer import MoRELinear
 
 
-def _load(model_dir: Path, dtype: torch.dtype = torch.float32):  # type: ignore[no-untyped-def]
-    from transformers import AutoModelForCausalLM
-
-    return AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype).eval()
-
-
-@pytest.fixture(scope="module")
-def pool(tiny_pool: list[Path]):  # type: ignore[no-untyped-def]
-    return resolve_pool([str(p) for p in tiny_pool])
-
-
 def test_unit_routing_reproduces_peft_logits_for_every_adapter(tiny_model_dir: Path, pool) -> None:  # type: ignore[no-untyped-def]
     # Arrange
-    model = _load(tiny_model_dir)
+    model = load_tiny(tiny_model_dir)[0]
     tok = make_tokenizer()
     # Act
     checks = verify_pool(model, tok, pool)
@@ -63,13 +52,14 @@ def test_qwen_and_mistral_naming(arch: str, tmp_path: Path) -> None:
                           targets=("k_proj", "o_proj", "down_proj")),
     ]
     # Act
-    checks = verify_pool(_load(tmp_path / "m"), tok, resolve_pool([str(a) for a in adapters]))
+    model = load_tiny(tmp_path / "m")[0]
+    checks = verify_pool(model, tok, resolve_pool([str(a) for a in adapters]))
     # Assert
     assert all(c.passed and c.effect > 0.01 for c in checks), checks
 
 
 def test_report_and_clamped_quotas(tiny_model_dir: Path, pool) -> None:  # type: ignore[no-untyped-def]
-    model = _load(tiny_model_dir)
+    model = load_tiny(tiny_model_dir)[0]
     cfg = RouterConfig(topk_experts=8, output_scale_mode="rank")  # c = mean source rank
     report = inject_more(model, pool, cfg, seed=0)
     assert report.replaced == pool.matrices() == list(more_layers(model))
@@ -87,7 +77,7 @@ def test_report_and_clamped_quotas(tiny_model_dir: Path, pool) -> None:  # type:
 
 def test_only_router_parameters_train_and_change(tiny_model_dir: Path, pool) -> None:  # type: ignore[no-untyped-def]
     # Arrange
-    model = _load(tiny_model_dir)
+    model = load_tiny(tiny_model_dir)[0]
     inject_more(model, pool, RouterConfig(topk_experts=4, router_init_std=0.1), seed=0)
     before = {n: t.detach().clone() for n, t in model.state_dict(keep_vars=False).items()}
     banks = {n: layer.bank.A.clone() for n, layer in more_layers(model).items()}
@@ -111,7 +101,8 @@ def test_only_router_parameters_train_and_change(tiny_model_dir: Path, pool) -> 
 
 
 def test_seeded_routers_and_bf16_model(tiny_model_dir: Path, pool) -> None:  # type: ignore[no-untyped-def]
-    a, b, c = _load(tiny_model_dir), _load(tiny_model_dir), _load(tiny_model_dir, torch.bfloat16)
+    a, b = load_tiny(tiny_model_dir)[0], load_tiny(tiny_model_dir)[0]
+    c = load_tiny(tiny_model_dir, torch.bfloat16)[0]
     inject_more(a, pool, RouterConfig(topk_experts=4), seed=3)
     inject_more(b, pool, RouterConfig(topk_experts=4), seed=3)
     inject_more(c, pool, RouterConfig(topk_experts=4), seed=4)
@@ -127,7 +118,7 @@ def test_seeded_routers_and_bf16_model(tiny_model_dir: Path, pool) -> None:  # t
 
 def test_impossible_topk_and_absent_targets(tiny_model_dir: Path, tiny_pool: list[Path], pool,  # type: ignore[no-untyped-def]
                                             tmp_path: Path) -> None:
-    model = _load(tiny_model_dir)
+    model = load_tiny(tiny_model_dir)[0]
     dense = inject_more(copy.deepcopy(model), pool, RouterConfig(topk_experts=15))  # clamped
     assert dense.quotas == dense.experts_per_matrix and dense.clamped == dense.replaced
     absent = retarget(copy_adapter(tiny_pool[0], tmp_path / "x"), "v_proj", "c_attn")

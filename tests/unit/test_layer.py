@@ -2,24 +2,16 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 import torch
 from torch import nn
 
 from smartfed.errors import ConfigError
 from smartfed.experts.bank import ExpertBank
-from smartfed.pool.pool import resolve_pool
 from smartfed.routing.layer import MoREForwardInfo, MoRELinear
 from smartfed.routing.router import RoutingOutput, TopKRouter
 
 V_PROJ = "model.layers.0.self_attn.v_proj"  # 14 experts: a_qv r=4, b_attn r=8, c_mlp r=2
-
-
-@pytest.fixture(scope="module")
-def pool(tiny_pool: list[Path]):  # type: ignore[no-untyped-def]
-    return resolve_pool([str(p) for p in tiny_pool])
 
 
 def _layer(pool, k: int = 4, mode: str = "rank", dtype: torch.dtype = torch.float32,  # type: ignore[no-untyped-def]

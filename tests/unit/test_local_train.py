@@ -6,17 +6,17 @@ from pathlib import Path
 
 import torch
 
-from smartfed.config import ModelConfig, RunConfig, TrainConfig
+from factories import load_tiny_base
+from smartfed.config import RunConfig, TrainConfig
 from smartfed.data.example import Example
 from smartfed.data.formatting import encode_for_training
 from smartfed.methods import get_method
-from smartfed.model.base import load_base_model
 from smartfed.pool.pool import resolve_pool
 from smartfed.train.local import evaluate_loss, local_train, round_generator, sample_batches
 
 
 def _setup(model_dir: Path, pool_dirs: list[Path]):  # type: ignore[no-untyped-def]
-    model, tok = load_base_model(ModelConfig(model_name_or_path=str(model_dir), dtype="float32"))
+    model, tok = load_tiny_base(model_dir)
     method = get_method("smartfed")
     method.prepare(
         model, resolve_pool([str(p) for p in pool_dirs]), RunConfig.from_flat({"topk_experts": 2})

@@ -10,11 +10,11 @@ import pytest
 import torch
 from torch import nn
 
-from smartfed.config import ModelConfig, RunConfig, TrainConfig
+from factories import load_tiny_base
+from smartfed.config import RunConfig, TrainConfig
 from smartfed.data.example import Example
 from smartfed.data.formatting import collate, encode_for_training
 from smartfed.methods import get_method
-from smartfed.model.base import load_base_model
 from smartfed.pool.pool import resolve_pool
 from smartfed.train.local import local_train, response_loss
 from smartfed.train.memory import activation_checkpointing, chunked_lm_head_loss
@@ -30,10 +30,6 @@ SGD_METHODS = (
 )
 
 
-def _model(model_dir: Path):  # type: ignore[no-untyped-def]
-    return load_base_model(ModelConfig(model_name_or_path=str(model_dir), dtype="float32"))
-
-
 def _batch(tok) -> dict[str, torch.Tensor]:  # type: ignore[no-untyped-def]
     rows = [
         Example(prompt=f"What is {i} plus {i + 3}?", response=f"The answer is {2 * i + 3}.")
@@ -43,7 +39,7 @@ def _batch(tok) -> dict[str, torch.Tensor]:  # type: ignore[no-untyped-def]
 
 
 def _prepared(model_dir: Path, pool: list[Path], method_name: str):  # type: ignore[no-untyped-def]
-    model, tok = _model(model_dir)
+    model, tok = load_tiny_base(model_dir)
     method = get_method(method_name)
     cfg = RunConfig.from_flat({"topk_experts": 2, "method": method_name})
     method.prepare(model, resolve_pool([str(p) for p in pool]), cfg)
@@ -109,7 +105,7 @@ def test_chunked_loss_without_positions_is_nan_and_no_grad_path_works() -> None:
 
 
 def test_response_loss_chunked_equals_hf_loss(tiny_model_dir: Path) -> None:
-    model, tok = _model(tiny_model_dir)
+    model, tok = load_tiny_base(tiny_model_dir)
     batch = _batch(tok)
     with torch.no_grad():
         want = model(**batch).loss
@@ -214,11 +210,11 @@ def test_more_unit_routing_equals_peft_with_checkpointing(
     config = RunConfig.from_flat({"topk_experts": 1}).router
     batch = None
     for i, adapter_dir in enumerate(tiny_pool):
-        peft_base, tok = _model(tiny_model_dir)
+        peft_base, tok = load_tiny_base(tiny_model_dir)
         batch = _batch(tok) if batch is None else batch
         peft = PeftModel.from_pretrained(peft_base, str(adapter_dir)).eval()
         peft.requires_grad_(False)
-        more, _ = _model(tiny_model_dir)
+        more, _ = load_tiny_base(tiny_model_dir)
         inject_more(more, resolve_pool([str(p) for p in tiny_pool]), config, seed=0)
         results = []
         for model in (peft, more):

@@ -7,22 +7,16 @@ from pathlib import Path
 import pytest
 import torch
 
-from smartfed.config import ModelConfig, RunConfig
+from factories import load_tiny_base
+from smartfed.config import RunConfig
 from smartfed.errors import CheckpointError, ConfigError
-from smartfed.methods import (
-    METHODS,
-    AuxiliaryLoss,
-    LocalUpdate,
-    Method,
-    ServerSearch,
-    get_method,
-)
-from smartfed.model.base import load_base_model
+from smartfed.methods import METHODS, Method, get_method
+from smartfed.methods.base import AuxiliaryLoss, LocalUpdate, ServerSearch
 from smartfed.pool.pool import resolve_pool
 
 
 def _model_and_pool(model_dir: Path, pool_dirs: list[Path]):  # type: ignore[no-untyped-def]
-    model, tok = load_base_model(ModelConfig(model_name_or_path=str(model_dir), dtype="float32"))
+    model, tok = load_tiny_base(model_dir)
     return model, tok, resolve_pool([str(p) for p in pool_dirs])
 
 

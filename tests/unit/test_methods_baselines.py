@@ -9,24 +9,18 @@ from pathlib import Path
 import pytest
 import torch
 
-from smartfed.config import ModelConfig, RunConfig
+from factories import load_tiny_base
+from smartfed.config import RunConfig
 from smartfed.errors import CheckpointError
 from smartfed.methods import get_method
-from smartfed.model.base import load_base_model
 from smartfed.pool.pool import resolve_pool
 
 CFG = RunConfig.from_flat({"topk_experts": 2, "seed": 3})
 IDS = torch.tensor([[1, 5, 9, 20, 33, 41, 7, 2], [3, 3, 8, 60, 12, 4, 5, 6]])
 
 
-def _base(model_dir: Path):  # type: ignore[no-untyped-def]
-    return load_base_model(
-        ModelConfig(model_name_or_path=str(model_dir), dtype="float32", device="cpu")
-    )[0]
-
-
 def _prepared(name: str, model_dir: Path, pool_dirs: list[Path]):  # type: ignore[no-untyped-def]
-    model, method = _base(model_dir), get_method(name)
+    model, method = load_tiny_base(model_dir)[0], get_method(name)
     method.prepare(model, resolve_pool([str(p) for p in pool_dirs]), CFG)
     return model, method
 
@@ -46,10 +40,10 @@ def _peft_reference(
     """
     from peft import PeftModel
 
-    ref = _base(model_dir)
+    ref = load_tiny_base(model_dir)[0]
     deltas: dict[str, list[tuple[int, torch.Tensor]]] = {}
     for n, adapter in enumerate(pool_dirs):
-        peft = PeftModel.from_pretrained(_base(model_dir), str(adapter))
+        peft = PeftModel.from_pretrained(load_tiny_base(model_dir)[0], str(adapter))
         for name, mod in peft.base_model.model.named_modules():
             if hasattr(mod, "get_delta_weight") and "default" in getattr(mod, "lora_A", {}):
                 deltas.setdefault(name, []).append((n, mod.get_delta_weight("default")))
@@ -69,7 +63,7 @@ def test_fedit_sends_a_and_b_and_starts_at_the_base_model(
     assert {v.shape[0] for k, v in state.items() if ".lora_A." in k} == {8}  # r_max of the pool
     assert all(float(v.abs().sum()) == 0 for k, v in state.items() if ".lora_B." in k)  # PEFT init
     assert any(float(v.abs().sum()) > 0 for k, v in state.items() if ".lora_A." in k)
-    torch.testing.assert_close(_logits(model), _logits(_base(tiny_model_dir)))
+    torch.testing.assert_close(_logits(model), _logits(load_tiny_base(tiny_model_dir)[0]))
     params = method.trainable_parameters(model)
     assert {id(p) for p in model.parameters() if p.requires_grad} == {id(p) for p in params}
     assert sum(p.numel() for p in params) == sum(v.numel() for v in state.values())
@@ -100,7 +94,9 @@ def test_pool_starts_reproduce_peft_sum_or_mean(
     w = 1 / len(tiny_pool) if mean else 1.0
     ref = _peft_reference(tiny_model_dir, tiny_pool, [w] * len(tiny_pool))
     torch.testing.assert_close(_logits(model), ref, atol=2e-5, rtol=1e-4)
-    assert not torch.allclose(ref, _logits(_base(tiny_model_dir)), atol=1e-3)  # the pool matters
+    assert not torch.allclose(
+        ref, _logits(load_tiny_base(tiny_model_dir)[0]), atol=1e-3
+    )  # the pool matters
     if name == "merge":
         assert method.trainable_state(model) == {} and method.trainable_parameters(model) == []
 
@@ -118,7 +114,9 @@ def test_pool_fedit_rank_is_the_sum_of_the_pool_ranks(
 
 def test_lorahub_weights_are_exact(tiny_model_dir: Path, tiny_pool: list[Path]) -> None:
     model, method = _prepared("lorahub", tiny_model_dir, tiny_pool)
-    torch.testing.assert_close(_logits(model), _logits(_base(tiny_model_dir)))  # w = 0 [P]
+    torch.testing.assert_close(
+        _logits(model), _logits(load_tiny_base(tiny_model_dir)[0])
+    )  # w = 0 [P]
     weights = torch.tensor([0.7, -0.3, 1.2])
     state = method.trainable_state(model)
     method.load_trainable_state(model, {**state, "weights": weights})

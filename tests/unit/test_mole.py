@@ -9,11 +9,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from smartfed.config import ModelConfig, RunConfig, TrainConfig
+from factories import load_tiny_base
+from smartfed.config import RunConfig, TrainConfig
 from smartfed.errors import CheckpointError, ConfigError
 from smartfed.methods import get_method
 from smartfed.methods.mole import balancing_loss, mole_gates, set_lora_mask
-from smartfed.model.base import load_base_model
 from smartfed.model.state import more_layers
 from smartfed.pool.pool import resolve_pool
 from smartfed.train.local import local_train
@@ -24,15 +24,9 @@ BATCH = {"input_ids": IDS, "attention_mask": MASK, "labels": IDS.masked_fill(MAS
 V = "model.layers.0.self_attn.v_proj"  # targeted by all three tiny-pool LoRAs (d_out 32)
 
 
-def _base(model_dir: Path):  # type: ignore[no-untyped-def]
-    return load_base_model(
-        ModelConfig(model_name_or_path=str(model_dir), dtype="float32", device="cpu")
-    )[0]
-
-
 def _mole(model_dir: Path, pool_dirs: list[Path], **flat: object):  # type: ignore[no-untyped-def]
     cfg = RunConfig.from_flat({"seed": 3, **flat})
-    model, method = _base(model_dir), get_method("mole")
+    model, method = load_tiny_base(model_dir)[0], get_method("mole")
     method.prepare(model, resolve_pool([str(p) for p in pool_dirs]), cfg)
     return model, method
 
@@ -84,7 +78,7 @@ def test_one_hot_gate_is_exactly_one_peft_lora(tiny_model_dir: Path, tiny_pool: 
     _randomize(model, 1.0)  # strongly non-uniform gates: the mask alone must make them one-hot
     for n, adapter in enumerate(tiny_pool):
         set_lora_mask(model, [n])
-        ref = PeftModel.from_pretrained(_base(tiny_model_dir), str(adapter))
+        ref = PeftModel.from_pretrained(load_tiny_base(tiny_model_dir)[0], str(adapter))
         torch.testing.assert_close(_logits(model), _logits(ref), atol=2e-5, rtol=1e-4)
     set_lora_mask(model, None)
     assert not torch.allclose(_logits(model), _logits(ref), atol=1e-3)

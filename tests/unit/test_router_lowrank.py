@@ -9,6 +9,7 @@ import pytest
 import torch
 from torch import nn
 
+from factories import load_tiny
 from smartfed.cli.pool_report import format_pool
 from smartfed.config import RouterConfig, RunConfig
 from smartfed.errors import CheckpointError, ConfigError
@@ -21,7 +22,6 @@ from smartfed.model.state import (
     router_state_dict,
     save_routers,
 )
-from smartfed.pool.pool import resolve_pool
 from smartfed.quota.importance import ImportanceTracker
 from smartfed.routing.lowrank import LowRankRouter, lowrank_seed, router_param_count
 from smartfed.routing.router import random_projection
@@ -29,19 +29,8 @@ from smartfed.routing.router import random_projection
 R = 4
 
 
-def _load(model_dir: Path) -> nn.Module:
-    from transformers import AutoModelForCausalLM
-
-    return AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
-
-
-@pytest.fixture(scope="module")
-def pool(tiny_pool: list[Path]):  # type: ignore[no-untyped-def]
-    return resolve_pool([str(p) for p in tiny_pool])
-
-
 def _more(model_dir: Path, pool, rank: int = R, proj: int = 0, seed: int = 0) -> nn.Module:  # type: ignore[no-untyped-def]
-    model = _load(model_dir)
+    model = load_tiny(model_dir)[0]
     cfg = RouterConfig(topk_experts=4, router_rank=rank, router_proj_dim=proj)
     inject_more(model, pool, cfg, seed=seed)
     return model
@@ -72,7 +61,7 @@ def test_logits_are_u_of_vx_and_init_is_seeded() -> None:
 
 
 def test_shapes_state_and_report(tiny_model_dir: Path, pool) -> None:  # type: ignore[no-untyped-def]
-    model = _load(tiny_model_dir)
+    model = load_tiny(tiny_model_dir)[0]
     report = inject_more(model, pool, RouterConfig(topk_experts=4, router_rank=R), seed=0)
     layers = more_layers(model)
     state = router_state_dict(model)
@@ -90,7 +79,9 @@ def test_shapes_state_and_report(tiny_model_dir: Path, pool) -> None:  # type: i
     (line,) = report.summary_lines()
     assert f"(low-rank r={R}): {want:,} parameters" in line and "routers: 6,656 param" in line
     with pytest.raises(ConfigError, match="router_rank=64 is not below d_in=64"):
-        inject_more(_load(tiny_model_dir), pool, RouterConfig(topk_experts=4, router_rank=64))
+        inject_more(
+            load_tiny(tiny_model_dir)[0], pool, RouterConfig(topk_experts=4, router_rank=64)
+        )
 
 
 def test_both_factors_train_and_eeqa_sees_them(tiny_model_dir: Path, pool) -> None:  # type: ignore[no-untyped-def]
@@ -142,7 +133,7 @@ def test_checkpoint_refuses_the_other_router_kind(  # type: ignore[no-untyped-de
 def test_mole_refuses_a_low_rank_router(tiny_model_dir: Path, pool) -> None:  # type: ignore[no-untyped-def]
     cfg = RunConfig.from_flat({"router_rank": R, "topk_experts": 4})
     with pytest.raises(ConfigError, match="mole"):
-        get_method("mole").prepare(_load(tiny_model_dir), pool, cfg)
+        get_method("mole").prepare(load_tiny(tiny_model_dir)[0], pool, cfg)
 
 
 def test_pool_inspect_reports_the_low_rank_size(pool) -> None:  # type: ignore[no-untyped-def]

@@ -11,7 +11,7 @@ import pytest
 import torch
 from torch import nn
 
-from factories import make_tokenizer
+from factories import load_tiny, make_tokenizer
 from smartfed.cli.pool_report import format_pool
 from smartfed.config import RouterConfig, RunConfig
 from smartfed.errors import CheckpointError, ConfigError
@@ -31,19 +31,13 @@ from smartfed.routing.router import TopKRouter, projection_seed, random_projecti
 H = 16
 
 
-def _load(model_dir: Path, dtype: torch.dtype = torch.float32) -> nn.Module:
-    from transformers import AutoModelForCausalLM
-
-    return AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype).eval()
-
-
 @pytest.fixture(scope="module")
 def pool(tiny_pool: list[Path]):  # type: ignore[no-untyped-def]
     return resolve_pool([str(p) for p in tiny_pool])
 
 
 def _more(model_dir: Path, pool, proj: int = H, seed: int = 0) -> nn.Module:  # type: ignore[no-untyped-def]
-    model = _load(model_dir)
+    model = load_tiny(model_dir)[0]
     inject_more(model, pool, RouterConfig(topk_experts=4, router_proj_dim=proj), seed=seed)
     return model
 
@@ -83,7 +77,7 @@ def test_projection_keeps_the_scale_of_x() -> None:
 
 
 def test_shapes_trainable_and_state_dict(tiny_model_dir: Path, pool) -> None:  # type: ignore[no-untyped-def]
-    model = _load(tiny_model_dir)
+    model = load_tiny(tiny_model_dir)[0]
     report = inject_more(model, pool, RouterConfig(topk_experts=4, router_proj_dim=H), seed=0)
     layers = more_layers(model)
     for name, layer in layers.items():
@@ -104,7 +98,7 @@ def test_shapes_trainable_and_state_dict(tiny_model_dir: Path, pool) -> None:  #
     want = sum(report.experts_per_matrix.values()) * H
     assert report.router_params == want == 98 * H and report.router_proj_dim == H
     assert report.router_bytes_fp32 == 4 * want
-    full = inject_more(_load(tiny_model_dir), pool, RouterConfig(topk_experts=4), seed=0)
+    full = inject_more(load_tiny(tiny_model_dir)[0], pool, RouterConfig(topk_experts=4), seed=0)
     assert full.router_params == 6656 and full.router_proj_dim == 0  # 4x (d_in 64) / 8x (128)
 
 
@@ -139,7 +133,7 @@ def test_only_router_weights_change_in_a_training_step(tiny_model_dir: Path, poo
 def test_unit_routing_still_matches_peft(tiny_model_dir: Path, pool) -> None:  # type: ignore[no-untyped-def]
     from peft import PeftModel
 
-    base = _load(tiny_model_dir)
+    base = load_tiny(tiny_model_dir)[0]
     tok = make_tokenizer()
     batch = dict(tok(["What is 47 plus 38?", "def add(a, b):"], return_tensors="pt", padding=True))
     mask = batch["attention_mask"].bool()
@@ -162,13 +156,14 @@ def test_unit_routing_still_matches_peft(tiny_model_dir: Path, pool) -> None:  #
 
 def test_proj_dim_must_be_below_d_in(tiny_model_dir: Path, pool) -> None:  # type: ignore[no-untyped-def]
     with pytest.raises(ConfigError, match="router_proj_dim=64 is not below d_in=64"):
-        inject_more(_load(tiny_model_dir), pool, RouterConfig(topk_experts=4, router_proj_dim=64))
+        model = load_tiny(tiny_model_dir)[0]
+        inject_more(model, pool, RouterConfig(topk_experts=4, router_proj_dim=64))
 
 
 def test_mole_refuses_a_projection(tiny_model_dir: Path, pool) -> None:  # type: ignore[no-untyped-def]
     cfg = RunConfig.from_flat({"router_proj_dim": H, "topk_experts": 4})
     with pytest.raises(ConfigError, match="mole"):
-        get_method("mole").prepare(_load(tiny_model_dir), pool, cfg)
+        get_method("mole").prepare(load_tiny(tiny_model_dir)[0], pool, cfg)
 
 
 def test_checkpoint_refuses_the_other_router_kind(  # type: ignore[no-untyped-def]

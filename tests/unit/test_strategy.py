@@ -17,11 +17,7 @@ Q, V = "m.layers.0.q_proj", "m.layers.0.v_proj"
 KEYS = {Q + wire.ROUTER_SUFFIX: (6, 4), V + wire.ROUTER_SUFFIX: (6, 4)}
 
 
-@pytest.fixture(autouse=True)
-def _identity(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(TaskIdentity, "_run_id", 1)
-    monkeypatch.setattr(TaskIdentity, "_task_id", 1)
-    monkeypatch.setattr(TaskIdentity, "_node_id", 0)
+pytestmark = pytest.mark.usefixtures("task_identity")
 
 
 def _cfg(**kw: object) -> RunConfig:

@@ -8,19 +8,13 @@ from pathlib import Path
 import pytest
 import torch
 
+from factories import load_tiny
 from smartfed.data.formatting import IGNORE_INDEX, EncodedExample, collate, render_prompt
 from smartfed.eval.teacher_forced import teacher_forced_eval
 from smartfed.train.local import response_loss
 
 PROMPTS = ["Janet has 16 eggs.", "小明有3个苹果", "Write the number", "Question: 2 + 2 = ?", "ab"]
 NEW = 6
-
-
-def _load(model_dir: Path):  # type: ignore[no-untyped-def]
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
-    return model, AutoTokenizer.from_pretrained(model_dir)
 
 
 def _greedy(model, tok, prompt_ids: list[int], n: int) -> list[int]:  # type: ignore[no-untyped-def]
@@ -45,7 +39,7 @@ def _row(prompt_ids: list[int], target: list[int]) -> EncodedExample:
 
 @pytest.mark.parametrize("batch_size", [1, 4])
 def test_teacher_forced_em_equals_greedy_em(tiny_model_dir: Path, batch_size: int) -> None:
-    model, tok = _load(tiny_model_dir)
+    model, tok = load_tiny(tiny_model_dir)
     rows, expected = [], []
     for i, prompt in enumerate(PROMPTS):
         ids = tok(render_prompt(tok, prompt), add_special_tokens=False)["input_ids"]
@@ -67,7 +61,7 @@ def test_teacher_forced_em_equals_greedy_em(tiny_model_dir: Path, batch_size: in
 
 
 def test_teacher_forced_loss_is_the_response_loss(tiny_model_dir: Path) -> None:
-    model, tok = _load(tiny_model_dir)
+    model, tok = load_tiny(tiny_model_dir)
     rows = []
     for prompt in PROMPTS:
         ids = tok(render_prompt(tok, prompt), add_special_tokens=False)["input_ids"]

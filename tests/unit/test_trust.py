@@ -25,11 +25,7 @@ KEYS = {Q + wire.ROUTER_SUFFIX: (6, 4), V + wire.ROUTER_SUFFIX: (6, 4)}
 GOOD_IMP = {Q: [0.5] * 6, V: [0.1] * 6}
 
 
-@pytest.fixture(autouse=True)
-def _identity(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(TaskIdentity, "_run_id", 1)
-    monkeypatch.setattr(TaskIdentity, "_task_id", 1)
-    monkeypatch.setattr(TaskIdentity, "_node_id", 0)
+pytestmark = pytest.mark.usefixtures("task_identity")
 
 
 def _strategy(eeqa: bool = False, **kw: object) -> SmartFedStrategy:

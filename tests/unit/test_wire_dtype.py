@@ -23,11 +23,7 @@ Q, V = "m.layers.0.q_proj.router.weight", "m.layers.0.v_proj.router.weight"
 SHAPES = {Q: (6, 16), V: (6, 16)}
 
 
-@pytest.fixture(autouse=True)
-def _identity(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(TaskIdentity, "_run_id", 1)
-    monkeypatch.setattr(TaskIdentity, "_task_id", 1)
-    monkeypatch.setattr(TaskIdentity, "_node_id", 0)
+pytestmark = pytest.mark.usefixtures("task_identity")
 
 
 def _state(seed: int, std: float = 0.01) -> dict[str, np.ndarray]:
