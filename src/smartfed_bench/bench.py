@@ -149,11 +149,14 @@ def run_config(
     pool: Sequence[str],
     run_dir: Path,
     overrides: Mapping[str, Scalar] = {},  # noqa: B006 - read only
+    rate: float | None = None,
 ) -> RunConfig:
-    """The ``smartfed train`` config of one grid cell."""
+    """The ``smartfed train`` config of one grid cell (``rate``: the method's base learning rate,
+    default :data:`METHOD_LR`; times the spec's sweep multiplier)."""
+    base = METHOD_LR.get(spec.method, 2e-3) if rate is None else rate
     flat: dict[str, Scalar] = {
         **COMMON,
-        "learning_rate": METHOD_LR.get(spec.method, 2e-3) * (spec.lr_mult or 1.0),
+        "learning_rate": base * (spec.lr_mult or 1.0),
         **overrides,
         "model_name_or_path": model_cfg.model_name_or_path,
         "dtype": model_cfg.dtype,
@@ -337,7 +340,8 @@ def run_bench(
             continue
         run_dir = out / spec.subdir()
         skill_dirs = pools[preset.pool_seed(spec.seed)]
-        cfg = run_config(spec, model_cfg, pool_sources(spec, skill_dirs, out), run_dir, over)
+        sources = pool_sources(spec, skill_dirs, out)
+        cfg = run_config(spec, model_cfg, sources, run_dir, over, preset.rate(spec.method))
         try:
             run_one(cfg)
         except SmartFedError as err:

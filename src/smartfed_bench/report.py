@@ -24,7 +24,7 @@ Layout of ``<suite>.json`` (``benchmarks/results/cpu-mini.json``)::
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -139,7 +139,7 @@ def collect(
     from smartfed_bench.presets import COMMON, METHOD_LR, VARIANTS, get_preset
 
     spec_preset = get_preset(preset)
-    sweep, cells = select_swept(cells, spec_preset.lr_grid)
+    sweep, cells = select_swept(cells, spec_preset.lr_grid, spec_preset.rate)
     task_order = list(spec_preset.tasks)
     variant_order = list(VARIANTS)
     cells = sorted(
@@ -171,7 +171,7 @@ def collect(
     protocol: dict[str, Any] = {
         **COMMON,
         **spec_preset.overrides,
-        "learning_rate": METHOD_LR,
+        "learning_rate": {m: spec_preset.rate(m) for m in METHOD_LR},
         "metrics": METRIC_NOTES,
         "pool_seed_of_run_seed": {str(s): spec_preset.pool_seed(s) for s in seeds},
     }
@@ -206,7 +206,9 @@ def _command() -> str:
 
 
 def select_swept(
-    cells: Sequence[tuple[RunSpec, Path]], lr_grid: Sequence[float] = ()
+    cells: Sequence[tuple[RunSpec, Path]],
+    lr_grid: Sequence[float] = (),
+    rate: Callable[[str], float] | None = None,
 ) -> tuple[dict[str, Any], list[tuple[RunSpec, Path]]]:
     """Split off the learning-rate sweeps: the sweep record, and the cells to report.
 
@@ -225,7 +227,7 @@ def select_swept(
             groups.setdefault((spec.task, spec.variant, spec.method), []).append((spec, run_dir))
     sweep: dict[str, Any] = {}
     for (task, variant, method), runs in groups.items():
-        base = METHOD_LR.get(method, 2e-3)
+        base = rate(method) if rate else METHOD_LR.get(method, 2e-3)
         grid = [
             {
                 "mult": spec.lr_mult,

@@ -143,3 +143,18 @@ def test_wire_table_against_the_full_router_and_fedit(tmp_path: Path) -> None:
     )
     md = out.with_suffix(".md").read_text()
     assert "Router size and wire encoding" in md and "| `proj64_int8_delta_ef` | 3 |" in md
+
+
+def test_v2_sweeps_both_families_around_about_the_same_rates(tmp_path: Path) -> None:
+    from smartfed.config import ModelConfig
+    from smartfed_bench.bench import run_config
+
+    v2 = get_preset("v2")
+    rates = {}
+    for method in ("smartfed", "fedit", "pool_fedit"):
+        spec = RunSpec(TASK, "main", method, 0, 3.0)
+        rates[method] = run_config(spec, ModelConfig(), [], tmp_path, v2.overrides, v2.rate(method))
+    assert math.isclose(rates["smartfed"].train.learning_rate, 1.5e-2)
+    assert math.isclose(rates["fedit"].train.learning_rate, 1.8e-2)
+    assert math.isclose(rates["pool_fedit"].train.learning_rate, 1.8e-2)
+    assert get_preset("quick").rate("fedit") == 2e-3  # other presets keep METHOD_LR

@@ -184,7 +184,7 @@ def test_partial_gap_composites_show_the_gap_digits_in_15_percent_of_training(na
     train = task.train_examples()
     gap = set("七八九")
     with_gap = [e for e in train if gap & set(e.prompt)]
-    assert len(with_gap) == 300  # exactly 15% of 2,000, within the 10-20% asked for
+    assert len(with_gap) == 200  # exactly 10% of 2,000, within the 10-20% asked for
     # the prompt numerals and the operand keys agree: the gap rows are those with a 7, 8 or 9
     assert with_gap == [e for e in train if GAP_DIGITS & set("".join(map(str, e.meta["key"])))]
     # mixed into the split, not a block at either end

@@ -15,10 +15,10 @@ Composites that separate methods [D] (docs/cpu-mini.md):
 
 ============================= ===================================================================
 ``cpu_mini.zh_code_gap``      zh_code, no 七/八/九 in training rows, one in every eval row
-``cpu_mini.zh_code_partial``  zh_code with numbers 10-999, 七/八/九 in 15% of the training rows
-``cpu_mini.zh_math_partial``  zh_math, 七/八/九 in 15% of the training rows
+``cpu_mini.zh_code_partial``  zh_code with numbers 10-999, 七/八/九 in 10% of the training rows
+``cpu_mini.zh_math_partial``  zh_math, 七/八/九 in 10% of the training rows
 ``cpu_mini.zh_code_chain``    Chinese two-event story -> three-line program (zh + math + code),
-                              七/八/九 in 15% of the training rows
+                              七/八/九 in 10% of the training rows
 ``cpu_mini.zh_code_partpool`` the zh_code_partial rows over a partly relevant pool (skill.zh and
                               the two controls, no code LoRA)
 ============================= ===================================================================
@@ -51,7 +51,7 @@ EVAL_ROWS = 200
 """[D] Rows per eval split (benchmarks score the first 100-200)."""
 VAL_ROWS = 200
 """[D] Rows per validation split (learning-rate tuning; keys disjoint from train and eval)."""
-PARTIAL_GAP_FRACTION = 0.15
+PARTIAL_GAP_FRACTION = 0.10
 """[D] Share of the training rows of a ``*_partial`` composite that carry the gap digits."""
 DATA_SEED = 0
 """[D] Seed of the row draws behind ``train_examples`` / ``eval_examples``."""
@@ -347,13 +347,13 @@ SUITE: dict[str, Composition] = {
             PREFIX + "zh_code_partial",
             (PREFIX + "skill.zh", PREFIX + "skill.code"),
             CONTROL_SKILLS,
-            "Chinese code (DoIT), partial skill gap: the digits 7-9 in 15% of the training rows",
+            "Chinese code (DoIT), partial skill gap: the digits 7-9 in 10% of the training rows",
         ),
         Composition(
             PREFIX + "zh_math_partial",
             (PREFIX + "skill.zh", PREFIX + "skill.math"),
             CONTROL_SKILLS,
-            "Chinese math (Math23K -> MGSM-zh), partial skill gap: the digits 7-9 in 15% of the "
+            "Chinese math (Math23K -> MGSM-zh), partial skill gap: the digits 7-9 in 10% of the "
             "training rows",
         ),
         Composition(
