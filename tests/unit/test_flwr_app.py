@@ -28,7 +28,9 @@ def test_missing_supernodes_fail_fast_with_the_fix() -> None:
     t0 = time.monotonic()
     with pytest.raises(FederationError) as err:
         hello(_Grid(2), 20, timeout_s=3600.0, node_wait_s=0.2)  # type: ignore[arg-type]
-    assert time.monotonic() - t0 < 5
+    # the bug waited the round timeout (3600 s); a fast failure takes ~node_wait_s, and a loaded
+    # shared machine may stretch that many times: the bound only has to separate the two
+    assert time.monotonic() - t0 < 120
     line = str(err.value)
     assert "has 2 SuperNodes" in line and "fed.num_clients=20" in line
     assert '"fed.num_clients=2 fed.sample_clients=2"' in line and "num-supernodes=20" in line
