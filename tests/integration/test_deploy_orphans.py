@@ -104,9 +104,9 @@ def test_killed_deploy_local_leaves_nothing(
                 for p in me.children(recursive=True):
                     if p.pid not in before and p.pid not in seen:
                         seen[p.pid], cmds[p.pid] = p, _cmd(p)
-                for pid, p in seen.items():  # a process seen between fork and exec: no cmdline yet
-                    if cmds[pid] in ("", "?") and _running(p):
-                        cmds[pid] = _cmd(p)
+                for pid, p in seen.items():  # a process seen between fork and exec has no
+                    if _running(p):  # command line yet, or its parent's: keep the latest one
+                        cmds[pid] = _cmd(p) if _cmd(p) not in ("", "?") else cmds[pid]
                 if any(_is_task(p) for p in seen.values() if _running(p)):
                     break
                 time.sleep(0.2)
