@@ -24,8 +24,7 @@ from flwr.app import Message
 from factories import pin_task_identity
 from smartfed.fed import client_work, wire, wire_state
 from smartfed.fed.candidates import (
-    compare_bytes,
-    fedit_rank,
+    compare_run_bytes,
     format_bytes,
     human_bytes,
     pool_dims,
@@ -226,13 +225,7 @@ def test_printed_bytes_are_the_serialized_bytes(
 ) -> None:
     cfg, calls = enc["cfg"], _calls(enc["full"])
     pool = resolve_pool([str(p) for p in tiny_pool])
-    rows = compare_bytes(
-        pool_dims(pool),
-        cfg.router.router_proj_dim,
-        cfg.router.router_rank,
-        cfg.fed,
-        fedit_rank(pool),
-    )
+    rows = compare_run_bytes(cfg, pool)
     this, s = rows[0].bytes, cfg.fed.sample_clients
     scales = 9 * this.tensors if cfg.fed.wire_dtype == "int8" else 0  # in the "wire" record
     params = sum(v.size for v in enc["full"]["ckpt"].values())

@@ -269,13 +269,18 @@ def bytes_summary_line(rows: list[BytesRow], fed: FedConfig) -> str:
     )
 
 
-def round_bytes_line(cfg: RunConfig, pool: LoraPool) -> str:
-    """The start-up line of a run: :func:`compare_bytes` for ``cfg`` on ``pool``, one line."""
-    rows = compare_bytes(
+def compare_run_bytes(cfg: RunConfig, pool: LoraPool) -> list[BytesRow]:
+    """:func:`compare_bytes` of a run's router and wire settings on ``pool``."""
+    return compare_bytes(
         pool_dims(pool),
         cfg.router.router_proj_dim,
         cfg.router.router_rank,
         cfg.fed,
         fedit_rank(pool),
     )
+
+
+def round_bytes_line(cfg: RunConfig, pool: LoraPool) -> str:
+    """The start-up line of a run: :func:`compare_bytes` for ``cfg`` on ``pool``, one line."""
+    rows = compare_run_bytes(cfg, pool)
     return bytes_summary_line(rows, cfg.fed)

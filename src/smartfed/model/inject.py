@@ -184,30 +184,26 @@ def _build_layer(
     dtype = weight.dtype if weight.dtype.is_floating_point else _compute_dtype(base)
     bank = ExpertBank.from_adapters(pool.adapters, name, dtype=dtype, device=weight.device)
     k = min(cfg.topk_experts, bank.num_experts)
+    common = {
+        "init_std": cfg.router_init_std,
+        "temperature": cfg.router_temperature,
+        "renormalize": cfg.renormalize_topk,
+        "generator": generator,
+    }
     if cfg.router_rank > 0:
         router: nn.Module = LowRankRouter(
             bank.d_in,
             bank.num_experts,
             cfg.router_rank,
-            init_std=cfg.router_init_std,
-            temperature=cfg.router_temperature,
-            renormalize=cfg.renormalize_topk,
-            generator=generator,
             down_seed=lowrank_seed(seed, name),
-        ).to(weight.device)
+            **common,
+        )
     else:
         proj = None
         if cfg.router_proj_dim > 0:
             proj = random_projection(bank.d_in, cfg.router_proj_dim, projection_seed(seed, name))
-        router = TopKRouter(
-            bank.d_in,
-            bank.num_experts,
-            init_std=cfg.router_init_std,
-            temperature=cfg.router_temperature,
-            renormalize=cfg.renormalize_topk,
-            generator=generator,
-            projection=proj,
-        ).to(weight.device)
+        router = TopKRouter(bank.d_in, bank.num_experts, projection=proj, **common)
+    router = router.to(weight.device)
     return MoRELinear.from_linear(
         base,
         bank,
