@@ -181,6 +181,8 @@ def run_one(cfg: RunConfig) -> None:
     """
     run_dir = Path(cfg.output_dir)
     state = run_state(run_dir, cfg.fed.num_rounds)
+    if state != "empty":
+        check_same_protocol(run_dir, cfg)
     if state == "done":
         return
     if state == "empty" and run_dir.exists():
@@ -202,6 +204,63 @@ def run_one(cfg: RunConfig) -> None:
         )
     if proc.returncode != 0 or run_state(run_dir, cfg.fed.num_rounds) != "done":
         raise SmartFedError(f"bench run {run_dir} failed (exit {proc.returncode}); see {logfile}")
+
+
+RUNTIME_KEYS = frozenset(
+    {
+        "output_dir",
+        "resume",
+        "model.cache_dir",
+        "model.device",
+        "eval.eval_threads",
+        "train.report_to",
+        "fed.client_cpus",
+        "fed.client_gpus",
+        "fed.track_energy",
+        "fed.country_iso_code",
+        "pool.registry",
+    }
+)
+"""Run-config keys that change where or how fast a run executes, not what it computes: a finished
+run is reused whatever they were."""
+
+
+def protocol_differences(stored: RunConfig, wanted: RunConfig) -> list[str]:
+    """``key: stored -> wanted`` for every run-config key outside :data:`RUNTIME_KEYS` that
+    differs; the pool compares by adapter folder names (their digests cover base model, dtype,
+    recipe and seed), not by the cache folder they sit in."""
+    a, b = stored.to_flat(), wanted.to_flat()
+    out = []
+    for key in sorted(a.keys() - RUNTIME_KEYS):
+        x, y = a[key], b.get(key)
+        if key == "pool.lora_pool":
+            x, y = _pool_names(str(x)), _pool_names(str(y))
+        if x != y:
+            out.append(f"{key}: {x!r} -> {y!r}")
+    return out
+
+
+def _pool_names(sources: str) -> list[str]:
+    return [Path(s).name for s in sources.split(",") if s]
+
+
+def check_same_protocol(run_dir: Path, cfg: RunConfig) -> None:
+    """Refuse to reuse or resume a run made with other settings than ``cfg``'s.
+
+    Raises:
+        ConfigError: its ``config.json`` differs in a key that changes the result.
+    """
+    path = run_dir / "config.json"
+    if not path.is_file():
+        return
+    stored = RunConfig.from_dict(json.loads(path.read_text(encoding="utf-8")))
+    diff = protocol_differences(stored, cfg)
+    if diff:
+        raise ConfigError(
+            f"{run_dir} was run with other settings than this bench asks for "
+            f"({'; '.join(diff[:3])}{'; ...' if len(diff) > 3 else ''}): use another "
+            "--output_dir, or remove that run to redo it"
+        )
 
 
 def discover(output_dir: Path) -> list[tuple[RunSpec, Path]]:
@@ -344,6 +403,8 @@ def run_bench(
         cfg = run_config(spec, model_cfg, sources, run_dir, over, preset.rate(spec.method))
         try:
             run_one(cfg)
+        except ConfigError:
+            raise  # a run made with other settings: the user's choice, not a failed run
         except SmartFedError as err:
             log.error("%s", err)
             failed.append((spec, str(err)))

@@ -118,6 +118,8 @@ class Preset:
         pool_seeds: the skill-LoRA pool of run seed ``k`` is trained with seed
             ``pool_seeds[k % len(pool_seeds)]``.
         base_lr: per-method rates that replace :data:`METHOD_LR` in this preset.
+        dtype: the base model's dtype for the runs and the skill LoRAs (``smartfed bench
+            --dtype`` overrides it).
     """
 
     cells: tuple[Cell, ...]
@@ -126,6 +128,7 @@ class Preset:
     tuned: tuple[str, ...] = ()
     pool_seeds: tuple[int, ...] = (0,)
     base_lr: dict[str, float] = field(default_factory=dict)
+    dtype: str = "bfloat16"
 
     def rate(self, method: str) -> float:
         """The learning rate a method's runs (or the centre of its sweep) start from:
@@ -216,6 +219,15 @@ the sweep's score on 200 val rows after the last round. Activation checkpointing
 (benchmarks/results/client_memory.json)."""
 
 
+V2_DTYPE = "float32"
+"""[D] The v2 presets run (and train their skill LoRAs) in float32, not bfloat16: on a CPU without
+native bfloat16 matrix instructions (AVX512-BF16 / AMX; e.g. AVX2-only cores) a bfloat16 matmul is
+emulated, measured 7.3x slower than float32 on a 2-core AMD EPYC (9.7 vs 71 GFLOPS, one thread) and
+~20x slower per training step, while on a CPU with them bfloat16 is only 1.3-1.7x faster. A
+multi-session benchmark cannot choose its machine, and every run of one comparison must use the
+same dtype, so it uses the one that is never pathological."""
+
+
 def v2_tasks() -> tuple[str, ...]:
     """The :data:`V2_TASKS` that exist in the cpu-mini suite, in order."""
     from smartfed_bench.cpu_mini import SUITE
@@ -231,6 +243,7 @@ def _v2_preset() -> Preset:
         tuned=TRAINABLE,
         pool_seeds=(1, 0),
         base_lr=V2_LR,
+        dtype=V2_DTYPE,
     )
 
 
@@ -250,6 +263,7 @@ def _wire_preset(settings: tuple[str, ...], tasks: tuple[str, ...], seeds: int) 
         tuned=("smartfed",),
         pool_seeds=(1, 0),
         base_lr=V2_LR,
+        dtype=V2_DTYPE,
     )
 
 

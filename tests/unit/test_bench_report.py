@@ -158,3 +158,40 @@ def test_v2_sweeps_both_families_around_about_the_same_rates(tmp_path: Path) -> 
     assert math.isclose(rates["fedit"].train.learning_rate, 1.8e-2)
     assert math.isclose(rates["pool_fedit"].train.learning_rate, 1.8e-2)
     assert get_preset("quick").rate("fedit") == 2e-3  # other presets keep METHOD_LR
+
+
+def test_a_run_made_with_other_settings_is_never_reused(tmp_path: Path) -> None:
+    import pytest
+
+    from smartfed.config import ModelConfig
+    from smartfed.errors import ConfigError
+    from smartfed_bench.bench import check_same_protocol, run_config
+
+    spec = RunSpec(TASK, "main", "smartfed", 0, 1.0)
+    v2 = get_preset("v2")
+    run_dir = tmp_path / "cache-a" / "run"
+    run_dir.mkdir(parents=True)
+    pool = [str(tmp_path / "cache-a" / "zh-abc"), str(tmp_path / "cache-a" / "code-def")]
+
+    def cfg(dtype: str, pool: list[str], **over: object) -> RunConfig:
+        model = ModelConfig(dtype=dtype)  # type: ignore[arg-type]
+        base = run_config(spec, model, pool, run_dir, v2.overrides, v2.rate("smartfed"))
+        return RunConfig.from_flat(over, base) if over else base
+
+    stored = cfg("bfloat16", pool)
+    (run_dir / "config.json").write_text(stored.to_json())
+    # the same protocol from another cache folder, with other runtime settings: reused
+    moved = [str(tmp_path / "elsewhere" / Path(p).name) for p in pool]
+    check_same_protocol(run_dir, cfg("bfloat16", moved, eval_threads=1, client_cpus=2))
+    # another dtype, learning rate or pool (digest) is refused, naming the key
+    with pytest.raises(ConfigError, match=r"model\.dtype: 'bfloat16' -> 'float32'"):
+        check_same_protocol(run_dir, cfg("float32", pool))
+    with pytest.raises(ConfigError, match=r"train\.learning_rate"):
+        check_same_protocol(run_dir, cfg("bfloat16", pool, learning_rate=1e-3))
+    with pytest.raises(ConfigError, match=r"pool\.lora_pool"):
+        check_same_protocol(run_dir, cfg("bfloat16", [pool[0], pool[1] + "0"]))
+
+
+def test_v2_presets_run_in_float32_and_the_others_in_bfloat16() -> None:
+    assert {get_preset(p).dtype for p in ("v2", "v2-wire", "v2-wire-screen")} == {"float32"}
+    assert {get_preset(p).dtype for p in ("quick", "demo", "tuning", "full")} == {"bfloat16"}

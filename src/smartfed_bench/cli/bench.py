@@ -44,7 +44,13 @@ def register(subparsers: Any) -> None:
         help=f"comma list of {', '.join(VARIANTS)} (default: the preset's)",
     )
     bench.add_argument("--model_name_or_path", default="default")
-    bench.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float32", "float16"])
+    bench.add_argument(
+        "--dtype",
+        default="",
+        choices=["", "bfloat16", "float32", "float16"],
+        help="base model dtype of every run and skill LoRA (default: the preset's: float32 for "
+        "the v2 presets, bfloat16 else)",
+    )
     bench.add_argument(
         "--output_dir",
         default="",
@@ -126,6 +132,7 @@ def run_bench_cli(args: argparse.Namespace) -> int:
 
     from smartfed.config import ModelConfig, RunConfig
     from smartfed_bench.bench import run_bench
+    from smartfed_bench.presets import get_preset
 
     quick = args.preset == "quick"
     args.output_dir = args.output_dir or ("runs/bench" if quick else f"runs/bench-{args.preset}")
@@ -137,7 +144,8 @@ def run_bench_cli(args: argparse.Namespace) -> int:
     over = _overrides(args.set)
     RunConfig.from_flat(over)  # bad keys/values fail here, before any work
     check_results_path(args.results, args.preset, args.force)
-    model_cfg = ModelConfig(model_name_or_path=args.model_name_or_path, dtype=args.dtype)
+    dtype = args.dtype or get_preset(args.preset).dtype
+    model_cfg = ModelConfig(model_name_or_path=args.model_name_or_path, dtype=dtype)
     if args.report_only:
         from smartfed_bench.bench import rebuild_results
 
