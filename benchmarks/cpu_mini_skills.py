@@ -182,7 +182,7 @@ def main() -> int:
     torch.set_num_threads(args.threads)
     skills, comps = _pick(args.skills, list(SKILLS)), _pick(args.composites, list(SUITE))
     needed = sorted(set(skills) | {s for c in comps for s in SUITE[c].skills})
-    model_cfg = ModelConfig()
+    model_cfg = ModelConfig(dtype="bfloat16")  # the recorded setup (the default is now auto)
     paths = ensure_cpu_mini_pool(model_cfg, skills=needed)
     base, tok = load_base_model(model_cfg)
     result = json.loads(OUT.read_text()) if OUT.exists() else {"suite": "cpu-mini"}

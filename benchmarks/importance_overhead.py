@@ -41,7 +41,7 @@ def build(args: argparse.Namespace, workdir: Path) -> tuple[Any, torch.Tensor, A
     sys.path.insert(0, str(ROOT / "tests"))
     from factories import make_peft_adapter  # random nonzero LoRAs, PEFT init_lora_weights=False
 
-    cfg = ModelConfig()
+    cfg = ModelConfig(dtype="bfloat16")  # the recorded setup (the default is now auto)
     model_dir = Path(local_model_dir(cfg).location)
     adapters = [
         make_peft_adapter(

@@ -50,7 +50,7 @@ def main() -> None:
     batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": ids}
     runs = {}
     for name in METHODS:
-        model, _ = load_base_model(ModelConfig(device="cpu"))
+        model, _ = load_base_model(ModelConfig(dtype="bfloat16", device="cpu"))
         method = get_method(name)
         method.prepare(model, pool, cfg)
         params = method.trainable_parameters(model)

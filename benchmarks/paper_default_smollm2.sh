@@ -9,12 +9,12 @@ OUT=${1:-runs/paper_default}
 SF=.venv/bin/smartfed
 for skill in zh code; do
   if [ ! -f "$OUT/lora_$skill/adapter_model.safetensors" ]; then
-    $SF pool train --model_name_or_path default --dataset "cpu_mini.skill.$skill" --rank 32 \
+    $SF pool train --model_name_or_path default --dtype bfloat16 --dataset "cpu_mini.skill.$skill" --rank 32 \
       --alpha 64 --max_steps 60 --batch_size 4 --learning_rate 2e-3 \
       --output_dir "$OUT/lora_$skill" --no_progress
   fi
 done
-ARGS=(--model_name_or_path default --lora_pool "$OUT/lora_zh,$OUT/lora_code"
+ARGS=(--model_name_or_path default --dtype bfloat16 --lora_pool "$OUT/lora_zh,$OUT/lora_code"
       --task cpu_mini.zh_code_gap --num_clients 20 --sample_clients 2 --num_rounds 20
       --local_steps 10 --batch_size 16 --learning_rate 5e-4 --topk_experts 32 --enable_eeqa
       --max_new_tokens 40 --eval_limit 50 --output_dir "$OUT/run")

@@ -65,13 +65,19 @@ class DemoRun:
 
 
 def demo_pool(model_cfg: ModelConfig, progress: bool = True) -> dict[str, Path]:
-    """The task's skill LoRAs: shipped ones when they match, else cached or trained."""
+    """The task's skill LoRAs: cached ones in this dtype, else the shipped ones (built from the
+    same recipe on the same base model, in any dtype: the bfloat16-trained LoRAs serve a float32
+    base too), else trained."""
     from smartfed_bench.cpu_mini import SUITE
     from smartfed_bench.pools import ensure_cpu_mini_pool
 
     skills = SUITE[TASK].skills
     return ensure_cpu_mini_pool(
-        model_cfg, cache_dir=model_cfg.cache_dir, skills=skills, progress=progress
+        model_cfg,
+        cache_dir=model_cfg.cache_dir,
+        skills=skills,
+        progress=progress,
+        shipped_any_dtype=True,
     )
 
 
@@ -185,10 +191,16 @@ def run_demo(
 ) -> list[DemoRun]:
     """Build or reuse the pool, run every method (reusing finished runs), write the table.
 
+    ``model_cfg.dtype auto`` is resolved once here (float32 on a CPU without bf16 matrix
+    instructions; :mod:`smartfed.model.dtype`), so the runs' configs, their reuse check and the
+    pool lookup all see the concrete dtype; the shipped skill LoRAs serve any dtype.
+
     Raises:
         SmartFedError: bad model/pool input or a run that failed.
     """
-    model_cfg = model_cfg or ModelConfig()
+    from smartfed.model.dtype import resolve_model_config  # torch
+
+    model_cfg = resolve_model_config(model_cfg or ModelConfig())
     out = Path(output_dir)
     t0 = time.perf_counter()
     pool = demo_pool(model_cfg)
@@ -297,19 +309,22 @@ def package_pool(
     """Build (or take from the cache) the demo's skill LoRAs and copy them into the package.
 
     Each is recorded in ``packaged_pools/cpu-mini/manifest.json`` with its recipe, recipe hash,
-    sha256, base model, seed, versions, date and this command.
+    sha256, base model, concrete dtype (``auto`` is resolved here), seed, versions, date and this
+    command with ``--dtype`` set to the dtype they were trained in (they serve every dtype of the
+    base model, but another dtype trains other LoRAs).
 
     Raises:
         ConfigError: an unknown skill.
     """
     from smartfed.meta import run_meta
     from smartfed.model.base import cache_root
+    from smartfed.model.dtype import resolve_model_config
     from smartfed.train.skill_lora import RECORD_FILE, train_skill_lora
     from smartfed_bench.cpu_mini import SUITE
     from smartfed_bench.packaged import PACKAGED_ROOT, package_adapter
     from smartfed_bench.pools import cpu_mini_recipe, recipe_hash
 
-    model_cfg = model_cfg or ModelConfig()
+    model_cfg = resolve_model_config(model_cfg or ModelConfig())
     meta = run_meta(engine="none")
     out = []
     for skill in skills or SUITE[TASK].skills:
@@ -324,7 +339,8 @@ def package_pool(
             "model": model_cfg.model_name_or_path,
             "dtype": model_cfg.dtype,
             "seed": seed,
-            "command": PACKAGE_COMMAND + (f" --seed {seed}" if seed else ""),
+            "command": f"{PACKAGE_COMMAND} --dtype {model_cfg.dtype}"
+            + (f" --seed {seed}" if seed else ""),
             "heldout_loss": record.get("heldout_loss"),
             "initial_heldout_loss": record.get("initial_heldout_loss"),
             "train_seconds": record.get("seconds"),

@@ -4,15 +4,18 @@ The quickstart (``smartfed demo``) routes over small cpu-mini skill LoRAs that t
 train on 2 CPU cores; the ones it needs ship as package data so a first run skips that. Each
 adapter folder is named like its cache folder (``<skill>-<recipe hash>``) and is recorded in
 ``manifest.json`` with its recipe, recipe hash, the sha256 of ``adapter_model.safetensors`` and the
-command that rebuilds it. An adapter is used only when the recipe hash asked for and the file's
-sha256 both match the manifest; otherwise the caller trains it as before.
+command that rebuilds it. An adapter is used only when its recorded recipe hash is one the caller
+accepts and the file's sha256 matches the manifest; otherwise the caller trains it as before.
+The caller accepts the hashes of its recipe on its base model in *every* dtype: a LoRA trained on
+a bfloat16 base applies to the same model in float32 (PEFT loads adapters across dtypes all the
+time), so the shipped bfloat16 LoRAs also serve ``model.dtype auto`` when it resolves to float32.
 """
 
 from __future__ import annotations
 
 import json
 import shutil
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -38,14 +41,25 @@ def read_manifest(suite: str, root: Path = PACKAGED_ROOT) -> dict[str, Any]:
 
 
 def packaged_adapter(
-    suite: str, skill: str, recipe_hash: str, root: Path = PACKAGED_ROOT
+    suite: str, skill: str, recipe_hashes: str | Collection[str], root: Path = PACKAGED_ROOT
 ) -> Path | None:
-    """The shipped adapter dir of ``skill`` when its recipe hash and sha256 match, else None."""
+    """The shipped adapter dir of ``skill`` when its recorded recipe hash is in
+    ``recipe_hashes`` and its sha256 matches, else None.
+
+    Args:
+        suite: the packaged suite (``cpu-mini``).
+        skill: the skill task name (``cpu_mini.skill.zh``).
+        recipe_hashes: the accepted recipe hash(es): pass those of the recipe on the same base
+            model in every dtype (:func:`smartfed_bench.pools.recipe_hashes_any_dtype`), so the
+            shipped LoRA is used whatever dtype the base model is loaded in.
+        root: the packaged pools folder.
+    """
+    accepted = {recipe_hashes} if isinstance(recipe_hashes, str) else set(recipe_hashes)
     entry = read_manifest(suite, root)["adapters"].get(skill)
     if not entry:
         return None
     path = root / suite / entry["dir"]
-    if entry.get("recipe_hash") != recipe_hash:
+    if entry.get("recipe_hash") not in accepted:
         log.info("packaged %s was built from another recipe (%s): not used", skill, entry["dir"])
         return None
     weights = path / WEIGHTS

@@ -2,8 +2,11 @@
 
 ``ensure_cpu_mini_pool`` is what ``make demo`` and ``smartfed bench`` call: it returns the adapter
 dir of every cpu-mini skill LoRA, training the missing ones under
-``<cache>/pools/cpu-mini/<skill>-<hash>`` where the hash covers the base model, dtype, the recipe,
-the seed and the data-generator version.
+``<cache>/pools/cpu-mini/<skill>-<hash>`` where the hash covers the base model, the concrete dtype
+(``auto`` is resolved first, so a hash never holds ``auto``), the recipe, the seed and the
+data-generator version. The quickstart paths (``smartfed demo``, ``cpu-mini:`` pool entries) take
+the LoRAs shipped with the package for any dtype of the same base model
+(:func:`smartfed_bench.packaged.packaged_adapter`); ``smartfed bench`` asks for its exact dtype.
 
 ``smartfed train`` accepts the same LoRAs as pool entries ``cpu-mini:<skill>[@<pool seed>]``
 (``--lora_pool cpu-mini:skill.zh@1,cpu-mini:skill.code@1``): :func:`expand_cpu_mini_sources`
@@ -13,6 +16,7 @@ choice of the run, independent of the run's own ``seed``.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 from collections.abc import Sequence
@@ -21,12 +25,13 @@ from typing import Any
 
 import torch
 
-from smartfed.config import ModelConfig
+from smartfed.config import DTYPES, ModelConfig
 from smartfed.data.example import Example
 from smartfed.data.formatting import render_prompt
 from smartfed.errors import ConfigError
 from smartfed.log import get_logger
 from smartfed.model.base import cache_root
+from smartfed.model.dtype import AUTO, resolve_model_config
 from smartfed.train.skill_lora import RECORD_FILE, SkillLoraRecipe, resolve_task, train_skill_lora
 from smartfed_bench.packaged import packaged_adapter
 
@@ -72,7 +77,12 @@ def cpu_mini_recipe(skill: str, seed: int = 0) -> SkillLoraRecipe:
 
 
 def recipe_hash(model_cfg: ModelConfig, recipe: SkillLoraRecipe) -> str:
-    """12 hex digits identifying (base model, dtype, recipe, seed, generator version)."""
+    """12 hex digits identifying (base model, concrete dtype, recipe, seed, generator version).
+
+    ``dtype auto`` is resolved for ``model_cfg.device`` first: the hash names the dtype the LoRA
+    is trained in.
+    """
+    model_cfg = resolve_model_config(model_cfg)
     blob = json.dumps(
         {
             "model": model_cfg.model_name_or_path,
@@ -85,6 +95,16 @@ def recipe_hash(model_cfg: ModelConfig, recipe: SkillLoraRecipe) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
 
+def recipe_hashes_any_dtype(model_cfg: ModelConfig, recipe: SkillLoraRecipe) -> set[str]:
+    """The :func:`recipe_hash` of ``recipe`` on ``model_cfg``'s base model in every concrete
+    dtype (what a shipped LoRA may be recorded under: it serves every dtype of its base)."""
+    return {
+        recipe_hash(dataclasses.replace(model_cfg, dtype=d), recipe)  # type: ignore[arg-type]
+        for d in DTYPES
+        if d != AUTO
+    }
+
+
 def ensure_cpu_mini_pool(
     model_cfg: ModelConfig,
     suite: str = "cpu-mini",
@@ -92,16 +112,28 @@ def ensure_cpu_mini_pool(
     skills: Sequence[str] = (),
     seed: int = 0,
     progress: bool = True,
+    shipped_any_dtype: bool = False,
 ) -> dict[str, Path]:
     """Return ``{skill name: PEFT adapter dir}`` for the suite, building the LoRAs not cached yet.
 
+    A LoRA not in the cache is taken from the ones shipped with the package when they were
+    built from the same recipe on the same base model: in the same dtype, or with
+    ``shipped_any_dtype`` in whatever dtype. A LoRA trained on a bfloat16 base applies to the same
+    model in float32 (and vice versa), as PEFT does when it loads an adapter, so the quickstart
+    (``auto`` resolving to float32 on a CPU without bf16 instructions) does not retrain the
+    shipped bfloat16 ones; a benchmark that fixes the dtype its LoRAs are trained in leaves it
+    off. Trained LoRAs are cached per concrete dtype.
+
     Args:
-        model_cfg: base model the LoRAs are trained on (and will be routed over).
+        model_cfg: base model the LoRAs are trained on (and will be routed over); ``dtype auto``
+            is resolved here.
         suite: only ``cpu-mini`` exists.
         cache_dir: cache root ("" = ``$SMARTFED_CACHE`` or ``~/.cache/smartfed``).
         skills: subset of skills (default: all, relevant and control).
         seed: LoRA seed (part of the cache key).
         progress: tqdm bars while training.
+        shipped_any_dtype: accept a shipped LoRA trained in another dtype of the same base model
+            [D: off; on for ``smartfed demo`` and ``cpu-mini:`` pool entries].
 
     Raises:
         ConfigError: unknown suite or skill.
@@ -110,6 +142,7 @@ def ensure_cpu_mini_pool(
 
     if suite not in SUITES:
         raise ConfigError(f"unknown suite {suite!r}; choose one of {', '.join(SUITES)}")
+    model_cfg = resolve_model_config(model_cfg)
     root = cache_root(str(cache_dir)) / "pools" / suite
     out: dict[str, Path] = {}
     for skill in skills or SKILLS:
@@ -117,7 +150,8 @@ def ensure_cpu_mini_pool(
         digest = recipe_hash(model_cfg, recipe)
         path = root / f"{skill.removeprefix('cpu_mini.')}-{digest}"
         built = (path / "adapter_model.safetensors").is_file() and (path / RECORD_FILE).is_file()
-        shipped = None if built else packaged_adapter(suite, skill, digest)
+        accepted = recipe_hashes_any_dtype(model_cfg, recipe) if shipped_any_dtype else {digest}
+        shipped = None if built else packaged_adapter(suite, skill, accepted)
         if shipped is not None:  # shipped with the package (smartfed pool package)
             path = shipped
         elif not built:
@@ -162,7 +196,8 @@ def expand_cpu_mini_sources(
     """Replace every ``cpu-mini:<skill>[@<seed>]`` entry by its adapter dir; keep the others.
 
     The LoRA is the one :func:`ensure_cpu_mini_pool` caches for ``model_cfg`` (its model, dtype
-    and ``cache_dir``) and that pool seed; a missing one is trained first (minutes on a CPU).
+    and ``cache_dir``) and that pool seed, or the one shipped with the package for that model in
+    any dtype; a missing one is trained first (minutes on a CPU).
 
     Raises:
         ConfigError: a malformed ``cpu-mini:`` entry.
@@ -175,7 +210,12 @@ def expand_cpu_mini_sources(
             continue
         skill, seed = parsed
         dirs = ensure_cpu_mini_pool(
-            model_cfg, cache_dir=model_cfg.cache_dir, skills=[skill], seed=seed, progress=progress
+            model_cfg,
+            cache_dir=model_cfg.cache_dir,
+            skills=[skill],
+            seed=seed,
+            progress=progress,
+            shipped_any_dtype=True,
         )
         out.append(str(dirs[skill]))
     return out

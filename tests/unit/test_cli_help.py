@@ -41,7 +41,7 @@ def test_config_flags_are_documented(path: tuple[str, ...]) -> None:
         doc = (action.help or "").split("(default:")[0].strip()
         assert len(doc) > 10, f"{action.option_strings} has no documentation"
         assert action.metavar or action.choices or action.nargs == 0
-    assert "--dtype {bfloat16,float32,float16}" in " ".join(text.split())
+    assert "--dtype {auto,bfloat16,float32,float16}" in " ".join(text.split())
 
 
 def test_every_config_field_has_a_docstring() -> None:

@@ -106,7 +106,9 @@ def test_quantization_refused_off_cuda_and_without_bitsandbytes() -> None:
 
 @pytest.mark.skipif(importlib.util.find_spec("bitsandbytes") is None, reason="needs bitsandbytes")
 def test_quantization_config_fields() -> None:
-    q4 = quantization_config(ModelConfig(quantization="4bit"), torch.device("cuda", 0))
+    q4 = quantization_config(
+        ModelConfig(quantization="4bit", dtype="bfloat16"), torch.device("cuda", 0)
+    )
     assert q4.load_in_4bit and q4.bnb_4bit_quant_type == "nf4"
     assert q4.bnb_4bit_compute_dtype == torch.bfloat16
     q8 = quantization_config(ModelConfig(quantization="8bit"), torch.device("cuda", 0))

@@ -45,6 +45,24 @@ def test_empty_output_dir_is_a_fresh_folder_per_run(monkeypatch: pytest.MonkeyPa
     assert named.output_dir == "x"
 
 
+def test_server_resolves_dtype_auto_or_keeps_the_recorded_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from smartfed.config import RunConfig
+    from smartfed.model import dtype as dtype_mod
+
+    monkeypatch.setattr(dtype_mod, "cpu_native_bf16", lambda caps=None: False)
+    flat = {**FLWR_RUN_DEFAULTS, "model.device": "cpu", "output_dir": str(tmp_path / "run")}
+    assert flat.get("model.dtype", "auto") == "auto"
+    cfg = flwr_run_config(SimpleNamespace(run_config=flat, run_id=7))  # type: ignore[arg-type]
+    assert cfg.model.dtype == "float32"
+    (tmp_path / "run").mkdir()  # a run that started in bf16 elsewhere, resumed here
+    stored = RunConfig.from_flat({**flat, "model.dtype": "bfloat16"})
+    (tmp_path / "run" / "config.json").write_text(stored.to_json())
+    again = flwr_run_config(SimpleNamespace(run_config={**flat, "resume": True}, run_id=8))  # type: ignore[arg-type]
+    assert again.model.dtype == "bfloat16"
+
+
 def test_bad_pool_fails_before_the_run_dir_exists(tmp_path: Path) -> None:
     from smartfed.config import RunConfig
 

@@ -7,6 +7,8 @@ from __future__ import annotations
 import argparse
 import json
 
+from smartfed.cli.config_flags import add_field_flags
+
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add the ``eval`` subcommand."""
@@ -77,12 +79,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         metavar="N",
         help="generation cap; 0 = the task's default",
     )
-    parser.add_argument(
-        "--dtype",
-        default="bfloat16",
-        choices=("bfloat16", "float32", "float16"),
-        help="weights dtype of the base model (default bfloat16)",
-    )
+    add_field_flags(parser, ("dtype",))
     parser.add_argument(
         "--device",
         default="auto",

@@ -169,14 +169,16 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
 
 def _cmd_verify(args: argparse.Namespace) -> int:
     from smartfed.model.base import load_base_model
+    from smartfed.model.dtype import resolve_model_config
     from smartfed.model.verify import verify_pool
 
     # [D] verify runs in float32 unless --dtype (or a --config file) says otherwise.
     cfg = config_from_args(args, base=RunConfig(model=ModelConfig(dtype="float32")))
     pool = _load_pool(cfg)
-    model, tokenizer = load_base_model(cfg.model)
+    mcfg = resolve_model_config(cfg.model)  # --dtype auto: the dtype it checks, printed below
+    model, tokenizer = load_base_model(mcfg)
     checks = verify_pool(model, tokenizer, pool, tolerance=args.tolerance)
-    print(f"MoRE vs PEFT on {cfg.model.model_name_or_path} ({cfg.model.dtype}), unit routing, c=1")
+    print(f"MoRE vs PEFT on {mcfg.model_name_or_path} ({mcfg.dtype}), unit routing, c=1")
     width = max(8, *(len(c.name) for c in checks))
     low = checks[0].error_vs_fp32 is not None
     extra = "  vs_fp32_peft  peft_own_err" if low else ""

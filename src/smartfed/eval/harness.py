@@ -208,7 +208,7 @@ class EvalRequest:
     data_dir: str = ""
     batch_size: int = 8
     max_new_tokens: int = 0
-    dtype: str = "bfloat16"
+    dtype: str = "auto"
     device: str = "cpu"
     overwrite: bool = False
 

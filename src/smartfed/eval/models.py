@@ -12,6 +12,7 @@ from smartfed.errors import AdapterFileError, CheckpointError, ConfigError
 from smartfed.log import get_logger
 from smartfed.methods.assemble import apply_method
 from smartfed.model.base import load_base_model
+from smartfed.model.dtype import resolve_model_config
 from smartfed.model.state import load_routers
 
 log = get_logger(__name__)
@@ -89,7 +90,7 @@ def load_for_eval(
     *,
     adapter: str = "",
     run: str = "",
-    dtype: str = "bfloat16",
+    dtype: str = "auto",
     device: str = "cpu",
 ) -> tuple[Any, Any, dict[str, Any]]:
     """Load the model to evaluate.
@@ -98,7 +99,9 @@ def load_for_eval(
         model_name_or_path: base model; None = the run's base model (with ``run``) or ``default``.
         adapter: PEFT adapter folder (exclusive with ``run``).
         run: SmartFed run directory (exclusive with ``adapter``).
-        dtype: weights dtype.
+        dtype: weights dtype; ``auto`` = the fastest native one of ``device`` here
+            (:func:`smartfed.model.dtype.resolve_dtype`; evaluating is not resuming, so a run
+            is evaluated in this machine's dtype). The summary records the concrete one.
         device: torch device.
 
     Returns:
@@ -108,7 +111,11 @@ def load_for_eval(
         raise ConfigError("--adapter and --run are exclusive: pass one of them")
     cfg = run_config(run) if run else None
     name = model_name_or_path or (cfg.model.model_name_or_path if cfg else "default")
-    model, tok = load_base_model(ModelConfig(model_name_or_path=name, dtype=dtype, device=device))  # type: ignore[arg-type]
+    mcfg = resolve_model_config(
+        ModelConfig(model_name_or_path=name, dtype=dtype, device=device)  # type: ignore[arg-type]
+    )
+    model, tok = load_base_model(mcfg)
+    dtype = mcfg.dtype
     info: dict[str, Any] = {
         "model": name,
         "adapter": adapter or None,

@@ -7,6 +7,7 @@ Clients (and the server, for held-out loss) keep the frozen base and the expert 
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import time
 from dataclasses import dataclass, field
@@ -120,6 +121,16 @@ class BundleSpec:
         """The RunConfig the loaders get (excluded fields at their neutral values)."""
         return self.config
 
+    def resolved(self) -> BundleSpec:
+        """This spec with ``model.dtype`` concrete (``auto`` resolved for ``model.device`` on this
+        machine; the spec itself when it already is). Imports torch only for ``auto``."""
+        if self.model.dtype != "auto":
+            return self
+        from smartfed.model.dtype import resolve_model_config
+
+        model = resolve_model_config(self.model)
+        return BundleSpec(dataclasses.replace(self.config, model=model))
+
 
 @dataclass
 class Bundle:
@@ -160,13 +171,24 @@ class Bundle:
         return self._encoded[-1]
 
 
-@functools.cache
 def get_bundle(spec: BundleSpec) -> Bundle:
     """Load (once per process) the base model, the pool, the method's layers and the data split.
+
+    The cache is keyed by the spec with a concrete ``model.dtype`` (:meth:`BundleSpec.resolved`):
+    a run resolved ``auto`` already (``smartfed train``, the ``flwr run`` ServerApp); a bare
+    ``flwr run`` ClientApp resolves it here, for its own device. The torch-free worker key of
+    such a node (:mod:`smartfed.fed.worker_key`) holds ``auto`` itself, which on one node with
+    one ``CUDA_VISIBLE_DEVICES`` (in that key) always resolves the same.
 
     Raises:
         SmartFedError: any model/pool/data problem (see the loaders).
     """
+    return _load_bundle(spec.resolved())
+
+
+@functools.cache
+def _load_bundle(spec: BundleSpec) -> Bundle:
+    """:func:`get_bundle` of a spec whose dtype is concrete (the cached function)."""
     from smartfed.methods.assemble import assemble, training_split  # torch: not for the key
 
     t0 = time.perf_counter()

@@ -12,7 +12,7 @@ from pathlib import Path
 from flwr.app import Context
 
 from smartfed.config import RunConfig, Scalar
-from smartfed.io.rundir import RunDir
+from smartfed.io.rundir import RunDir, with_run_dtype
 from smartfed.meta import run_meta
 
 FLWR_RUN_DEFAULTS: dict[str, Scalar] = {
@@ -42,16 +42,24 @@ FLWR_OUTPUT_ROOT = Path("output") / "flwr"
 
 
 def flwr_run_config(context: Context) -> RunConfig:
-    """The run config of a ``flwr run`` job (an empty ``output_dir`` becomes a per-run folder).
+    """The run config of a ``flwr run`` job (an empty ``output_dir`` becomes a per-run folder;
+    ``model.dtype auto`` the server's concrete dtype, the recorded one on resume:
+    :func:`~smartfed.io.rundir.with_run_dtype`).
+
+    ClientApps read ``context.run_config`` themselves, so under a bare ``flwr run`` with ``auto``
+    each node resolves it for its own device (:func:`smartfed.fed.cache.get_bundle`); pass
+    ``--run-config "model.dtype='float32'"`` (or ``smartfed train --engine deployment``, which
+    sends the resolved dtype) to pin one dtype everywhere.
 
     Raises:
         ConfigError: an unknown key or an invalid value in ``--run-config``.
+        DeviceError: ``model.device`` is not available on the server.
     """
     cfg = RunConfig.from_flat(context.run_config)
     if not cfg.output_dir:
         out = (FLWR_OUTPUT_ROOT / f"run-{context.run_id}").resolve()
         cfg = dataclasses.replace(cfg, output_dir=str(out))
-    return cfg
+    return with_run_dtype(cfg)
 
 
 def prepare_flwr_run(cfg: RunConfig) -> None:

@@ -18,6 +18,7 @@ process on the same ``--output_dir``.
 
 from __future__ import annotations
 
+import dataclasses
 import fcntl
 import json
 import math
@@ -33,7 +34,7 @@ from safetensors import SafetensorError
 from safetensors.numpy import load_file, save_file
 
 from smartfed.config import RunConfig
-from smartfed.errors import CheckpointError
+from smartfed.errors import CheckpointError, SmartFedError
 from smartfed.files import append_jsonl, atomic_write, atomic_write_json, atomic_write_text
 from smartfed.log import get_logger
 
@@ -64,6 +65,31 @@ RESUMABLE_CHANGES = frozenset(
         "eval.eval_limit",
     }
 )
+
+
+def with_run_dtype(cfg: RunConfig) -> RunConfig:
+    """``cfg`` with a concrete ``model.dtype``, decided once per run [D].
+
+    ``auto`` becomes, on ``--resume`` of a run that exists, the dtype its ``config.json``
+    records: never re-resolved, so a run continued on another machine keeps its numerics (pass
+    that dtype explicitly to say so; another explicit dtype is refused by :meth:`RunDir.open`).
+    Otherwise :func:`smartfed.model.dtype.resolve_dtype` picks it for ``model.device`` here. A
+    concrete dtype is returned unchanged. ``smartfed train`` and the ``flwr run`` ServerApp call
+    this before anything is keyed on the dtype (pool hashes, the bundle cache, ``config.json``).
+
+    Raises:
+        DeviceError: ``auto`` with a ``model.device`` that is not available here.
+    """
+    if cfg.model.dtype != "auto":
+        return cfg
+    dtype = RunDir(cfg.output_dir).recorded_dtype() if cfg.resume else None
+    if dtype is not None:
+        log.info("resume: model.dtype auto -> %s, the dtype the run recorded", dtype)
+    else:
+        from smartfed.model.dtype import resolve_dtype  # torch: only when resolving here
+
+        dtype = resolve_dtype(cfg.model.dtype, cfg.model.device)
+    return dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, dtype=dtype))  # type: ignore[arg-type]
 
 
 @dataclass
@@ -108,6 +134,7 @@ class RunDir:
             CheckpointError: non-empty folder without ``--resume``, or a resume whose config differs
                 in more than the rounds/engine/eval schedule.
         """
+        cfg = with_run_dtype(cfg)  # config.json records a concrete dtype (callers resolved it)
         run = cls.check(cfg)
         run.path.mkdir(parents=True, exist_ok=True)
         run.lock()
@@ -185,6 +212,15 @@ class RunDir:
                 "choose a new --output_dir"
             )
         return run
+
+    def recorded_dtype(self) -> str | None:
+        """The concrete ``model.dtype`` this run's ``config.json`` records, else ``None`` (no
+        file, an unreadable one: resuming it fails later with its own message)."""
+        try:
+            dtype = RunConfig.load_json(self.path / CONFIG_FILE).model.dtype
+        except (SmartFedError, TypeError, ValueError, KeyError):
+            return None
+        return None if dtype == "auto" else dtype
 
     def _check_same_run(self, cfg: RunConfig) -> None:
         try:

@@ -7,6 +7,7 @@ to a safetensors directory under the cache folder; later loads take seconds.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import importlib.util
 import os
@@ -22,6 +23,7 @@ from smartfed.errors import ModelLoadError
 from smartfed.files import default_cache_dir
 from smartfed.log import get_logger
 from smartfed.model.device import DeviceError, resolve_device
+from smartfed.model.dtype import resolve_dtype
 
 log = get_logger(__name__)
 
@@ -139,7 +141,8 @@ def quantization_config(cfg: ModelConfig, device: torch.device) -> Any | None:
     """The ``BitsAndBytesConfig`` of ``cfg.quantization`` (``None`` for ``none``).
 
     ``8bit``: LLM.int8 linear layers; ``4bit``: NF4 with double quantisation and ``cfg.dtype``
-    compute [D]. The LM head and embeddings stay in ``cfg.dtype`` (transformers' default).
+    compute [D] (``auto`` resolved for ``device`` first). The LM head and embeddings stay in
+    ``cfg.dtype`` (transformers' default).
 
     Raises:
         DeviceError: quantisation asked for off CUDA, or bitsandbytes not installed.
@@ -161,19 +164,21 @@ def quantization_config(cfg: ModelConfig, device: torch.device) -> Any | None:
 
     if cfg.quantization == "8bit":
         return BitsAndBytesConfig(load_in_8bit=True)
+    dtype = resolve_dtype(cfg.dtype, device)
     return BitsAndBytesConfig(
         load_in_4bit=True,
         bnb_4bit_quant_type="nf4",
         bnb_4bit_use_double_quant=True,
-        bnb_4bit_compute_dtype=_DTYPES[cfg.dtype],
+        bnb_4bit_compute_dtype=_DTYPES[dtype],
     )
 
 
 def load_base_model(cfg: ModelConfig) -> tuple[Any, Any]:
     """Load ``(model, tokenizer)``: frozen, in ``cfg.dtype`` on ``cfg.device``, in eval mode.
 
-    ``cfg.device`` is resolved first (``auto`` -> CUDA, MPS or CPU); with ``cfg.quantization``
-    the linear layers are loaded 8/4-bit straight onto the GPU.
+    ``cfg.device`` is resolved first (``auto`` -> CUDA, MPS or CPU), then ``cfg.dtype`` (``auto``
+    -> :func:`smartfed.model.dtype.resolve_dtype` for that device; a run has resolved it
+    already); with ``cfg.quantization`` the linear layers are loaded 8/4-bit straight onto the GPU.
 
     Raises:
         DeviceError: the device (or quantisation) asked for is not available here.
@@ -183,6 +188,7 @@ def load_base_model(cfg: ModelConfig) -> tuple[Any, Any]:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     device = resolve_device(cfg.device)
+    cfg = dataclasses.replace(cfg, dtype=resolve_dtype(cfg.dtype, device))  # type: ignore[arg-type]
     quant = quantization_config(cfg, device)
     resolved = local_model_dir(cfg)
     extra: dict[str, Any] = {}

@@ -16,7 +16,7 @@ from typing import Any
 from smartfed.config import RunConfig
 from smartfed.errors import SmartFedError
 from smartfed.fed.env import FLOWER_ENV
-from smartfed.io.rundir import SUMMARY_FILE, RunDir
+from smartfed.io.rundir import SUMMARY_FILE, RunDir, with_run_dtype
 from smartfed.log import get_logger
 from smartfed.meta import run_meta
 
@@ -31,13 +31,15 @@ def prepare_run(cfg: RunConfig) -> RunConfig:
     """Open (or resume) the run dir and load model/pool/data once, so bad input fails here.
 
     Returns:
-        The config the apps get (``resume=True``: they continue the run dir opened here).
+        The config the apps get (``resume=True``: they continue the run dir opened here), with
+        ``model.dtype`` concrete (:func:`~smartfed.io.rundir.with_run_dtype`).
     """
     from smartfed.fed.cache import BundleSpec, get_bundle
     from smartfed.fed.candidates import round_bytes_line
     from smartfed.methods.smartfed import SmartFed
 
     RunDir.check(cfg)  # before any loading: a non-empty dir without --resume fails at once
+    cfg = with_run_dtype(cfg)  # no-op after run_train; config.json, bundle key: concrete
     bundle = get_bundle(BundleSpec.from_config(cfg))  # bad input fails before the dir is created
     if isinstance(bundle.method, SmartFed):  # routers travel: what a round costs, vs FedIT
         log.info("%s", round_bytes_line(cfg, bundle.pool))
@@ -56,7 +58,9 @@ def run_train(cfg: RunConfig, client_mods: Sequence[Callable[..., Any]] = ()) ->
         SmartFedError: bad input, or a job that stopped early (resume with ``--resume``).
     """
     os.environ.update(FLOWER_ENV)
-    cfg = with_extension_pool(cfg)
+    # ``model.dtype auto`` -> the run's concrete dtype (the stored one on --resume), before the
+    # extension pools hash it and the bundle, the run dir and the apps see it.
+    cfg = with_extension_pool(with_run_dtype(cfg))
     app_cfg = prepare_run(cfg)
     if cfg.fed.engine == "deployment":
         from smartfed.recipes.deploy_local import run_deployment

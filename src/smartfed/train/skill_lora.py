@@ -16,7 +16,7 @@ import shutil
 import tempfile
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -213,6 +213,18 @@ def _load_state(path: Path, recipe: SkillLoraRecipe) -> dict[str, Any]:
     return state
 
 
+def _concrete_dtype(model_cfg: ModelConfig, state: dict[str, Any] | None) -> ModelConfig:
+    """``model_cfg`` with a concrete dtype: ``auto`` resumes in the dtype the checkpoint records
+    (never re-resolved), else :func:`smartfed.model.dtype.resolve_model_config`."""
+    from smartfed.model.dtype import AUTO, resolve_model_config
+
+    recorded = (state or {}).get("dtype")
+    if model_cfg.dtype == AUTO and recorded not in (None, AUTO):
+        log.info("resume: model.dtype auto -> %s, the dtype the checkpoint recorded", recorded)
+        return replace(model_cfg, dtype=recorded)
+    return resolve_model_config(model_cfg)
+
+
 def _save_adapter(peft_model: Any, output_dir: Path) -> None:
     """Save the PEFT adapter in a temp dir, then move each file into ``output_dir`` (atomic)."""
     tmp = Path(tempfile.mkdtemp(prefix=".adapter.", dir=output_dir))
@@ -255,7 +267,9 @@ def train_skill_lora(
     """Train a LoRA on ``recipe.dataset`` and write a PEFT adapter + ``training_record.json``.
 
     Args:
-        model_cfg: the base model (``default`` = embedded SmolLM2, bf16 on CPU).
+        model_cfg: the base model (``default`` = embedded SmolLM2); ``dtype auto`` is resolved
+            here (on ``resume``: the dtype the interrupted training used), and the record
+            holds the concrete dtype.
         recipe: data and optimisation settings.
         output_dir: adapter directory (created).
         resume: continue from ``output_dir/.resume`` if present.
@@ -278,6 +292,8 @@ def train_skill_lora(
             f"--output_dir {out} already holds an adapter; choose a new directory or delete it"
         )
     train, heldout = load_dataset(recipe)
+    state = _load_state(_state_path(out), recipe) if resume and _state_path(out).exists() else None
+    model_cfg = _concrete_dtype(model_cfg, state)
     model, tok = load_base_model(model_cfg)
     peft_model = _build_peft(model, recipe)
     enc_train = [encode_for_training(tok, e, recipe.max_len) for e in train]
@@ -286,8 +302,7 @@ def train_skill_lora(
     optim = torch.optim.AdamW(params, lr=recipe.learning_rate, weight_decay=0.0)
     out.mkdir(parents=True, exist_ok=True)
     start, losses, elapsed, initial_held = 0, [], 0.0, None
-    if resume and _state_path(out).exists():
-        state = _load_state(_state_path(out), recipe)
+    if state is not None:
         set_peft_model_state_dict(peft_model, state["lora"])
         optim.load_state_dict(state["optim"])
         random.setstate(state["rng_python"])
@@ -310,6 +325,7 @@ def train_skill_lora(
             {
                 "step": step,
                 "recipe": recipe.key(),
+                "dtype": model_cfg.dtype,
                 "losses": losses,
                 "elapsed": spent,
                 "initial_heldout": initial_held,
