@@ -40,13 +40,16 @@ from smartfed.meta import run_meta
 OUT = Path(__file__).parent / "results" / "deploy_overhead.json"
 TARGET_S = 2.0
 JOB = [
-    "--model_name_or_path", "default", "--device", "cpu", "--task", "cpu_mini.hard_math",
+    "--model_name_or_path", "default", "--dtype", "float32", "--device", "cpu",
+    "--task", "cpu_mini.hard_math",
     "--num_clients", "2", "--sample_clients", "2",
     "--max_seq_len", "128", "--topk_experts", "8", "--heldout_examples", "16",
     "--eval_every", "0", "--eval_limit", "4", "--max_new_tokens", "16",
     "--no-track_energy", "--client_cpus", "1", "--seed", "0",
 ]  # fmt: skip
-"""The job of both engines: SmolLM2-135M, one LoRA, 2 clients (both sampled)."""
+"""The job of both engines: SmolLM2-135M, one LoRA, 2 clients (both sampled). float32: on a CPU
+without native bfloat16 instructions a bfloat16 step is ~20x slower, and the overhead is what
+is measured here, not the arithmetic."""
 
 
 def _smartfed() -> str:

@@ -29,6 +29,7 @@ from typing import Any
 from smartfed.config import ModelConfig, RunConfig, Scalar
 from smartfed.errors import ConfigError, SmartFedError
 from smartfed.log import get_logger
+from smartfed.model.dtype import resolve_model_config
 from smartfed_bench.presets import (  # noqa: F401 - re-exported: the bench's grid
     ALL_ROUTED,
     COMMON,
@@ -374,7 +375,7 @@ def run_bench(
     from smartfed_bench.report import write_bench_outputs
 
     preset = get_preset(preset_name)
-    model_cfg = model_cfg or ModelConfig()
+    model_cfg = resolve_model_config(model_cfg or ModelConfig(dtype=preset.dtype))  # type: ignore[arg-type]
     over = {**preset.overrides, **(overrides or {})}
     specs = plan(preset, methods, tasks, seeds, variants)
     out = Path(output_dir)
@@ -427,6 +428,7 @@ def rebuild_results(
     from smartfed_bench.report import write_bench_outputs
 
     preset = get_preset(preset_name)
+    model_cfg = resolve_model_config(model_cfg)
     cells = discover(Path(output_dir))
     if not cells:
         raise ConfigError(f"--output_dir {output_dir}: no bench run directories to report on")

@@ -67,3 +67,31 @@ def test_done_touches_nothing() -> None:
         grandchild.kill()
         shell.wait(timeout=5)
         dog.kill()
+
+
+def test_looks_back_off_while_the_tree_stays_the_same(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Looks every POLL_S while new processes appear, then doubling up to POLL_MAX_S; a PID
+    read from the owner resets the wait."""
+    import os
+
+    from smartfed.recipes import deploy_watchdog as wd
+
+    found = iter([True, False, False, False, False, False, True, False])
+    monkeypatch.setattr(wd.Tracker, "look", lambda self: next(found, False))
+    monkeypatch.setattr(wd.Tracker, "add_root", lambda self, pid: None)
+    read, write = os.pipe()
+    waits: list[float] = []
+    script = [False] * 8 + [True] + [False] * 2 + ["eof"]
+
+    def fake_select(r, w, x, timeout):  # type: ignore[no-untyped-def]
+        waits.append(timeout)
+        step = script[len(waits) - 1]
+        if step == "eof":
+            os.close(write)
+        elif step:
+            os.write(write, b"123\n")
+        return ([r[0]] if step else []), [], []
+
+    monkeypatch.setattr(wd.select, "select", fake_select)
+    wd.watch(read, poll_s=0.25, poll_max_s=2.0)
+    assert waits == [0.25, 0.25, 0.5, 1.0, 2.0, 2.0, 2.0, 0.25, 0.5, 0.25, 0.5, 1.0]

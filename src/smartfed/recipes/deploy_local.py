@@ -304,8 +304,6 @@ def run_deployment(cfg: RunConfig, timeout_s: float | None = None) -> dict[str, 
                 "127.0.0.1",
                 "--port",
                 str(port),
-                "--database",
-                str(home / "state.db"),
                 "--disable-runtime-dependency-installation",
             ],
         )

@@ -46,8 +46,8 @@ def register(subparsers: Any) -> None:
     bench.add_argument("--model_name_or_path", default="default")
     bench.add_argument(
         "--dtype",
-        default="",
-        choices=["", "bfloat16", "float32", "float16"],
+        default=None,
+        choices=["bfloat16", "float32", "float16"],
         help="base model dtype of every run and skill LoRA (default: the preset's: float32 for "
         "the v2 presets, bfloat16 else)",
     )
