@@ -230,6 +230,8 @@ class RunDir:
                 f"{self.path}/{CONFIG_FILE} unreadable ({err}); cannot resume"
             ) from err
         new = cfg.to_flat()
+        if old.get("model.dtype") == "auto":  # a hand-written config: the resumed run decided it
+            old["model.dtype"] = new["model.dtype"]
         diff = sorted(k for k in new if old.get(k) != new[k] and k not in RESUMABLE_CHANGES)
         if diff:
             k = diff[0]
