@@ -41,7 +41,7 @@ def read_manifest(suite: str, root: Path = PACKAGED_ROOT) -> dict[str, Any]:
 
 
 def packaged_adapter(
-    suite: str, skill: str, recipe_hashes: str | Collection[str], root: Path = PACKAGED_ROOT
+    suite: str, skill: str, recipe_hashes: Collection[str], root: Path = PACKAGED_ROOT
 ) -> Path | None:
     """The shipped adapter dir of ``skill`` when its recorded recipe hash is in
     ``recipe_hashes`` and its sha256 matches, else None.
@@ -49,17 +49,16 @@ def packaged_adapter(
     Args:
         suite: the packaged suite (``cpu-mini``).
         skill: the skill task name (``cpu_mini.skill.zh``).
-        recipe_hashes: the accepted recipe hash(es): pass those of the recipe on the same base
+        recipe_hashes: the accepted recipe hashes: pass those of the recipe on the same base
             model in every dtype (:func:`smartfed_bench.pools.recipe_hashes_any_dtype`), so the
             shipped LoRA is used whatever dtype the base model is loaded in.
         root: the packaged pools folder.
     """
-    accepted = {recipe_hashes} if isinstance(recipe_hashes, str) else set(recipe_hashes)
     entry = read_manifest(suite, root)["adapters"].get(skill)
     if not entry:
         return None
     path = root / suite / entry["dir"]
-    if entry.get("recipe_hash") not in accepted:
+    if entry.get("recipe_hash") not in recipe_hashes:
         log.info("packaged %s was built from another recipe (%s): not used", skill, entry["dir"])
         return None
     weights = path / WEIGHTS

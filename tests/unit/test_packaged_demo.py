@@ -35,13 +35,13 @@ def test_package_then_use_only_when_hash_and_sha_match(
     entry = read_manifest("cpu-mini", root)["adapters"]["cpu_mini.skill.zh"]
     assert entry["dir"] == "skill.zh-abc123" and entry["recipe"] == {"rank": 4}
     assert len(entry["sha256"]) == 64 and entry["seed"] == 0
-    assert packaged_adapter("cpu-mini", "cpu_mini.skill.zh", "abc123", root) == dest
+    assert packaged_adapter("cpu-mini", "cpu_mini.skill.zh", {"abc123"}, root) == dest
     assert packaged_by_name("cpu_mini.skill.zh", root) == dest
-    assert packaged_adapter("cpu-mini", "cpu_mini.skill.zh", "other", root) is None  # recipe
-    assert packaged_adapter("cpu-mini", "cpu_mini.skill.code", "abc123", root) is None
+    assert packaged_adapter("cpu-mini", "cpu_mini.skill.zh", {"other"}, root) is None  # recipe
+    assert packaged_adapter("cpu-mini", "cpu_mini.skill.code", {"abc123"}, root) is None
     weights = dest / "adapter_model.safetensors"
     weights.write_bytes(weights.read_bytes()[:-1] + b"\0")  # tampered or half-copied
-    assert packaged_adapter("cpu-mini", "cpu_mini.skill.zh", "abc123", root) is None
+    assert packaged_adapter("cpu-mini", "cpu_mini.skill.zh", {"abc123"}, root) is None
     assert packaged_by_name("cpu_mini.skill.zh", root) is None
 
 

@@ -82,14 +82,10 @@ def with_run_dtype(cfg: RunConfig) -> RunConfig:
     """
     if cfg.model.dtype != "auto":
         return cfg
-    dtype = RunDir(cfg.output_dir).recorded_dtype() if cfg.resume else None
-    if dtype is not None:
-        log.info("resume: model.dtype auto -> %s, the dtype the run recorded", dtype)
-    else:
-        from smartfed.model.dtype import resolve_dtype  # torch: only when resolving here
+    from smartfed.model.dtype import resolve_model_config  # torch: only for auto
 
-        dtype = resolve_dtype(cfg.model.dtype, cfg.model.device)
-    return dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, dtype=dtype))  # type: ignore[arg-type]
+    recorded = RunDir(cfg.output_dir).recorded_dtype() if cfg.resume else None
+    return dataclasses.replace(cfg, model=resolve_model_config(cfg.model, recorded=recorded))
 
 
 @dataclass
@@ -214,13 +210,12 @@ class RunDir:
         return run
 
     def recorded_dtype(self) -> str | None:
-        """The concrete ``model.dtype`` this run's ``config.json`` records, else ``None`` (no
-        file, an unreadable one: resuming it fails later with its own message)."""
+        """The ``model.dtype`` this run's ``config.json`` records, else ``None`` (no file, an
+        unreadable one: resuming it fails later with its own message)."""
         try:
-            dtype = RunConfig.load_json(self.path / CONFIG_FILE).model.dtype
+            return RunConfig.load_json(self.path / CONFIG_FILE).model.dtype
         except (SmartFedError, TypeError, ValueError, KeyError):
             return None
-        return None if dtype == "auto" else dtype
 
     def _check_same_run(self, cfg: RunConfig) -> None:
         try:

@@ -137,12 +137,24 @@ def _why(device_type: str, chosen: str) -> str:
     return f"{device_type}: float32"
 
 
-def resolve_model_config(cfg: ModelConfig, probe: DtypeProbe | None = None) -> ModelConfig:
+def resolve_model_config(
+    cfg: ModelConfig, probe: DtypeProbe | None = None, recorded: str | None = None
+) -> ModelConfig:
     """``cfg`` with ``dtype`` concrete (unchanged when it already is).
+
+    Args:
+        cfg: the model config.
+        probe: the hardware checks (default: this machine's).
+        recorded: the concrete dtype an interrupted run or training recorded: ``auto`` resumes
+            in it and is never resolved again (so work continued on another machine keeps its
+            numerics); ``None`` or ``auto`` = resolve here.
 
     Raises:
         DeviceError: ``cfg.device`` names a CUDA/MPS device that is not there.
     """
     if cfg.dtype != AUTO:
         return cfg
+    if recorded not in (None, AUTO):
+        log.info("resume: model.dtype auto -> %s, the dtype it recorded", recorded)
+        return dataclasses.replace(cfg, dtype=recorded)  # type: ignore[arg-type]
     return dataclasses.replace(cfg, dtype=resolve_dtype(cfg.dtype, cfg.device, probe))  # type: ignore[arg-type]

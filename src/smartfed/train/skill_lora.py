@@ -16,7 +16,7 @@ import shutil
 import tempfile
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -213,18 +213,6 @@ def _load_state(path: Path, recipe: SkillLoraRecipe) -> dict[str, Any]:
     return state
 
 
-def _concrete_dtype(model_cfg: ModelConfig, state: dict[str, Any] | None) -> ModelConfig:
-    """``model_cfg`` with a concrete dtype: ``auto`` resumes in the dtype the checkpoint records
-    (never re-resolved), else :func:`smartfed.model.dtype.resolve_model_config`."""
-    from smartfed.model.dtype import AUTO, resolve_model_config
-
-    recorded = (state or {}).get("dtype")
-    if model_cfg.dtype == AUTO and recorded not in (None, AUTO):
-        log.info("resume: model.dtype auto -> %s, the dtype the checkpoint recorded", recorded)
-        return replace(model_cfg, dtype=recorded)
-    return resolve_model_config(model_cfg)
-
-
 def _save_adapter(peft_model: Any, output_dir: Path) -> None:
     """Save the PEFT adapter in a temp dir, then move each file into ``output_dir`` (atomic)."""
     tmp = Path(tempfile.mkdtemp(prefix=".adapter.", dir=output_dir))
@@ -293,7 +281,9 @@ def train_skill_lora(
         )
     train, heldout = load_dataset(recipe)
     state = _load_state(_state_path(out), recipe) if resume and _state_path(out).exists() else None
-    model_cfg = _concrete_dtype(model_cfg, state)
+    from smartfed.model.dtype import resolve_model_config  # auto: the dtype a resume recorded
+
+    model_cfg = resolve_model_config(model_cfg, recorded=(state or {}).get("dtype"))
     model, tok = load_base_model(model_cfg)
     peft_model = _build_peft(model, recipe)
     enc_train = [encode_for_training(tok, e, recipe.max_len) for e in train]
