@@ -48,7 +48,7 @@ JOB = [
     "--no-track_energy", "--client_cpus", "1", "--seed", "0",
 ]  # fmt: skip
 """The job of both engines: SmolLM2-135M, one LoRA, 2 clients (both sampled). float32: on a CPU
-without native bfloat16 instructions a bfloat16 step is ~20x slower, and the overhead is what
+without native bfloat16 instructions a bfloat16 step is 16x slower (dtype_speed.py), and the overhead is what
 is measured here, not the arithmetic."""
 
 

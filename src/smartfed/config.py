@@ -51,8 +51,8 @@ class ModelConfig:
     dtype: Literal["auto", "bfloat16", "float32", "float16"] = "auto"
     """Weights dtype. ``auto`` [D] = the fastest native one of the device: CUDA bfloat16 (float16
     on GPUs without bf16), CPU bfloat16 only with bf16 matrix instructions (avx512_bf16 /
-    amx_bf16), else float32, also on MPS. Without them a CPU emulates bf16 matmuls: measured 7.3x
-    slower than float32 (9.7 vs 71 GFLOPS, one thread, AVX2-only AMD EPYC), ~20x per SmolLM2-135M
+    amx_bf16), else float32, also on MPS. Without them a CPU emulates bf16 matmuls: measured 8.8x
+    slower than float32 (7.8 vs 68.5 GFLOPS, one thread, AVX2-only AMD EPYC), 16x per SmolLM2-135M
     training step; with them bf16 is 1.3-1.7x faster. A run records the concrete dtype in its
     ``config.json`` and a resumed run keeps it (smartfed.model.dtype)."""
     device: str = "auto"

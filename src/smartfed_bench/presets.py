@@ -222,8 +222,8 @@ the sweep's score on 200 val rows after the last round. Activation checkpointing
 V2_DTYPE = "float32"
 """[D] The v2 presets run (and train their skill LoRAs) in float32, not bfloat16: on a CPU without
 native bfloat16 matrix instructions (AVX512-BF16 / AMX; e.g. AVX2-only cores) a bfloat16 matmul is
-emulated, measured 7.3x slower than float32 on a 2-core AMD EPYC (9.7 vs 71 GFLOPS, one thread) and
-~20x slower per training step, while on a CPU with them bfloat16 is only 1.3-1.7x faster. A
+emulated, measured 8.8x slower than float32 on a 2-core AMD EPYC (7.8 vs 68.5 GFLOPS, one thread) and
+16x slower per training step (70 vs 4.5 s; ``benchmarks/results/dtype_speed.json``), while on a CPU with them bfloat16 is only 1.3-1.7x faster. A
 multi-session benchmark cannot choose its machine, and every run of one comparison must use the
 same dtype, so it uses the one that is never pathological."""
 

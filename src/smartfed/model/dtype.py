@@ -10,9 +10,9 @@
 | anything else (Apple MPS, ...) | ``float32`` |
 
 Why [D]: on a CPU without native bf16 matrix instructions PyTorch emulates bf16 matmuls. Measured
-on a 2-core AMD EPYC (AVX2 only, torch 2.13, 2026-12-02): 9.7 GFLOPS bf16 vs 71 GFLOPS float32 on
-one thread (7.3x), and one SmolLM2-135M MoRE training step (batch 4 x 94 tokens) took 57-65 s in
-bf16 vs ~2.7 s in float32 (~20x). On a CPU with AVX512-BF16, bf16 was 1.3-1.7x *faster* than
+on a 2-core AMD EPYC (AVX2 only, torch 2.13, 2026-12-02; ``benchmarks/dtype_speed.py``): 7.8
+GFLOPS bf16 vs 68.5 GFLOPS float32 on one thread (8.8x), and one SmolLM2-135M MoRE training step
+(batch 4 x ~94 tokens) took 70 s in bf16 vs 4.5 s in float32 (16x). On a CPU with AVX512-BF16, bf16 was 1.3-1.7x *faster* than
 float32. ARM's bf16 extensions are not measured here, so ARM CPUs keep float32 (never
 pathological); ``--dtype bfloat16`` asks for it explicitly.
 
